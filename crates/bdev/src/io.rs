@@ -1,0 +1,171 @@
+//! The bdev traits and the request/completion types that cross them.
+
+use std::fmt;
+
+/// One data segment, laid out as the kernel's `struct iovec` so channels backed by io_uring can
+/// hand arrays of them to the kernel unchanged.
+pub type IoVec = libc::iovec;
+
+/// What a request asks the bdev to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoOp {
+    /// Copy `len` bytes at `offset` from the device into the iovecs.
+    Read,
+    /// Copy the iovecs into the device at `offset`.
+    Write,
+    /// Make completed writes durable.
+    Flush,
+    /// Deallocate `len` bytes at `offset`; later reads return zeroes or old data.
+    Discard,
+    /// Make `len` bytes at `offset` read back as zeroes.
+    WriteZeroes,
+}
+
+/// The outcome of one request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoStatus {
+    /// Done as asked.
+    Success,
+    /// The device failed the request (media error, out of space, bad range).
+    IoError,
+    /// The bdev does not implement this operation.
+    Unsupported,
+}
+
+/// A finished request: the tag it was submitted with and how it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Completion {
+    /// The caller's tag from [`BdevIo::tag`].
+    pub tag: u32,
+    /// How the request ended.
+    pub status: IoStatus,
+}
+
+/// One request to a bdev. Offsets and lengths are in bytes and have been checked against the
+/// bdev's capacity and block size by the caller; a channel checks them again only where a
+/// mistake would touch memory outside the device.
+#[derive(Debug)]
+pub struct BdevIo {
+    /// Caller-chosen identifier returned in the [`Completion`] (the virtio descriptor head).
+    pub tag: u32,
+    /// The operation.
+    pub op: IoOp,
+    /// Byte offset on the device.
+    pub offset: u64,
+    /// Byte length; for reads and writes it equals the sum of the iovec lengths.
+    pub len: u64,
+    iov: *const IoVec,
+    iovcnt: usize,
+}
+
+impl BdevIo {
+    /// A read or write over `iovcnt` segments at `iov`.
+    ///
+    /// # Safety
+    /// `iov` must point to `iovcnt` initialised iovecs, and both that array and every buffer it
+    /// describes must stay valid (mapped, not freed, not reused for another request) until this
+    /// request's [`Completion`] has been returned by [`IoChannel::poll_completions`] or the request
+    /// has been handed back by [`IoChannel::submit`]. The buffers may be written concurrently by
+    /// another party (guest memory); channels only copy to and from them.
+    pub unsafe fn with_iovecs(
+        tag: u32,
+        op: IoOp,
+        offset: u64,
+        len: u64,
+        iov: *const IoVec,
+        iovcnt: usize,
+    ) -> Self {
+        BdevIo {
+            tag,
+            op,
+            offset,
+            len,
+            iov,
+            iovcnt,
+        }
+    }
+
+    /// A request without data buffers (flush, discard, write-zeroes).
+    pub fn without_data(tag: u32, op: IoOp, offset: u64, len: u64) -> Self {
+        BdevIo {
+            tag,
+            op,
+            offset,
+            len,
+            iov: std::ptr::null(),
+            iovcnt: 0,
+        }
+    }
+
+    /// The data segments (empty for requests without data).
+    pub fn iovecs(&self) -> &[IoVec] {
+        if self.iovcnt == 0 {
+            return &[];
+        }
+        // SAFETY: `with_iovecs`' contract keeps `iovcnt` initialised iovecs alive at `iov` for the
+        // life of the request; this borrows the descriptors, not the buffers they point to.
+        unsafe { std::slice::from_raw_parts(self.iov, self.iovcnt) }
+    }
+
+    /// A completion for this request with `status`.
+    pub fn complete(&self, status: IoStatus) -> Completion {
+        Completion {
+            tag: self.tag,
+            status,
+        }
+    }
+}
+
+/// Errors from the bdev control plane.
+#[derive(Debug)]
+pub enum BdevError {
+    /// A size or block size that the bdev cannot serve.
+    InvalidGeometry(String),
+    /// The operating system refused a resource (memory, a file, a ring).
+    Os(std::io::Error),
+}
+
+impl fmt::Display for BdevError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BdevError::InvalidGeometry(why) => write!(f, "invalid geometry: {why}"),
+            BdevError::Os(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for BdevError {}
+
+/// A block device: the control-plane half, shared by every reactor that serves it.
+pub trait Bdev: Send + Sync {
+    /// The bdev's name (used as the default serial).
+    fn name(&self) -> &str;
+    /// Logical block size in bytes (512 or 4096).
+    fn block_size(&self) -> u32;
+    /// Capacity in logical blocks.
+    fn num_blocks(&self) -> u64;
+    /// Whether the bdev implements `op`.
+    fn supports(&self, op: IoOp) -> bool;
+    /// Opens a data-plane channel that can hold `depth` requests in flight. Called on the reactor
+    /// that will own the channel.
+    fn open_channel(&self, depth: usize) -> Result<Box<dyn IoChannel>, BdevError>;
+
+    /// Capacity in bytes.
+    fn size_bytes(&self) -> u64 {
+        self.num_blocks() * u64::from(self.block_size())
+    }
+}
+
+/// The data-plane half of a bdev, owned by one reactor and never shared.
+pub trait IoChannel {
+    /// Starts `io`. A full channel hands the request back (`Err`) so the caller can retry it on a
+    /// later pass; it is never failed for lack of room.
+    fn submit(&mut self, io: BdevIo) -> Result<(), BdevIo>;
+    /// Pushes requests queued by `submit` in this pass to the device (one system call per pass
+    /// for kernel-backed channels).
+    fn flush_submissions(&mut self) {}
+    /// Calls `done` for each finished request; returns how many finished.
+    fn poll_completions(&mut self, done: &mut dyn FnMut(Completion)) -> usize;
+    /// Requests submitted and not yet returned by `poll_completions`.
+    fn in_flight(&self) -> usize;
+}

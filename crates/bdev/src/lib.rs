@@ -1,0 +1,14 @@
+//! Block devices ("bdevs") for spinblk, in SPDK's split: a [`Bdev`] is the shared, read-mostly
+//! control-plane object; an [`IoChannel`] is its per-reactor data plane (non-blocking submit,
+//! polled completions). This crate knows nothing of virtio: requests arrive as [`BdevIo`]s that
+//! carry host iovecs and a caller-chosen tag.
+#![deny(missing_docs)]
+
+mod io;
+mod malloc;
+mod memory;
+mod null;
+
+pub use io::{Bdev, BdevError, BdevIo, Completion, IoChannel, IoOp, IoStatus, IoVec};
+pub use malloc::MallocBdev;
+pub use null::NullBdev;

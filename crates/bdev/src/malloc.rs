@@ -37,7 +37,7 @@ pub(crate) fn check_geometry(size_bytes: u64, block_size: u32) -> Result<(), Bde
             "block size {block_size} (must be 512 or 4096)"
         )));
     }
-    if size_bytes == 0 || size_bytes % u64::from(block_size) != 0 {
+    if size_bytes == 0 || !size_bytes.is_multiple_of(u64::from(block_size)) {
         return Err(BdevError::InvalidGeometry(format!(
             "size {size_bytes} is not a non-zero multiple of the block size {block_size}"
         )));

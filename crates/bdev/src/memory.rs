@@ -2,7 +2,7 @@
 
 use std::collections::VecDeque;
 
-use crate::{BdevError, BdevIo, Completion, IoStatus, IoVec};
+use crate::{BdevError, BdevIo, Completion, IoVec};
 
 /// Completions of requests that finished inside `submit`, reported on the next poll. Its
 /// capacity is the channel depth, fixed at creation, so pushing never allocates.

@@ -1,1 +1,29 @@
-//! placeholder
+//! The virtio side of spinblk: a vhost-user-blk backend (on `vhost`'s
+//! `VhostUserBackendReqHandlerMut`) whose virtqueues are polled by spinblk reactors, and the
+//! virtio-blk request parsing that checks every guest-supplied value before a bdev sees it.
+#![deny(missing_docs)]
+
+mod backend;
+mod config;
+mod controller;
+mod queue;
+mod request;
+mod stats;
+
+pub use backend::{BlkBackend, ControllerSpec};
+pub use config::{config_space, device_features, CONFIG_LEN};
+pub use controller::{Controller, ControllerError};
+pub use queue::DeviceInfo;
+pub use request::{
+    BlkRequest, DeviceLimits, ParseError, Refused, RequestKind, ID_BYTES, MAX_IOVECS, SECTOR_SIZE,
+    SEG_MAX, SIZE_MAX,
+};
+pub use stats::{OpCounters, QueueStats};
+
+/// Builds the NUL-padded 20-byte GET_ID answer from a serial string (longer ones are cut).
+pub fn serial_bytes(serial: &str) -> [u8; ID_BYTES] {
+    let mut out = [0u8; ID_BYTES];
+    let n = serial.len().min(ID_BYTES);
+    out[..n].copy_from_slice(&serial.as_bytes()[..n]);
+    out
+}

@@ -1,0 +1,151 @@
+//! Command-line options.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+/// spinblk: a polled-mode vhost-user-blk target. Serves one block device on a unix socket to
+/// QEMU, Cloud Hypervisor or any libblkio client; pinned reactors busy-poll its virtqueues.
+#[derive(Parser, Debug)]
+#[command(name = "spinblk", version)]
+pub struct Cli {
+    /// The vhost-user socket to listen on (a stale socket file is replaced).
+    #[arg(long, value_name = "PATH", default_value = "/tmp/spinblk.sock")]
+    pub socket: PathBuf,
+
+    /// Serve a RAM disk of SIZE (K/M/G/T suffixes; the default is a 1 GiB malloc disk).
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, conflicts_with = "null")]
+    pub malloc: Option<u64>,
+
+    /// Serve a null disk of SIZE: reads return zeroes, writes are dropped.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub null: Option<u64>,
+
+    /// Logical block size in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 512, value_parser = parse_block_size)]
+    pub block_size: u32,
+
+    /// Offer the disk read-only (VIRTIO_BLK_F_RO); writes fail with IOERR.
+    #[arg(long)]
+    pub readonly: bool,
+
+    /// Serial number returned by GET_ID (at most 20 bytes; default: the bdev name).
+    #[arg(long, value_name = "STR", value_parser = parse_serial)]
+    pub serial: Option<String>,
+
+    /// The bdev's name.
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+
+    /// Reactor cores, one pinned polling thread each: "0", "2-5", "0,2,4-6".
+    #[arg(long, value_name = "LIST", value_parser = parse_cpus)]
+    pub cpus: Option<CpuList>,
+
+    /// Most virtqueues offered. The default lets QEMU's own default (one queue per vCPU) work
+    /// for guests of up to 16 vCPUs.
+    #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub num_queues: u16,
+
+    /// Log level: error, warn, info, debug, trace.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: log::LevelFilter,
+}
+
+/// Parses "4096", "64K", "512M", "1G", "2T" (binary multiples).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("unknown size suffix '{c}' (use K, M, G or T)")),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("'{s}' is not a size"))?;
+    let bytes = n
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))?;
+    if bytes == 0 {
+        return Err("size must not be zero".into());
+    }
+    Ok(bytes)
+}
+
+fn parse_block_size(s: &str) -> Result<u32, String> {
+    match s.trim() {
+        "512" => Ok(512),
+        "4096" | "4K" | "4k" => Ok(4096),
+        _ => Err("block size must be 512 or 4096".into()),
+    }
+}
+
+fn parse_serial(s: &str) -> Result<String, String> {
+    if s.len() > spinblk_protocol::ID_BYTES {
+        return Err(format!(
+            "serial is longer than {} bytes",
+            spinblk_protocol::ID_BYTES
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// A parsed core list (a newtype so clap treats it as one value, not many).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CpuList(pub Vec<usize>);
+
+fn parse_cpus(s: &str) -> Result<CpuList, String> {
+    spinblk_reactor::parse_cpu_list(s)
+        .map(CpuList)
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("1g"), Ok(1 << 30));
+        assert_eq!(parse_size("2T"), Ok(2 << 40));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("G").is_err());
+        assert!(parse_size("99999999999T").is_err());
+        assert!(parse_size("-1").is_err());
+    }
+
+    #[test]
+    fn options_parse_and_conflict() {
+        let c = Cli::try_parse_from([
+            "spinblk",
+            "--socket",
+            "/tmp/s",
+            "--malloc",
+            "64M",
+            "--block-size",
+            "4096",
+            "--cpus",
+            "0-1",
+            "--num-queues",
+            "4",
+        ])
+        .expect("valid");
+        assert_eq!(
+            (c.malloc, c.block_size, c.num_queues),
+            (Some(64 << 20), 4096, 4)
+        );
+        assert_eq!(c.cpus, Some(CpuList(vec![0, 1])));
+        assert!(Cli::try_parse_from(["spinblk", "--malloc", "1M", "--null", "1M"]).is_err());
+        assert!(Cli::try_parse_from(["spinblk", "--block-size", "1024"]).is_err());
+        assert!(Cli::try_parse_from(["spinblk", "--num-queues", "0"]).is_err());
+        assert!(Cli::try_parse_from(["spinblk", "--serial", "a-serial-that-is-too-long"]).is_err());
+    }
+}

@@ -1,0 +1,442 @@
+//! The data path: one [`VirtqPoller`] per started virtqueue, owned by one reactor. Each pass it
+//! takes control messages, pops new chains (guest notifications suppressed), parses them,
+//! submits them to its bdev channel, reaps completions into the used ring and signals the guest
+//! at most once.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{fence, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+use spinblk_bdev::{Bdev, BdevIo, IoChannel, IoStatus, IoVec};
+use spinblk_reactor::{PollStatus, Poller};
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
+use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+
+use crate::request::{BlkRequest, DeviceLimits, RequestKind, ID_BYTES, MAX_IOVECS};
+use crate::stats::QueueStats;
+
+/// What every queue of a controller shares: the bdev and the checks requests must pass.
+pub struct DeviceInfo {
+    /// The block device behind the controller.
+    pub bdev: Arc<dyn Bdev>,
+    /// Capacity, block size, read-only flag and supported range operations.
+    pub limits: DeviceLimits,
+    /// The GET_ID answer, NUL-padded.
+    pub serial: [u8; ID_BYTES],
+}
+
+/// Everything a reactor needs to start polling a virtqueue.
+pub(crate) struct QueueStart {
+    pub size: u16,
+    pub desc: GuestAddress,
+    pub avail: GuestAddress,
+    pub used: GuestAddress,
+    pub next_avail: u16,
+    pub event_idx: bool,
+    pub enabled: bool,
+    pub call: Option<File>,
+    pub mem: Arc<GuestMemoryMmap>,
+    pub device: Arc<DeviceInfo>,
+    pub ctrl: Receiver<QueueCtrl>,
+}
+
+/// Messages from the control plane to a running queue.
+pub(crate) enum QueueCtrl {
+    /// A new memory table; acknowledged once the queue uses it.
+    Memory(Arc<GuestMemoryMmap>, Sender<()>),
+    /// A new call eventfd (or none).
+    Call(Option<File>),
+    /// SET_VRING_ENABLE: whether to take new requests.
+    Enable(bool),
+    /// Stop taking requests; reply once in-flight ones completed, then the poller ends.
+    Stop(Sender<QueueStopped>),
+    /// Copy of the statistics.
+    Stats(Sender<QueueStats>),
+}
+
+/// A stopped queue's final state (for GET_VRING_BASE).
+#[derive(Debug)]
+pub(crate) struct QueueStopped {
+    pub next_avail: u16,
+    pub stats: QueueStats,
+}
+
+/// Why a queue could not start.
+#[derive(Debug)]
+pub(crate) enum QueueStartError {
+    /// The ring addresses or size do not fit guest memory.
+    InvalidRing,
+    /// The bdev refused a channel.
+    Channel(String),
+}
+
+impl std::fmt::Display for QueueStartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            QueueStartError::InvalidRing => f.write_str("ring does not fit guest memory"),
+            QueueStartError::Channel(e) => write!(f, "cannot open bdev channel: {e}"),
+        }
+    }
+}
+
+/// Per-request state, indexed by descriptor head (preallocated: no allocation per request).
+#[derive(Clone, Copy)]
+struct Slot {
+    busy: bool,
+    kind: RequestKind,
+    status_addr: GuestAddress,
+    used_len: u32,
+    len: u64,
+    submitted: Option<Instant>,
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            busy: false,
+            kind: RequestKind::Flush,
+            status_addr: GuestAddress(0),
+            used_len: 0,
+            len: 0,
+            submitted: None,
+        }
+    }
+}
+
+/// Polls one virtqueue. Not `Send`: built on, and never leaves, its reactor.
+pub(crate) struct VirtqPoller {
+    queue: Queue,
+    mem: Arc<GuestMemoryMmap>,
+    /// Older memory tables, kept mapped until the requests that may point into them are done.
+    retired: Vec<Arc<GuestMemoryMmap>>,
+    channel: Box<dyn IoChannel>,
+    device: Arc<DeviceInfo>,
+    slots: Box<[Slot]>,
+    iovecs: Box<[IoVec]>,
+    /// Requests the channel handed back (full); retried before new ones are popped.
+    backlog: VecDeque<BdevIo>,
+    in_flight: usize,
+    ctrl: Receiver<QueueCtrl>,
+    call: Option<File>,
+    enabled: bool,
+    stop_reply: Option<Sender<QueueStopped>>,
+    used_added: bool,
+    stats: QueueStats,
+}
+
+impl VirtqPoller {
+    /// Builds the poller on the reactor that will own it.
+    pub(crate) fn new(s: QueueStart) -> Result<Self, QueueStartError> {
+        let mut queue = Queue::new(s.size).map_err(|_| QueueStartError::InvalidRing)?;
+        queue.set_size(s.size);
+        let split = |a: GuestAddress| (Some(a.0 as u32), Some((a.0 >> 32) as u32));
+        let (lo, hi) = split(s.desc);
+        queue.set_desc_table_address(lo, hi);
+        let (lo, hi) = split(s.avail);
+        queue.set_avail_ring_address(lo, hi);
+        let (lo, hi) = split(s.used);
+        queue.set_used_ring_address(lo, hi);
+        queue.set_event_idx(s.event_idx);
+        queue.set_next_avail(s.next_avail);
+        queue.set_next_used(s.next_avail);
+        queue.set_ready(true);
+        if !queue.is_valid(s.mem.as_ref()) {
+            return Err(QueueStartError::InvalidRing);
+        }
+        // Suppress guest kicks while we poll (a no-op with EVENT_IDX: there the guest kicks only
+        // when avail idx crosses avail_event, which we never advance).
+        queue
+            .disable_notification(s.mem.as_ref())
+            .map_err(|_| QueueStartError::InvalidRing)?;
+        let size = usize::from(s.size);
+        let channel = s
+            .device
+            .bdev
+            .open_channel(size)
+            .map_err(|e| QueueStartError::Channel(e.to_string()))?;
+        let empty = IoVec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        Ok(VirtqPoller {
+            queue,
+            mem: s.mem,
+            retired: Vec::new(),
+            channel,
+            device: s.device,
+            slots: vec![Slot::default(); size].into_boxed_slice(),
+            iovecs: vec![empty; size * MAX_IOVECS].into_boxed_slice(),
+            backlog: VecDeque::with_capacity(size),
+            in_flight: 0,
+            ctrl: s.ctrl,
+            call: s.call,
+            enabled: s.enabled,
+            stop_reply: None,
+            used_added: false,
+            stats: QueueStats::default(),
+        })
+    }
+
+    fn handle_ctrl(&mut self) -> bool {
+        let mut any = false;
+        while let Ok(msg) = self.ctrl.try_recv() {
+            any = true;
+            match msg {
+                QueueCtrl::Memory(mem, ack) => {
+                    let old = std::mem::replace(&mut self.mem, mem);
+                    if self.in_flight > 0 {
+                        self.retired.push(old);
+                    }
+                    let _ = ack.send(());
+                }
+                QueueCtrl::Call(call) => self.call = call,
+                QueueCtrl::Enable(on) => self.enabled = on,
+                QueueCtrl::Stop(reply) => self.stop_reply = Some(reply),
+                QueueCtrl::Stats(reply) => {
+                    let _ = reply.send(self.stats.clone());
+                }
+            }
+        }
+        any
+    }
+
+    /// Writes `status` and publishes the used element for `head`.
+    fn complete(
+        &mut self,
+        head: u16,
+        status: u8,
+        used_len: u32,
+        status_addr: Option<GuestAddress>,
+    ) {
+        let mem = self.mem.as_ref();
+        let mut len = used_len;
+        if let Some(addr) = status_addr {
+            if mem.write_obj(status, addr).is_err() {
+                len = 0;
+            }
+        }
+        // add_used only fails for a head outside the ring, which pop never returns.
+        let _ = self.queue.add_used(mem, head, len);
+        self.used_added = true;
+    }
+
+    /// Retries requests a full channel handed back earlier.
+    fn submit_backlog(&mut self) -> bool {
+        let mut any = false;
+        while let Some(io) = self.backlog.pop_front() {
+            match self.channel.submit(io) {
+                Ok(()) => any = true,
+                Err(io) => {
+                    self.backlog.push_front(io);
+                    break;
+                }
+            }
+        }
+        any
+    }
+
+    /// Pops and starts new requests, at most one ring's worth per pass.
+    fn pop_requests(&mut self) -> bool {
+        let mut popped = 0;
+        // One clock read per pass, and none on idle passes.
+        let mut now = None;
+        let size = self.slots.len();
+        while popped < size && self.backlog.is_empty() {
+            let mem = Arc::clone(&self.mem);
+            let Some(chain) = self.queue.pop_descriptor_chain(mem.as_ref()) else {
+                break;
+            };
+            popped += 1;
+            let head = chain.head_index();
+            let h = usize::from(head);
+            if h >= size || self.slots[h].busy {
+                // A head outside the ring, or one already in flight: a broken driver. There is
+                // no safe used element to return, so drop it and count it.
+                self.stats.dropped += 1;
+                continue;
+            }
+            let iov = &mut self.iovecs[h * MAX_IOVECS..(h + 1) * MAX_IOVECS];
+            let req = match BlkRequest::parse(chain, mem.as_ref(), &self.device.limits, iov) {
+                Ok(req) => req,
+                Err(refused) => {
+                    match refused.error.status() as u32 {
+                        VIRTIO_BLK_S_UNSUPP => self.stats.unsupported += 1,
+                        _ => self.stats.io_errors += 1,
+                    }
+                    if refused.status_addr.is_none() {
+                        self.stats.dropped += 1;
+                    }
+                    self.complete(head, refused.error.status(), 1, refused.status_addr);
+                    continue;
+                }
+            };
+            let Some(op) = req.kind.bdev_op() else {
+                self.answer_get_id(head, &req);
+                continue;
+            };
+            self.slots[h] = Slot {
+                busy: true,
+                kind: req.kind,
+                status_addr: req.status_addr,
+                used_len: req.used_len(),
+                len: req.len,
+                submitted: Some(*now.get_or_insert_with(Instant::now)),
+            };
+            self.in_flight += 1;
+            let io = if req.iovcnt > 0 {
+                // SAFETY: the iovecs were just filled by parse from guest memory that `self.mem`
+                // (or, after a table change, `self.retired`) keeps mapped until this request
+                // completes; slot `h`'s iovec range is not reused while the slot is busy.
+                unsafe {
+                    BdevIo::with_iovecs(
+                        u32::from(head),
+                        op,
+                        req.offset,
+                        req.len,
+                        self.iovecs[h * MAX_IOVECS..].as_ptr(),
+                        req.iovcnt,
+                    )
+                }
+            } else {
+                BdevIo::without_data(u32::from(head), op, req.offset, req.len)
+            };
+            if let Err(io) = self.channel.submit(io) {
+                self.backlog.push_back(io);
+            }
+        }
+        popped > 0
+    }
+
+    /// GET_ID: copy the serial into the guest buffers and complete at once.
+    fn answer_get_id(&mut self, head: u16, req: &BlkRequest) {
+        let h = usize::from(head);
+        let mut left = &self.device.serial[..];
+        for v in &self.iovecs[h * MAX_IOVECS..h * MAX_IOVECS + req.iovcnt] {
+            let n = left.len().min(v.iov_len);
+            // SAFETY: parse translated this iovec from guest memory mapped by self.mem, device-
+            // writable and at least iov_len bytes long; the serial is our own array.
+            unsafe { std::ptr::copy_nonoverlapping(left.as_ptr(), v.iov_base.cast::<u8>(), n) };
+            left = &left[n..];
+        }
+        self.stats
+            .count(RequestKind::GetId, req.len.min(ID_BYTES as u64));
+        self.complete(
+            head,
+            VIRTIO_BLK_S_OK as u8,
+            req.used_len(),
+            Some(req.status_addr),
+        );
+    }
+
+    /// Moves finished bdev requests to the used ring.
+    fn reap(&mut self) -> usize {
+        if self.in_flight == 0 {
+            return 0;
+        }
+        let now = Instant::now();
+        let VirtqPoller {
+            channel,
+            slots,
+            queue,
+            mem,
+            stats,
+            in_flight,
+            used_added,
+            ..
+        } = self;
+        let mem = mem.as_ref();
+        channel.poll_completions(&mut |c| {
+            let Some(slot) = slots.get_mut(c.tag as usize) else {
+                return;
+            };
+            slot.busy = false;
+            *in_flight -= 1;
+            if let Some(t) = slot.submitted {
+                stats.record_latency(now.saturating_duration_since(t).as_nanos() as u64);
+            }
+            let (status, used_len) = match c.status {
+                IoStatus::Success => {
+                    stats.count(slot.kind, slot.len);
+                    (VIRTIO_BLK_S_OK, slot.used_len)
+                }
+                IoStatus::IoError => {
+                    stats.count(slot.kind, 0);
+                    stats.io_errors += 1;
+                    (VIRTIO_BLK_S_IOERR, 1)
+                }
+                IoStatus::Unsupported => {
+                    stats.count(slot.kind, 0);
+                    stats.unsupported += 1;
+                    (VIRTIO_BLK_S_UNSUPP, 1)
+                }
+            };
+            let len = if mem.write_obj(status as u8, slot.status_addr).is_ok() {
+                used_len
+            } else {
+                0
+            };
+            let _ = queue.add_used(mem, c.tag as u16, len);
+            *used_added = true;
+        })
+    }
+
+    /// Signals the call eventfd once for everything this pass published, if the guest asked.
+    fn notify_guest(&mut self) {
+        self.used_added = false;
+        let mem = self.mem.as_ref();
+        let wanted = if self.queue.event_idx_enabled() {
+            self.queue.needs_notification(mem).unwrap_or(true)
+        } else {
+            // The used idx store must be visible before we read the guest's flag.
+            fence(Ordering::SeqCst);
+            let flags: u16 = mem
+                .load(GuestAddress(self.queue.avail_ring()), Ordering::Acquire)
+                .unwrap_or(0);
+            flags & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0
+        };
+        if let (true, Some(call)) = (wanted, &self.call) {
+            let one = 1u64;
+            // SAFETY: writing 8 bytes from a live u64 to an eventfd we own; a failure (counter
+            // full) only means the guest already has a pending interrupt.
+            unsafe { libc::write(call.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+    }
+}
+
+impl Poller for VirtqPoller {
+    fn poll(&mut self) -> PollStatus {
+        let mut busy = self.handle_ctrl();
+        // The backlog holds requests already taken from the ring: always push them on, even
+        // while disabled or stopping, or a stop would wait for them forever.
+        busy |= self.submit_backlog();
+        if self.enabled && self.stop_reply.is_none() {
+            busy |= self.pop_requests();
+        }
+        self.channel.flush_submissions();
+        busy |= self.reap() > 0;
+        if self.used_added {
+            self.notify_guest();
+        }
+        if self.in_flight == 0 {
+            self.retired.clear();
+            if let Some(reply) = self.stop_reply.take() {
+                let _ = reply.send(QueueStopped {
+                    next_avail: self.queue.next_avail(),
+                    stats: std::mem::take(&mut self.stats),
+                });
+                return PollStatus::Done;
+            }
+        }
+        if busy {
+            PollStatus::Busy
+        } else {
+            PollStatus::Idle
+        }
+    }
+}

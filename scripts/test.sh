@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs every spinblk test: lint, unit and libblkio integration tests (cargo), then the Linux
+# guest end-to-end tests under QEMU. Installs what it needs on a fresh Debian machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n=== %s ===\n' "$*"; }
+
+step "dependencies"
+bash scripts/install-deps.sh
+
+step "format and lints"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build"
+cargo build --workspace --release --locked
+
+step "unit and integration tests"
+cargo test --workspace --locked
+
+step "VM end-to-end tests (Linux guest, fio verify)"
+vm_failed=0
+vm_passed=0
+run_vm() {
+    echo "--- scripts/vm-test.sh $*"
+    if bash scripts/vm-test.sh "$@"; then
+        vm_passed=$((vm_passed + 1))
+    else
+        vm_failed=$((vm_failed + 1))
+        echo "VM test FAILED: scripts/vm-test.sh $*"
+    fi
+}
+run_vm --num-queues 2 --cpus 0
+run_vm --num-queues 1 --block-size 4096 --serial spinblk-4k
+run_vm --readonly --num-queues 1
+echo "vm tests: ${vm_passed} passed, ${vm_failed} failed"
+[ "$vm_failed" -eq 0 ]

@@ -98,7 +98,7 @@ fn read_after_write(bs: u32) {
         }
     }
     for _ in 0..40 {
-        let size = (rng.below(256) + 1) * bs;
+        let size = (rng.below(64) + 1) * bs;
         writes.push((rng.below((cap - size) / bs + 1) * bs, size));
     }
 

@@ -863,17 +863,12 @@ const SEG_GAP: usize = 320;
 
 /// `len` deterministic pseudo-random bytes for `seed` (splitmix64).
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed ^ 0x5350_494e_424c_4b21;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        out.extend_from_slice(&z.to_le_bytes());
+    let mut rng = Rng::new(seed ^ 0x5350_494e_424c_4b21);
+    let mut out = vec![0u8; len];
+    for chunk in out.chunks_mut(8) {
+        let word = rng.next_u64().to_le_bytes();
+        chunk.copy_from_slice(&word[..chunk.len()]);
     }
-    out.truncate(len);
     out
 }
 
@@ -904,6 +899,9 @@ impl Rng {
 #[track_caller]
 pub fn assert_bytes_eq(got: &[u8], want: &[u8], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: length");
+    if got == want {
+        return; // one memcmp; the byte-by-byte search below is slow in debug builds
+    }
     if let Some(i) = got.iter().zip(want).position(|(g, w)| g != w) {
         let end = (i + 16).min(got.len());
         panic!(
@@ -918,6 +916,10 @@ pub fn assert_bytes_eq(got: &[u8], want: &[u8], what: &str) {
 /// Asserts that every byte of `got` is zero.
 #[track_caller]
 pub fn assert_zeroes(got: &[u8], what: &str) {
+    static ZEROES: [u8; 4096] = [0; 4096];
+    if got.chunks(ZEROES.len()).all(|c| c == &ZEROES[..c.len()]) {
+        return;
+    }
     if let Some(i) = got.iter().position(|&b| b != 0) {
         let end = (i + 16).min(got.len());
         panic!(

@@ -1,6 +1,7 @@
 //! The bdev traits and the request/completion types that cross them.
 
 use std::fmt;
+use std::path::PathBuf;
 
 /// One data segment, laid out as the kernel's `struct iovec` so channels backed by io_uring can
 /// hand arrays of them to the kernel unchanged.
@@ -56,6 +57,7 @@ pub struct BdevIo {
     pub len: u64,
     iov: *const IoVec,
     iovcnt: usize,
+    durable: bool,
 }
 
 impl BdevIo {
@@ -82,6 +84,7 @@ impl BdevIo {
             len,
             iov,
             iovcnt,
+            durable: false,
         }
     }
 
@@ -94,7 +97,22 @@ impl BdevIo {
             len,
             iov: std::ptr::null(),
             iovcnt: 0,
+            durable: false,
         }
+    }
+
+    /// Marks a write as durable (or not): a channel completes a durable write only once its data
+    /// would survive a power loss (virtio-blk with the write cache disabled; SCSI's FUA). Kernel-
+    /// backed channels write it with `RWF_DSYNC`; RAM-backed ones ignore it. Other operations
+    /// ignore the flag. Requests start non-durable.
+    pub fn with_durable(mut self, durable: bool) -> Self {
+        self.durable = durable;
+        self
+    }
+
+    /// Whether this request must be durable on completion (see [`BdevIo::with_durable`]).
+    pub fn durable(&self) -> bool {
+        self.durable
     }
 
     /// The data segments (empty for requests without data).
@@ -123,6 +141,24 @@ pub enum BdevError {
     InvalidGeometry(String),
     /// The operating system refused a resource (memory, a file, a ring).
     Os(std::io::Error),
+    /// A backing file or block device could not be opened or inspected.
+    Open {
+        /// The path as given.
+        path: PathBuf,
+        /// What the system call said.
+        source: std::io::Error,
+    },
+    /// The backing file's filesystem (or the device) refuses direct I/O: `open` with `O_DIRECT`
+    /// or an aligned probe read failed with `EINVAL`. Opening it buffered (`--buffered`, i.e.
+    /// [`UringOptions::buffered`](crate::UringOptions::buffered)) avoids `O_DIRECT`.
+    DirectIoUnsupported {
+        /// The path as given.
+        path: PathBuf,
+        /// Which step failed and why.
+        detail: String,
+    },
+    /// The path names something other than a regular file or a block device.
+    NotAFileOrBlockDevice(PathBuf),
 }
 
 impl fmt::Display for BdevError {
@@ -130,11 +166,32 @@ impl fmt::Display for BdevError {
         match self {
             BdevError::InvalidGeometry(why) => write!(f, "invalid geometry: {why}"),
             BdevError::Os(e) => write!(f, "{e}"),
+            BdevError::Open { path, source } => {
+                write!(f, "cannot open {}: {source}", path.display())
+            }
+            BdevError::DirectIoUnsupported { path, detail } => write!(
+                f,
+                "{}: direct I/O (O_DIRECT) is not supported here ({detail}); \
+                 use --buffered to open it through the page cache instead",
+                path.display()
+            ),
+            BdevError::NotAFileOrBlockDevice(path) => write!(
+                f,
+                "{}: not a regular file or a block device",
+                path.display()
+            ),
         }
     }
 }
 
-impl std::error::Error for BdevError {}
+impl std::error::Error for BdevError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            BdevError::Os(e) | BdevError::Open { source: e, .. } => Some(e),
+            _ => None,
+        }
+    }
+}
 
 /// A block device: the control-plane half, shared by every reactor that serves it.
 pub trait Bdev: Send + Sync {

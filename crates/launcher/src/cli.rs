@@ -46,6 +46,29 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub num_queues: u16,
 
+    /// A bdev, repeatable: `name=m0,malloc=1G[,block-size=4096][,shared]` or
+    /// `name=n0,null=1G`. Used with `--controller`.
+    #[arg(long = "bdev", value_name = "SPEC", conflicts_with_all = ["malloc", "null", "config"])]
+    pub bdevs: Vec<String>,
+
+    /// A controller, repeatable: `socket=PATH,bdev=NAME[,name=N][,cpus=LIST][,num-queues=N]
+    /// [,queue-cpus=0:1:..][,readonly][,serial=S]`. Replaces the single-disk options.
+    #[arg(
+        long = "controller",
+        value_name = "SPEC",
+        requires = "bdevs",
+        conflicts_with = "config"
+    )]
+    pub controllers: Vec<String>,
+
+    /// JSON configuration file with bdevs and controllers (see docs/configuration.md).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["malloc", "null"])]
+    pub config: Option<PathBuf>,
+
+    /// Print one summary line per controller every SECS seconds.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub stats_interval: Option<u64>,
+
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: log::LevelFilter,

@@ -1,11 +1,16 @@
-//! `spinblk`: wires a bdev, a reactor pool and a vhost-user-blk controller together.
+//! `spinblk`: builds the bdevs, starts the reactor pool and one vhost-user-blk controller per
+//! configured socket, reports statistics, and shuts down cleanly on SIGINT/SIGTERM.
 
 mod cli;
+mod config;
+mod report;
 
+use std::collections::HashMap;
+use std::io::Write;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use clap::Parser;
 use spinblk_bdev::{Bdev, IoOp, MallocBdev, NullBdev};
@@ -15,6 +20,7 @@ use spinblk_protocol::{
 use spinblk_reactor::ReactorPool;
 
 use cli::Cli;
+use config::{BdevConfig, BdevType, ControllerConfig, ResolvedController, TargetConfig};
 
 /// The disk served when no bdev option is given.
 const DEFAULT_MALLOC_SIZE: u64 = 1 << 30;
@@ -38,7 +44,19 @@ fn main() -> ExitCode {
         .filter_level(cli.log_level)
         .parse_default_env()
         .init();
-    match run(cli) {
+    // Every configuration mistake is a usage error (exit 2); failures after this point exit 1.
+    let checked = target_config(&cli).and_then(|cfg| {
+        let (cpus, controllers) = cfg.resolve(first_allowed_cpu())?;
+        Ok((cfg, cpus, controllers))
+    });
+    let (config, cpus, controllers) = match checked {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("spinblk: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match run(config, cpus, controllers) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("spinblk: {e}");
@@ -47,82 +65,189 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), String> {
-    let bdev: Arc<dyn Bdev> = match cli.null {
-        Some(size) => {
-            let name = cli.name.clone().unwrap_or_else(|| "null0".into());
-            Arc::new(NullBdev::new(&name, size, cli.block_size).map_err(|e| e.to_string())?)
+/// The configuration from `--config`, from `--bdev`/`--controller`, or from the single-disk
+/// options; `--cpus` and `--stats-interval` apply to all three.
+fn target_config(cli: &Cli) -> Result<TargetConfig, String> {
+    let mut cfg = if let Some(path) = &cli.config {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?
+    } else if !cli.controllers.is_empty() {
+        TargetConfig {
+            cpus: None,
+            bdevs: cli
+                .bdevs
+                .iter()
+                .map(|b| config::bdev_from_kv(b))
+                .collect::<Result<_, _>>()?,
+            controllers: cli
+                .controllers
+                .iter()
+                .map(|c| config::controller_from_kv(c))
+                .collect::<Result<_, _>>()?,
+            stats_interval: None,
         }
-        None => {
-            let name = cli.name.clone().unwrap_or_else(|| "malloc0".into());
-            let size = cli.malloc.unwrap_or(DEFAULT_MALLOC_SIZE);
-            Arc::new(MallocBdev::new(&name, size, cli.block_size).map_err(|e| e.to_string())?)
+    } else {
+        let (bdev_type, size, default_name) = match (cli.null, cli.malloc) {
+            (Some(size), _) => (BdevType::Null, size, "null0"),
+            (None, size) => (
+                BdevType::Malloc,
+                size.unwrap_or(DEFAULT_MALLOC_SIZE),
+                "malloc0",
+            ),
+        };
+        let name = cli.name.clone().unwrap_or_else(|| default_name.to_string());
+        TargetConfig {
+            cpus: None,
+            bdevs: vec![BdevConfig {
+                name: name.clone(),
+                bdev_type,
+                size: Some(size),
+                block_size: Some(cli.block_size),
+                shared: false,
+            }],
+            controllers: vec![ControllerConfig {
+                name: Some("vhost0".into()),
+                socket: cli.socket.clone(),
+                bdev: name,
+                cpus: None,
+                queue_cpus: None,
+                num_queues: cli.num_queues,
+                readonly: cli.readonly,
+                serial: cli.serial.clone(),
+            }],
+            stats_interval: None,
         }
     };
-    let serial = cli
-        .serial
-        .clone()
-        .unwrap_or_else(|| bdev.name().to_string());
-    let device = Arc::new(DeviceInfo {
-        limits: DeviceLimits {
-            capacity: bdev.size_bytes(),
-            block_size: bdev.block_size(),
-            read_only: cli.readonly,
-            discard: bdev.supports(IoOp::Discard),
-            write_zeroes: bdev.supports(IoOp::WriteZeroes),
-        },
-        serial: serial_bytes(&serial),
-        bdev: Arc::clone(&bdev),
-    });
+    if let Some(cpus) = &cli.cpus {
+        cfg.cpus = Some(cpus.0.clone());
+    }
+    if cli.stats_interval.is_some() {
+        cfg.stats_interval = cli.stats_interval;
+    }
+    Ok(cfg)
+}
 
-    let cpus = match cli.cpus {
-        Some(c) => c.0,
-        None => vec![first_allowed_cpu()],
+fn make_bdev(b: &BdevConfig) -> Result<Arc<dyn Bdev>, String> {
+    let block_size = b.block_size.unwrap_or(512);
+    let failed = |e: spinblk_bdev::BdevError| format!("bdev '{}': {e}", b.name);
+    let bdev: Arc<dyn Bdev> = match b.bdev_type {
+        BdevType::Malloc => {
+            Arc::new(MallocBdev::new(&b.name, b.required_size()?, block_size).map_err(failed)?)
+        }
+        BdevType::Null => {
+            Arc::new(NullBdev::new(&b.name, b.required_size()?, block_size).map_err(failed)?)
+        }
     };
+    Ok(bdev)
+}
+
+fn run(
+    cfg: TargetConfig,
+    cpus: Vec<usize>,
+    resolved: Vec<ResolvedController>,
+) -> Result<(), String> {
+    let bdevs = cfg
+        .bdevs
+        .iter()
+        .map(make_bdev)
+        .collect::<Result<Vec<_>, _>>()?;
     let pool = ReactorPool::start(&cpus).map_err(|e| e.to_string())?;
-    let spec = ControllerSpec {
-        name: bdev.name().to_string(),
-        num_queues: cli.num_queues,
-        device,
-        reactors: pool.handles().to_vec(),
-    };
-    let controller = Controller::start(spec, &cli.socket).map_err(|e| e.to_string())?;
+    let by_core: HashMap<usize, _> = pool
+        .handles()
+        .iter()
+        .map(|h| (h.core().unwrap_or(usize::MAX), h.clone()))
+        .collect();
+
+    let mut controllers = Vec::new();
+    for c in &resolved {
+        let bdev = &bdevs[c.bdev];
+        let serial = c
+            .config
+            .serial
+            .clone()
+            .unwrap_or_else(|| bdev.name().to_string());
+        let device = Arc::new(DeviceInfo {
+            limits: DeviceLimits {
+                capacity: bdev.size_bytes(),
+                block_size: bdev.block_size(),
+                read_only: c.config.readonly,
+                discard: bdev.supports(IoOp::Discard),
+                write_zeroes: bdev.supports(IoOp::WriteZeroes),
+            },
+            serial: serial_bytes(&serial),
+            bdev: Arc::clone(bdev),
+        });
+        let reactors = c
+            .queue_cores
+            .iter()
+            .filter_map(|core| by_core.get(core).cloned())
+            .collect();
+        let spec = ControllerSpec {
+            name: c.name.clone(),
+            num_queues: c.config.num_queues,
+            device,
+            reactors,
+        };
+        let controller = Controller::start(spec, &c.config.socket).map_err(|e| e.to_string())?;
+        eprintln!(
+            "spinblk: {}: serving {} ({} bytes, {}-byte blocks{}, serial '{}') on {}, up to {} queues on cpus {:?}",
+            c.name,
+            bdev.name(),
+            bdev.size_bytes(),
+            bdev.block_size(),
+            if c.config.readonly { ", read-only" } else { "" },
+            serial,
+            c.config.socket.display(),
+            c.config.num_queues,
+            c.queue_cores
+        );
+        controllers.push(controller);
+    }
 
     let terminate = Arc::new(AtomicBool::new(false));
+    let dump = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&terminate)).map_err(|e| e.to_string())?;
     }
-    eprintln!(
-        "spinblk: serving {} ({} bytes, {}-byte blocks{}, serial '{}') on {} with up to {} queues, reactors on cpus {:?}",
-        bdev.name(),
-        bdev.size_bytes(),
-        bdev.block_size(),
-        if cli.readonly { ", read-only" } else { "" },
-        serial,
-        cli.socket.display(),
-        cli.num_queues,
-        cpus
-    );
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&dump))
+        .map_err(|e| e.to_string())?;
 
+    let interval = cfg.stats_interval.map(Duration::from_secs);
+    let mut last_summary = Instant::now();
+    let mut previous: Vec<QueueStats> = vec![QueueStats::default(); controllers.len()];
     while !terminate.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
+        if dump.swap(false, Ordering::Relaxed) {
+            print_table(&controllers, &pool.stats());
+        }
+        if let Some(every) = interval {
+            let elapsed = last_summary.elapsed();
+            if elapsed >= every {
+                last_summary = Instant::now();
+                for (c, prev) in controllers.iter().zip(previous.iter_mut()) {
+                    let report = c.report();
+                    println!("{}", report::summary_line(&report, prev, elapsed));
+                    *prev = report.total;
+                }
+                let _ = std::io::stdout().flush();
+            }
+        }
     }
-    // Stop taking requests, let in-flight ones complete, then report and exit.
-    controller.shutdown();
-    let (total, _) = controller.stats();
+    // Stop taking requests, let in-flight ones complete, report, exit 0.
+    for c in &controllers {
+        c.shutdown();
+    }
     let reactors = pool.shutdown();
-    eprintln!("spinblk: {}: {}", controller.name(), summary(&total));
-    for r in reactors {
-        let all = (r.busy + r.idle).as_secs_f64().max(1e-9);
-        eprintln!(
-            "spinblk: reactor {} (cpu {:?}): busy {:.1}% of {:.1} s",
-            r.id,
-            r.core,
-            100.0 * r.busy.as_secs_f64() / all,
-            all
-        );
-    }
+    print_table(&controllers, &reactors);
+    eprintln!("spinblk: shut down cleanly");
     Ok(())
+}
+
+fn print_table(controllers: &[Controller], reactors: &[spinblk_reactor::ReactorStats]) {
+    let reports: Vec<_> = controllers.iter().map(Controller::report).collect();
+    print!("{}", report::table(&reports, reactors));
+    let _ = std::io::stdout().flush();
 }
 
 /// The first core this process may run on (the default reactor core).
@@ -130,23 +255,4 @@ fn first_allowed_cpu() -> usize {
     core_affinity::get_core_ids()
         .and_then(|ids| ids.first().map(|c| c.id))
         .unwrap_or(0)
-}
-
-fn summary(s: &QueueStats) -> String {
-    let lat = &s.latency_ns;
-    format!(
-        "reads {} ({} B), writes {} ({} B), flushes {}, discards {}, write-zeroes {}, errors {}, unsupported {}; latency p50 {} ns p99 {} ns p99.9 {} ns",
-        s.read.ops,
-        s.read.bytes,
-        s.write.ops,
-        s.write.bytes,
-        s.flush.ops,
-        s.discard.ops,
-        s.write_zeroes.ops,
-        s.io_errors,
-        s.unsupported,
-        lat.value_at_quantile(0.5),
-        lat.value_at_quantile(0.99),
-        lat.value_at_quantile(0.999)
-    )
 }

@@ -3,6 +3,7 @@
 //! and are acknowledged before the frontend gets its reply.
 
 use std::fs::File;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
 use crate::config::{config_space, device_features, WRITEBACK_OFFSET};
+use crate::controller::{lock, ControllerShared};
 use crate::queue::{DeviceInfo, QueueCtrl, QueueStart, QueueStopped, VirtqPoller};
 use crate::stats::QueueStats;
 
@@ -76,8 +78,9 @@ pub struct BlkBackend {
     mem: Arc<GuestMemoryMmap>,
     vrings: Vec<Vring>,
     writeback: bool,
-    /// Statistics of queues that have stopped during this connection.
-    finished: QueueStats,
+    /// Statistics and the stopping flag, shared with the controller so they outlive the
+    /// connection.
+    shared: Arc<ControllerShared>,
 }
 
 fn invalid(why: &'static str) -> VhostError {
@@ -85,8 +88,9 @@ fn invalid(why: &'static str) -> VhostError {
 }
 
 impl BlkBackend {
-    /// A backend for a new connection to the controller `spec`.
-    pub fn new(spec: Arc<ControllerSpec>) -> Self {
+    /// A backend for a new connection to the controller `spec`; stopped queues add their
+    /// statistics to the controller's.
+    pub(crate) fn new(spec: Arc<ControllerSpec>, shared: Arc<ControllerShared>) -> Self {
         let vrings = (0..spec.num_queues).map(|_| Vring::default()).collect();
         BlkBackend {
             spec,
@@ -96,7 +100,7 @@ impl BlkBackend {
             mem: Arc::new(GuestMemoryMmap::default()),
             vrings,
             writeback: true,
-            finished: QueueStats::default(),
+            shared,
         }
     }
 
@@ -172,6 +176,9 @@ impl BlkBackend {
     /// Starts polling vring `index` on its reactor, if it is fully described.
     fn start_queue(&mut self, index: usize) -> VhostResult<()> {
         let event_idx = self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
+        if self.shared.stopping.load(Ordering::SeqCst) {
+            return Err(invalid("the target is shutting down"));
+        }
         let v = &self.vrings[index];
         if v.running.is_some() || !v.addr_set || v.size == 0 {
             return Ok(());
@@ -236,7 +243,9 @@ impl BlkBackend {
         let stopped: QueueStopped = rx
             .recv_timeout(STOP_TIMEOUT)
             .map_err(|_| VhostError::BackendInternalError)?;
-        self.finished.merge(&stopped.stats);
+        if let Some(q) = lock(&self.shared.finished).get_mut(index) {
+            q.merge(&stopped.stats);
+        }
         self.vrings[index].base = stopped.next_avail;
         Ok(stopped.next_avail)
     }
@@ -250,18 +259,20 @@ impl BlkBackend {
         }
     }
 
-    /// Statistics of all queues: running ones asked by message, stopped ones from memory.
-    pub fn stats(&self) -> (QueueStats, Vec<QueueStats>) {
-        let mut per_queue = Vec::new();
-        for ctrl in self.vrings.iter().filter_map(|v| v.running.as_ref()) {
+    /// Adds each running queue's statistics (asked of its reactor by message) into
+    /// `per_queue[queue index]`.
+    pub(crate) fn add_running_stats(&self, per_queue: &mut [QueueStats]) {
+        for (i, v) in self.vrings.iter().enumerate() {
+            let Some(ctrl) = &v.running else { continue };
             let (tx, rx) = crossbeam_channel::bounded(1);
             if ctrl.send(QueueCtrl::Stats(tx)).is_ok() {
-                if let Ok(s) = rx.recv_timeout(REACTOR_ACK_TIMEOUT) {
-                    per_queue.push(s);
+                if let (Ok(s), Some(q)) =
+                    (rx.recv_timeout(REACTOR_ACK_TIMEOUT), per_queue.get_mut(i))
+                {
+                    q.merge(&s);
                 }
             }
         }
-        (self.finished.clone(), per_queue)
     }
 
     fn protocol_features() -> VhostUserProtocolFeatures {
@@ -289,10 +300,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
 
     fn reset_device(&mut self) -> VhostResult<()> {
         self.stop_all();
-        let spec = Arc::clone(&self.spec);
-        let finished = std::mem::take(&mut self.finished);
-        *self = BlkBackend::new(spec);
-        self.finished = finished;
+        *self = BlkBackend::new(Arc::clone(&self.spec), Arc::clone(&self.shared));
         Ok(())
     }
 

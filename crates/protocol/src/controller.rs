@@ -38,15 +38,51 @@ impl std::error::Error for ControllerError {}
 
 type Connection = Arc<Mutex<BlkBackend>>;
 
-/// The backend of the connected frontend, if any.
-#[derive(Default)]
+/// The backend of the connected frontend, if any, and per-queue statistics of queues that have
+/// stopped (across connections).
 struct Current {
     backend: Mutex<Option<Connection>>,
-    /// Statistics of connections that have ended.
-    finished: Mutex<QueueStats>,
+    shared: Arc<ControllerShared>,
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+/// State a controller's connections share with it (control plane only; reactors never touch
+/// it).
+pub(crate) struct ControllerShared {
+    /// Per-queue statistics of queues that have stopped, across connections.
+    pub finished: Mutex<Vec<QueueStats>>,
+    /// Set by shutdown: no queue may start any more.
+    pub stopping: AtomicBool,
+}
+
+/// Statistics of one virtqueue of a controller.
+#[derive(Debug, Clone)]
+pub struct QueueReport {
+    /// Virtqueue index.
+    pub index: u16,
+    /// Index (in the controller's reactor list order) of the reactor that polls it.
+    pub reactor: usize,
+    /// The core that reactor is pinned to.
+    pub core: Option<usize>,
+    /// Counters and latency since the controller started, across connections.
+    pub stats: QueueStats,
+}
+
+/// Statistics of a controller: every queue that has carried I/O, and their sum.
+#[derive(Debug, Clone)]
+pub struct ControllerReport {
+    /// The controller's name.
+    pub name: String,
+    /// Whether a frontend is connected now.
+    pub connected: bool,
+    /// Queues with at least one completed request.
+    pub queues: Vec<QueueReport>,
+    /// Sum over all queues.
+    pub total: QueueStats,
+}
+
+/// Locks a control-plane mutex. A panic while holding one leaves plain data behind; keep
+/// serving.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic while holding a control-plane lock leaves plain data behind; keep serving.
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -56,7 +92,6 @@ pub struct Controller {
     spec: Arc<ControllerSpec>,
     socket: PathBuf,
     current: Arc<Current>,
-    stopping: Arc<AtomicBool>,
     _thread: JoinHandle<()>,
 }
 
@@ -67,24 +102,25 @@ impl Controller {
         let listener = Listener::new(socket, true)
             .map_err(|e| ControllerError::Listen(socket.to_path_buf(), e.to_string()))?;
         let spec = Arc::new(spec);
-        let current = Arc::new(Current::default());
-        let stopping = Arc::new(AtomicBool::new(false));
+        let shared = Arc::new(ControllerShared {
+            finished: Mutex::new(vec![QueueStats::default(); usize::from(spec.num_queues)]),
+            stopping: AtomicBool::new(false),
+        });
+        let current = Arc::new(Current {
+            backend: Mutex::new(None),
+            shared,
+        });
         let thread = {
-            let (spec, current, stopping) = (
-                Arc::clone(&spec),
-                Arc::clone(&current),
-                Arc::clone(&stopping),
-            );
+            let (spec, current) = (Arc::clone(&spec), Arc::clone(&current));
             std::thread::Builder::new()
                 .name(format!("ctrl-{}", spec.name))
-                .spawn(move || accept_loop(listener, spec, current, stopping))
+                .spawn(move || accept_loop(listener, spec, current))
                 .map_err(ControllerError::Spawn)?
         };
         Ok(Controller {
             spec,
             socket: socket.to_path_buf(),
             current,
-            stopping,
             _thread: thread,
         })
     }
@@ -104,23 +140,46 @@ impl Controller {
         lock(&self.current.backend).is_some()
     }
 
-    /// Statistics: totals of ended connections and stopped queues, plus each running queue.
-    pub fn stats(&self) -> (QueueStats, Vec<QueueStats>) {
-        let mut total = lock(&self.current.finished).clone();
+    /// Statistics of every queue since the controller started: stopped queues from memory,
+    /// running ones asked of their reactors.
+    pub fn report(&self) -> ControllerReport {
+        let mut per_queue = lock(&self.current.shared.finished).clone();
         let backend = lock(&self.current.backend).clone();
-        let mut per_queue = Vec::new();
+        let connected = backend.is_some();
         if let Some(b) = backend {
-            let (stopped, running) = lock(&b).stats();
-            total.merge(&stopped);
-            per_queue = running;
+            lock(&b).add_running_stats(&mut per_queue);
         }
-        (total, per_queue)
+        let mut total = QueueStats::default();
+        let reactors = &self.spec.reactors;
+        let queues = per_queue
+            .into_iter()
+            .enumerate()
+            .filter(|(_, s)| s.total_ops() > 0)
+            .map(|(i, stats)| {
+                total.merge(&stats);
+                let reactor = i % reactors.len();
+                QueueReport {
+                    index: i as u16,
+                    reactor,
+                    core: reactors[reactor].core(),
+                    stats,
+                }
+            })
+            .collect();
+        ControllerReport {
+            name: self.spec.name.clone(),
+            connected,
+            queues,
+            total,
+        }
     }
 
     /// Stops taking new requests and waits for in-flight ones to complete. The frontend stays
     /// connected but its queues no longer run; new connections are refused.
     pub fn shutdown(&self) {
-        self.stopping.store(true, Ordering::SeqCst);
+        self.current.shared.stopping.store(true, Ordering::SeqCst);
+        // A connection that is ending still holds its backend here until its queues stopped,
+        // so this waits for them too.
         let backend = lock(&self.current.backend).clone();
         if let Some(b) = backend {
             lock(&b).stop_all();
@@ -131,12 +190,8 @@ impl Controller {
     }
 }
 
-fn accept_loop(
-    listener: Listener,
-    spec: Arc<ControllerSpec>,
-    current: Arc<Current>,
-    stopping: Arc<AtomicBool>,
-) {
+fn accept_loop(listener: Listener, spec: Arc<ControllerSpec>, current: Arc<Current>) {
+    let stopping = &current.shared.stopping;
     info!("{}: listening", spec.name);
     while !stopping.load(Ordering::SeqCst) {
         let stream = match listener.accept() {
@@ -152,17 +207,16 @@ fn accept_loop(
             break;
         }
         info!("{}: frontend connected", spec.name);
-        let backend: Connection = Arc::new(Mutex::new(BlkBackend::new(Arc::clone(&spec))));
+        let backend = BlkBackend::new(Arc::clone(&spec), Arc::clone(&current.shared));
+        let backend: Connection = Arc::new(Mutex::new(backend));
         *lock(&current.backend) = Some(Arc::clone(&backend));
         serve(
             &spec.name,
             BackendReqHandler::from_stream(stream, Arc::clone(&backend)),
         );
+        // Stop the queues before forgetting the backend, so a concurrent shutdown waits for it.
+        lock(&backend).stop_all();
         *lock(&current.backend) = None;
-        let mut b = lock(&backend);
-        b.stop_all();
-        let (stopped, _) = b.stats();
-        lock(&current.finished).merge(&stopped);
         info!("{}: frontend disconnected", spec.name);
     }
 }

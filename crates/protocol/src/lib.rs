@@ -12,7 +12,7 @@ mod stats;
 
 pub use backend::{BlkBackend, ControllerSpec};
 pub use config::{config_space, device_features, CONFIG_LEN};
-pub use controller::{Controller, ControllerError};
+pub use controller::{Controller, ControllerError, ControllerReport, QueueReport};
 pub use queue::DeviceInfo;
 pub use request::{
     BlkRequest, DeviceLimits, ParseError, Refused, RequestKind, ID_BYTES, MAX_IOVECS, SECTOR_SIZE,

@@ -193,14 +193,85 @@ impl Target {
             dir,
             _turn: turn,
         };
-        target.wait_for_socket(&format!("{cmd:?}"));
+        let socket = target.socket.clone();
+        target.wait_for_socket(&socket, &format!("{cmd:?}"));
         target
     }
 
-    fn wait_for_socket(&mut self, cmdline: &str) {
+    /// Starts spinblk with `args`, in which `{dir}` stands for the target's private directory,
+    /// and waits for each of `sockets` (file names in that directory) to appear.
+    pub fn start_args(args: &[&str], sockets: &[&str]) -> Target {
+        let turn = ONE_TARGET_AT_A_TIME
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let dir = TempDir::new("test");
+        let d = dir.path().display().to_string();
+        let log = dir.path().join("target.log");
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spinblk"));
+        cmd.args(args.iter().map(|a| a.replace("{dir}", &d)));
+        let out = File::create(&log).expect("create target log");
+        let err = out.try_clone().expect("clone target log fd");
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(out))
+            .stderr(Stdio::from(err));
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("failed to spawn {cmd:?}: {e}"));
+        // With no socket named (they live elsewhere), the caller waits for them itself.
+        let socket = dir
+            .path()
+            .join(sockets.first().copied().unwrap_or("vhost.sock"));
+        let mut target = Target {
+            child,
+            socket,
+            log,
+            config: TargetConfig::new(Backend::Default),
+            dir,
+            _turn: turn,
+        };
+        for name in sockets {
+            let path = target.socket_named(name);
+            target.wait_for_socket(&path, &format!("{cmd:?}"));
+        }
+        target
+    }
+
+    /// The path of socket `name` in the target's directory.
+    pub fn socket_named(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Sends `signal` (e.g. libc::SIGTERM) and waits up to 30 s for the target to exit; returns
+    /// its exit code and everything it printed.
+    pub fn stop_with(&mut self, signal: i32) -> (Option<i32>, String) {
+        let pid = self.child.id() as i32;
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(pid, signal) };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let code = loop {
+            if let Some(status) = self.child.try_wait().expect("poll target process") {
+                break status.code();
+            }
+            assert!(Instant::now() < deadline, "target ignored signal {signal}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        (code, fs::read_to_string(&self.log).unwrap_or_default())
+    }
+
+    /// Sends SIGUSR1 and returns the output that appeared within `wait`.
+    pub fn dump_stats(&mut self, wait: Duration) -> String {
+        let before = fs::read_to_string(&self.log).unwrap_or_default().len();
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGUSR1) };
+        std::thread::sleep(wait);
+        let all = fs::read_to_string(&self.log).unwrap_or_default();
+        all.get(before..).unwrap_or_default().to_string()
+    }
+
+    fn wait_for_socket(&mut self, socket: &Path, cmdline: &str) {
         let deadline = Instant::now() + STARTUP_TIMEOUT;
         loop {
-            if let Ok(meta) = fs::metadata(&self.socket) {
+            if let Ok(meta) = fs::metadata(socket) {
                 if meta.file_type().is_socket() {
                     return;
                 }
@@ -213,7 +284,7 @@ impl Target {
             if Instant::now() > deadline {
                 panic!(
                     "target did not create {} within {STARTUP_TIMEOUT:?}\ncommand: {cmdline}",
-                    self.socket.display()
+                    socket.display()
                 );
             }
             std::thread::sleep(Duration::from_millis(10));

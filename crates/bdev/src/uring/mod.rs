@@ -1,0 +1,662 @@
+//! The io_uring bdev: a regular file or a block device, one io_uring per channel (SPDK's
+//! `bdev_uring_create`).
+//!
+//! Reads and writes go straight between the device and the request's iovecs with
+//! `IORING_OP_READV`/`WRITEV`; iovecs that miss `O_DIRECT`'s alignment are bounced through
+//! aligned buffers from a per-channel pool. Flush is `fsync(DATASYNC)`, discard is
+//! `fallocate(PUNCH_HOLE | KEEP_SIZE)` and write-zeroes `fallocate(ZERO_RANGE | KEEP_SIZE)`, all
+//! as ring operations.
+
+mod bounce;
+mod channel;
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use crate::malloc::check_geometry;
+use crate::{Bdev, BdevError, IoChannel, IoOp};
+
+use bounce::AlignedBuf;
+pub use channel::{BOUNCE_SLOTS_MAX, BOUNCE_SLOT_SIZE, MAX_DEPTH};
+use channel::{ChannelConfig, UringChannel};
+
+/// How [`UringBdev::open`] opens its file or block device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UringOptions {
+    /// Logical block size to expose: 512 or 4096. `None` takes a block device's logical block
+    /// size (`BLKSSZGET`), and for a regular file 512, or the filesystem's direct-I/O offset
+    /// alignment (`statx` `STATX_DIOALIGN`) where that is larger. With direct I/O it must be a
+    /// multiple of that alignment.
+    pub block_size: Option<u32>,
+    /// Open without `O_DIRECT`, through the page cache: for filesystems that refuse direct I/O,
+    /// and with no alignment rules for iovecs.
+    pub buffered: bool,
+    /// Open `O_RDONLY`. Writes fail with [`IoStatus::IoError`](crate::IoStatus::IoError);
+    /// discard and write-zeroes are unsupported.
+    pub read_only: bool,
+    /// Whether the bdev has a volatile write cache (virtio-blk's `CONFIG_WCE`). Off, every
+    /// write is made durable before it completes (`RWF_DSYNC`); on, only writes marked with
+    /// [`BdevIo::with_durable`](crate::BdevIo::with_durable) are, and a flush makes the others
+    /// durable.
+    pub write_cache: bool,
+}
+
+impl Default for UringOptions {
+    /// Direct I/O, read-write, write cache on, block size from the device.
+    fn default() -> Self {
+        UringOptions {
+            block_size: None,
+            buffered: false,
+            read_only: false,
+            write_cache: true,
+        }
+    }
+}
+
+/// A bdev backed by a regular file or a block device through io_uring. Every channel opens its
+/// own ring (of `depth` rounded up to a power of two entries) over its own duplicate of the file
+/// descriptor, registered as the ring's fixed file 0.
+///
+/// Requests whose iovecs all start and end on the direct-I/O alignment (the block size; 1 when
+/// opened buffered) go to the kernel as they are. Others are bounced through one of
+/// [`BOUNCE_SLOTS_MAX`] (or `depth`, if smaller) buffers of [`BOUNCE_SLOT_SIZE`] bytes allocated
+/// per channel when it opens; while all are lent out a misaligned request is handed back by
+/// `submit` like any other full-channel case. A misaligned request larger than one buffer (rare:
+/// virtio's `size_max` is 1 MiB per segment) is bounced whole through a buffer allocated for it.
+/// Short reads and writes are resubmitted for the remainder; one that makes no progress fails.
+pub struct UringBdev {
+    name: String,
+    path: PathBuf,
+    file: File,
+    block_size: u32,
+    num_blocks: u64,
+    options: UringOptions,
+    block_device: bool,
+    mem_align: usize,
+    discard: bool,
+    write_zeroes: bool,
+}
+
+impl UringBdev {
+    /// Opens `path`, a regular file or a block device, and works out its geometry and which
+    /// operations it supports.
+    ///
+    /// Refuses, with a message that says why: a path that cannot be opened; a filesystem that
+    /// refuses `O_DIRECT` ([`BdevError::DirectIoUnsupported`]; [`UringOptions::buffered`] avoids
+    /// it); an empty file; a size that is not a multiple of the block size; a block size other
+    /// than 512 or 4096 or below the device's direct-I/O alignment; anything that is neither a
+    /// regular file nor a block device.
+    pub fn open(path: impl AsRef<Path>, options: UringOptions) -> Result<UringBdev, BdevError> {
+        let path = path.as_ref();
+        let open_err = |source: io::Error| BdevError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut oo = OpenOptions::new();
+        oo.read(true).write(!options.read_only);
+        if !options.buffered {
+            oo.custom_flags(libc::O_DIRECT);
+        }
+        let file = match oo.open(path) {
+            Ok(f) => f,
+            Err(e) if !options.buffered && e.raw_os_error() == Some(libc::EINVAL) => {
+                return Err(BdevError::DirectIoUnsupported {
+                    path: path.to_path_buf(),
+                    detail: "open with O_DIRECT failed with EINVAL: the filesystem has no direct \
+                             I/O (tmpfs before Linux 6.6, procfs, some FUSE filesystems)"
+                        .to_string(),
+                });
+            }
+            Err(e) => return Err(open_err(e)),
+        };
+        let meta = file.metadata().map_err(open_err)?;
+        let ft = meta.file_type();
+        let shown = path.display();
+
+        let (block_size, size, mem_align, discard, write_zeroes) = if ft.is_block_device() {
+            let lbs = logical_block_size(&file).map_err(open_err)?;
+            let size = device_size(&file).map_err(open_err)?;
+            let block_size = options.block_size.unwrap_or(lbs);
+            if !options.buffered && (lbs == 0 || !block_size.is_multiple_of(lbs)) {
+                return Err(BdevError::InvalidGeometry(format!(
+                    "{shown}: block size {block_size} is not a multiple of the device's logical \
+                     block size {lbs}, which direct I/O needs (use --buffered or a block size of \
+                     {lbs} or a multiple)"
+                )));
+            }
+            let writable = !options.read_only;
+            // Punching a hole in a block device is a write-zeroes command without fallback
+            // (BLKDEV_ZERO_NOFALLBACK): only devices that report a write-zeroes limit do it.
+            // ZERO_RANGE falls back to writing zeroes, so every device can.
+            let discard = writable && device_writes_zeroes(meta.rdev()).unwrap_or(true);
+            (block_size, size, block_size as usize, discard, writable)
+        } else if ft.is_file() {
+            let dio = if options.buffered {
+                None
+            } else {
+                dio_alignment(&file)
+            };
+            let block_size = match (options.block_size, dio) {
+                (Some(bs), _) => bs,
+                (None, Some((_, off))) if off > 512 && off <= 4096 => off,
+                (None, _) => 512,
+            };
+            if let Some((_, off)) = dio {
+                if !block_size.is_multiple_of(off) {
+                    return Err(BdevError::InvalidGeometry(format!(
+                        "{shown}: block size {block_size} is not a multiple of the filesystem's \
+                         direct-I/O alignment {off} (use a block size of {} or --buffered)",
+                        off.max(512)
+                    )));
+                }
+            }
+            let mem_align = match dio {
+                Some((mem, _)) => (block_size as usize).max(mem as usize),
+                None => block_size as usize,
+            };
+            let writable = !options.read_only;
+            let discard = writable && file_punches_holes(&file, meta.len(), block_size);
+            let write_zeroes = writable && file_zeroes_ranges(&file);
+            (block_size, meta.len(), mem_align, discard, write_zeroes)
+        } else {
+            return Err(BdevError::NotAFileOrBlockDevice(path.to_path_buf()));
+        };
+
+        if block_size != 512 && block_size != 4096 {
+            return Err(BdevError::InvalidGeometry(format!(
+                "{shown}: block size {block_size} (must be 512 or 4096)"
+            )));
+        }
+        if size == 0 {
+            return Err(BdevError::InvalidGeometry(if ft.is_file() {
+                format!(
+                    "{shown} is empty: give it a size that is a multiple of {block_size} bytes \
+                     first (e.g. `truncate -s 1G {shown}`)"
+                )
+            } else {
+                format!("{shown} has no capacity (0 bytes)")
+            }));
+        }
+        if !size.is_multiple_of(u64::from(block_size)) {
+            return Err(BdevError::InvalidGeometry(format!(
+                "{shown}: size {size} bytes is not a multiple of the block size {block_size} \
+                 (resize it to {} bytes, or use a block size that divides it)",
+                size.next_multiple_of(u64::from(block_size))
+            )));
+        }
+        check_geometry(size, block_size)?;
+        if !options.buffered {
+            probe_direct_read(&file, block_size).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EINVAL) {
+                    BdevError::DirectIoUnsupported {
+                        path: path.to_path_buf(),
+                        detail: format!(
+                            "an aligned {block_size}-byte O_DIRECT read at offset 0 failed with \
+                             EINVAL: the filesystem or device needs a larger alignment than the \
+                             block size, or has no direct I/O"
+                        ),
+                    }
+                } else {
+                    open_err(e)
+                }
+            })?;
+        }
+
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| path.display().to_string());
+        Ok(UringBdev {
+            name,
+            path: path.to_path_buf(),
+            file,
+            block_size,
+            num_blocks: size / u64::from(block_size),
+            options,
+            block_device: ft.is_block_device(),
+            mem_align: if options.buffered { 1 } else { mem_align },
+            discard,
+            write_zeroes,
+        })
+    }
+
+    /// Renames the bdev (by default the path's last component); the name is the default serial.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// The path it was opened from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The options it was opened with.
+    pub fn options(&self) -> UringOptions {
+        self.options
+    }
+
+    /// Whether it serves a block device (rather than a regular file).
+    pub fn is_block_device(&self) -> bool {
+        self.block_device
+    }
+
+    /// The alignment (bytes) that every iovec's base and length must meet to skip the bounce
+    /// buffers: the block size (or the filesystem's larger memory alignment) with direct I/O, 1
+    /// when buffered.
+    pub fn iovec_alignment(&self) -> usize {
+        self.mem_align
+    }
+
+    fn channel_config(&self) -> ChannelConfig {
+        ChannelConfig {
+            size: self.size_bytes(),
+            block_size: u64::from(self.block_size),
+            mem_align: self.mem_align,
+            direct: !self.options.buffered,
+            read_only: self.options.read_only,
+            all_durable: !self.options.write_cache,
+            discard: self.discard,
+            write_zeroes: self.write_zeroes,
+        }
+    }
+
+    /// A channel over `file` instead of a duplicate of the bdev's own descriptor: lets tests put
+    /// a descriptor that fails writes behind a channel.
+    #[cfg(test)]
+    fn open_channel_with_file(&self, file: File, depth: usize) -> Result<UringChannel, BdevError> {
+        UringChannel::new(file, self.channel_config(), depth)
+    }
+}
+
+impl Bdev for UringBdev {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    fn num_blocks(&self) -> u64 {
+        self.num_blocks
+    }
+
+    /// Reads and flushes always; writes unless read-only; discard and write-zeroes as probed at
+    /// open. For a regular file, discard is a `fallocate(PUNCH_HOLE | KEEP_SIZE)` probe past the
+    /// end of the file (touches no data), write-zeroes a known filesystem (ext4 for extent-mapped
+    /// files, xfs, btrfs, f2fs, bcachefs: tmpfs and NFS have no `ZERO_RANGE`). For a block
+    /// device, write-zeroes always (the kernel falls back to writing zeroes), discard where the
+    /// device reports a non-zero `queue/write_zeroes_max_bytes` (or sysfs cannot say).
+    fn supports(&self, op: IoOp) -> bool {
+        match op {
+            IoOp::Read | IoOp::Flush => true,
+            IoOp::Write => !self.options.read_only,
+            IoOp::Discard => self.discard,
+            IoOp::WriteZeroes => self.write_zeroes,
+        }
+    }
+
+    fn open_channel(&self, depth: usize) -> Result<Box<dyn IoChannel>, BdevError> {
+        let file = self.file.try_clone().map_err(BdevError::Os)?;
+        Ok(Box::new(UringChannel::new(
+            file,
+            self.channel_config(),
+            depth,
+        )?))
+    }
+}
+
+/// `_IOR(0x12, 114, u64)`: the size of a block device in bytes (not in `libc`).
+#[cfg(any(
+    target_arch = "powerpc",
+    target_arch = "powerpc64",
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+))]
+const BLKGETSIZE64: u32 = 0x4008_1272;
+/// `_IOR(0x12, 114, u64)`: the size of a block device in bytes (not in `libc`).
+#[cfg(not(any(
+    target_arch = "powerpc",
+    target_arch = "powerpc64",
+    target_arch = "mips",
+    target_arch = "mips64",
+    target_arch = "sparc",
+    target_arch = "sparc64"
+)))]
+const BLKGETSIZE64: u32 = 0x8008_1272;
+
+/// A block device's logical block size.
+fn logical_block_size(file: &File) -> io::Result<u32> {
+    let mut lbs: libc::c_int = 0;
+    // SAFETY: BLKSSZGET writes one int through the pointer, which points to a live local.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::BLKSSZGET, &mut lbs) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    u32::try_from(lbs).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))
+}
+
+/// A block device's capacity in bytes.
+fn device_size(file: &File) -> io::Result<u64> {
+    let mut size: u64 = 0;
+    // SAFETY: BLKGETSIZE64 writes one u64 through the pointer, which points to a live local.
+    let rc = unsafe { libc::ioctl(file.as_raw_fd(), BLKGETSIZE64 as _, &mut size) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(size)
+}
+
+/// Whether the block device `rdev` accepts write-zeroes commands (sysfs
+/// `queue/write_zeroes_max_bytes`; a partition's queue is its disk's). `None` if sysfs cannot
+/// say.
+fn device_writes_zeroes(rdev: u64) -> Option<bool> {
+    let major = ((rdev >> 32) & 0xffff_f000) | ((rdev >> 8) & 0xfff);
+    let minor = ((rdev >> 12) & 0xffff_ff00) | (rdev & 0xff);
+    let base = format!("/sys/dev/block/{major}:{minor}");
+    [
+        format!("{base}/queue/write_zeroes_max_bytes"),
+        format!("{base}/../queue/write_zeroes_max_bytes"),
+    ]
+    .iter()
+    .find_map(|p| std::fs::read_to_string(p).ok())
+    .and_then(|s| s.trim().parse::<u64>().ok())
+    .map(|max| max > 0)
+}
+
+/// A regular file's direct-I/O alignments `(memory, offset)` from `statx(STATX_DIOALIGN)`
+/// (Linux 6.1+), or `None` where the kernel or filesystem does not report them.
+fn dio_alignment(file: &File) -> Option<(u32, u32)> {
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: an empty path with AT_EMPTY_PATH stats the descriptor itself; the kernel writes at
+    // most one `struct statx` into `stx`, which is large enough and live.
+    let rc = unsafe {
+        libc::statx(
+            file.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH,
+            libc::STATX_DIOALIGN,
+            stx.as_mut_ptr(),
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: zero-initialised and then filled in by a successful statx; every field is an
+    // integer, so any bit pattern is valid.
+    let stx = unsafe { stx.assume_init() };
+    if stx.stx_mask & libc::STATX_DIOALIGN == 0 || stx.stx_dio_offset_align == 0 {
+        return None;
+    }
+    Some((stx.stx_dio_mem_align, stx.stx_dio_offset_align))
+}
+
+/// Whether the file's filesystem punches holes: `fallocate(PUNCH_HOLE | KEEP_SIZE)` on one
+/// block just past the end of the file, where there is no data to lose and the size stays.
+fn file_punches_holes(file: &File, size: u64, block_size: u32) -> bool {
+    let Ok(offset) = libc::off_t::try_from(size) else {
+        return false;
+    };
+    // SAFETY: fallocate on our own descriptor; the range lies past the end of the file, so at
+    // most preallocated blocks beyond EOF are freed and no data or size changes.
+    let rc = unsafe {
+        libc::fallocate(
+            file.as_raw_fd(),
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            offset,
+            libc::off_t::from(block_size),
+        )
+    };
+    rc == 0
+}
+
+const EXT4_MAGIC: u32 = 0xef53;
+const XFS_MAGIC: u32 = 0x5846_5342;
+const BTRFS_MAGIC: u32 = 0x9123_683e;
+const F2FS_MAGIC: u32 = 0xf2f5_2010;
+const BCACHEFS_MAGIC: u32 = 0xca45_1a4e;
+/// `FS_EXTENT_FL`: the inode is extent-mapped (ext4 supports `ZERO_RANGE` only for those).
+const FS_EXTENT_FL: libc::c_long = 0x0008_0000;
+
+/// Whether the file's filesystem implements `fallocate(ZERO_RANGE)`: decided by filesystem type
+/// (`fstatfs`), since a real probe would have to allocate blocks.
+fn file_zeroes_ranges(file: &File) -> bool {
+    let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+    // SAFETY: fstatfs writes one `struct statfs` into `st`, which is live and large enough.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+        return false;
+    }
+    // SAFETY: zero-initialised and filled by a successful fstatfs; all fields are integers.
+    let st = unsafe { st.assume_init() };
+    // f_type is a signed word whose low 32 bits are the magic.
+    match st.f_type as u32 {
+        XFS_MAGIC | BTRFS_MAGIC | F2FS_MAGIC | BCACHEFS_MAGIC => true,
+        EXT4_MAGIC => {
+            let mut flags: libc::c_long = 0;
+            // SAFETY: FS_IOC_GETFLAGS writes one flags word through the pointer to a live local
+            // (the kernel writes an int; a long has room for it).
+            let rc = unsafe { libc::ioctl(file.as_raw_fd(), libc::FS_IOC_GETFLAGS, &mut flags) };
+            rc == 0 && flags & FS_EXTENT_FL != 0
+        }
+        _ => false,
+    }
+}
+
+/// One aligned `O_DIRECT` read of the first block, to find out at open (not on the first guest
+/// request) whether direct I/O works at this block size.
+fn probe_direct_read(file: &File, block_size: u32) -> io::Result<()> {
+    let len = block_size as usize;
+    let buf = AlignedBuf::new(len).ok_or_else(|| io::Error::from(io::ErrorKind::OutOfMemory))?;
+    // SAFETY: `buf` is a live allocation of `len` bytes that nothing else references.
+    let rc = unsafe { libc::pread(file.as_raw_fd(), buf.as_ptr().cast(), len, 0) };
+    if rc < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::IoStatus;
+    use std::io::Write;
+
+    /// A temporary directory on a disk filesystem: /tmp can be tmpfs, which may lack O_DIRECT
+    /// or hole punching; `target/` is where the build runs, so it is a real filesystem here.
+    pub(crate) fn disk_dir() -> tempfile::TempDir {
+        let base = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/uring-tests");
+        std::fs::create_dir_all(&base).expect("create test dir");
+        tempfile::tempdir_in(&base).expect("tempdir")
+    }
+
+    /// A file of `len` bytes filled with `byte`.
+    pub(crate) fn filled_file(dir: &Path, name: &str, len: usize, byte: u8) -> PathBuf {
+        let path = dir.join(name);
+        let mut f = File::create(&path).expect("create");
+        f.write_all(&vec![byte; len]).expect("fill");
+        f.sync_all().expect("sync");
+        path
+    }
+
+    fn is_tmpfs(path: &Path) -> bool {
+        let Ok(f) = File::open(path) else {
+            return false;
+        };
+        let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+        // SAFETY: as in file_zeroes_ranges.
+        if unsafe { libc::fstatfs(f.as_raw_fd(), st.as_mut_ptr()) } != 0 {
+            return false;
+        }
+        // SAFETY: filled by a successful fstatfs.
+        let st = unsafe { st.assume_init() };
+        st.f_type as u32 == 0x0102_1994
+    }
+
+    #[test]
+    fn geometry_of_a_regular_file() {
+        let dir = disk_dir();
+        let path = filled_file(dir.path(), "disk.img", 1 << 20, 0);
+        let bdev = UringBdev::open(&path, UringOptions::default()).expect("open");
+        assert!(bdev.block_size() == 512 || bdev.block_size() == 4096);
+        assert_eq!(bdev.size_bytes(), 1 << 20);
+        assert_eq!(bdev.name(), "disk.img");
+        assert!(!bdev.is_block_device());
+        assert!(bdev.supports(IoOp::Read) && bdev.supports(IoOp::Write));
+        assert!(bdev.supports(IoOp::Flush));
+
+        let opts = UringOptions {
+            block_size: Some(4096),
+            ..UringOptions::default()
+        };
+        let bdev = UringBdev::open(&path, opts).expect("open 4k");
+        assert_eq!((bdev.block_size(), bdev.num_blocks()), (4096, 256));
+        assert_eq!(bdev.iovec_alignment() % 4096, 0);
+
+        let ro = UringOptions {
+            read_only: true,
+            ..UringOptions::default()
+        };
+        let bdev = UringBdev::open(&path, ro).expect("open ro");
+        assert!(!bdev.supports(IoOp::Write));
+        assert!(!bdev.supports(IoOp::Discard) && !bdev.supports(IoOp::WriteZeroes));
+
+        let buffered = UringOptions {
+            buffered: true,
+            ..UringOptions::default()
+        };
+        let bdev = UringBdev::open(&path, buffered).expect("open buffered");
+        assert_eq!((bdev.block_size(), bdev.iovec_alignment()), (512, 1));
+    }
+
+    #[test]
+    fn refuses_sizes_that_are_not_whole_blocks() {
+        let dir = disk_dir();
+        let odd = filled_file(dir.path(), "odd.img", 4096 + 100, 0);
+        let err = UringBdev::open(&odd, UringOptions::default())
+            .err()
+            .expect("odd size refused");
+        assert!(matches!(err, BdevError::InvalidGeometry(_)), "{err}");
+        assert!(err.to_string().contains("not a multiple of the block size"), "{err}");
+
+        // 512-aligned but not 4096-aligned: fine at 512, refused at 4096.
+        let half = filled_file(dir.path(), "half.img", 4096 + 512, 0);
+        let buffered = UringOptions {
+            buffered: true,
+            ..UringOptions::default()
+        };
+        assert!(UringBdev::open(&half, buffered).is_ok());
+        let opts = UringOptions {
+            block_size: Some(4096),
+            ..UringOptions::default()
+        };
+        let err = UringBdev::open(&half, opts).err().expect("refused at 4k");
+        assert!(err.to_string().contains("4608 bytes"), "{err}");
+
+        let empty = filled_file(dir.path(), "empty.img", 0, 0);
+        let err = UringBdev::open(&empty, UringOptions::default())
+            .err()
+            .expect("empty refused");
+        assert!(err.to_string().contains("is empty"), "{err}");
+
+        let opts = UringOptions {
+            block_size: Some(1024),
+            buffered: true,
+            ..UringOptions::default()
+        };
+        let err = UringBdev::open(&half, opts).err().expect("1k refused");
+        assert!(err.to_string().contains("must be 512 or 4096"), "{err}");
+    }
+
+    #[test]
+    fn refuses_missing_paths_and_directories() {
+        let dir = disk_dir();
+        let err = UringBdev::open(dir.path().join("nope"), UringOptions::default())
+            .err()
+            .expect("missing");
+        assert!(matches!(err, BdevError::Open { .. }), "{err}");
+        assert!(err.to_string().starts_with("cannot open"), "{err}");
+        let ro = UringOptions {
+            read_only: true,
+            ..UringOptions::default()
+        };
+        let err = UringBdev::open(dir.path(), ro).err().expect("directory");
+        assert!(
+            matches!(
+                err,
+                BdevError::NotAFileOrBlockDevice(_) | BdevError::DirectIoUnsupported { .. }
+            ),
+            "{err}"
+        );
+    }
+
+    /// A filesystem without O_DIRECT gives a message that names the problem and `--buffered`.
+    /// tmpfs has accepted O_DIRECT since Linux 6.6, so procfs stands in where it does.
+    #[test]
+    fn no_direct_io_filesystem_points_to_buffered() {
+        let ro = UringOptions {
+            read_only: true,
+            ..UringOptions::default()
+        };
+        let err = UringBdev::open("/proc/self/stat", ro)
+            .err()
+            .expect("procfs has no O_DIRECT");
+        assert!(matches!(err, BdevError::DirectIoUnsupported { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(msg.contains("O_DIRECT") && msg.contains("--buffered"), "{msg}");
+        assert!(msg.starts_with("/proc/self/stat"), "{msg}");
+
+        // tmpfs: either refused with the same clear error (before 6.6) or served.
+        let shm = Path::new("/dev/shm");
+        if !is_tmpfs(shm) {
+            eprintln!("no tmpfs at /dev/shm; skipping the tmpfs half");
+            return;
+        }
+        let dir = tempfile::tempdir_in(shm).expect("tmpfs dir");
+        let path = filled_file(dir.path(), "t.img", 64 << 10, 0);
+        match UringBdev::open(&path, UringOptions::default()) {
+            Err(err @ BdevError::DirectIoUnsupported { .. }) => {
+                assert!(err.to_string().contains("--buffered"), "{err}")
+            }
+            Err(err) => panic!("unexpected error on tmpfs: {err}"),
+            Ok(bdev) => {
+                // tmpfs punches holes but has no ZERO_RANGE.
+                assert!(bdev.supports(IoOp::Discard));
+                assert!(!bdev.supports(IoOp::WriteZeroes));
+            }
+        }
+        let buffered = UringOptions {
+            buffered: true,
+            ..UringOptions::default()
+        };
+        assert!(UringBdev::open(&path, buffered).is_ok());
+    }
+
+    #[test]
+    fn disk_filesystem_supports_discard_and_write_zeroes() {
+        let dir = disk_dir();
+        let path = filled_file(dir.path(), "d.img", 64 << 10, 0x11);
+        let bdev = UringBdev::open(&path, UringOptions::default()).expect("open");
+        // The test directory is on ext4 here; other filesystems may legitimately say no.
+        let f = File::open(dir.path()).expect("dir");
+        let mut st = std::mem::MaybeUninit::<libc::statfs>::zeroed();
+        // SAFETY: as in file_zeroes_ranges.
+        assert_eq!(unsafe { libc::fstatfs(f.as_raw_fd(), st.as_mut_ptr()) }, 0);
+        // SAFETY: filled by a successful fstatfs.
+        let magic = unsafe { st.assume_init() }.f_type as u32;
+        if [EXT4_MAGIC, XFS_MAGIC, BTRFS_MAGIC].contains(&magic) {
+            assert!(bdev.supports(IoOp::Discard));
+            assert!(bdev.supports(IoOp::WriteZeroes));
+        }
+        // The probe past the end left size and contents alone.
+        let data = std::fs::read(&path).expect("read back");
+        assert_eq!(data.len(), 64 << 10);
+        assert!(data.iter().all(|&b| b == 0x11));
+        let _ = IoStatus::Success;
+    }
+}

@@ -1,0 +1,407 @@
+//! The target's configuration: bdevs and the controllers that serve them. Built from a JSON file
+//! (`--config`), from repeatable `--bdev`/`--controller` options, or from the single-disk
+//! shorthand options; all three end in the same [`TargetConfig`] and the same checks.
+
+use std::collections::{BTreeSet, HashMap};
+use std::path::PathBuf;
+
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
+
+use crate::cli::parse_size;
+
+/// Queues offered when a controller does not say.
+pub const DEFAULT_NUM_QUEUES: u16 = 16;
+
+/// Everything `spinblk` serves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetConfig {
+    /// Reactor cores ("0-3"); default: the union of the controllers' cores.
+    #[serde(default, deserialize_with = "cpus_opt")]
+    pub cpus: Option<Vec<usize>>,
+    /// Block devices, by name.
+    pub bdevs: Vec<BdevConfig>,
+    /// vhost-user-blk controllers, one socket each.
+    pub controllers: Vec<ControllerConfig>,
+    /// Print one summary line per controller every this many seconds.
+    #[serde(default)]
+    pub stats_interval: Option<u64>,
+}
+
+/// What kind of block device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BdevType {
+    /// RAM disk (`size` required).
+    Malloc,
+    /// Reads zeroes, drops writes (`size` required).
+    Null,
+}
+
+/// One bdev.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BdevConfig {
+    /// Unique name (also the default serial).
+    pub name: String,
+    /// Kind of bdev.
+    #[serde(rename = "type")]
+    pub bdev_type: BdevType,
+    /// Capacity in bytes (K/M/G/T suffixes in strings) for malloc and null bdevs.
+    #[serde(default, deserialize_with = "size_opt")]
+    pub size: Option<u64>,
+    /// Logical block size (512 or 4096; default 512).
+    #[serde(default)]
+    pub block_size: Option<u32>,
+    /// Allow several writable controllers on this bdev (their guests must coordinate).
+    #[serde(default)]
+    pub shared: bool,
+}
+
+impl BdevConfig {
+    /// The capacity, which malloc and null bdevs must have.
+    pub fn required_size(&self) -> Result<u64, String> {
+        self.size
+            .ok_or_else(|| format!("bdev '{}': size is required", self.name))
+    }
+}
+
+/// One vhost-user-blk controller.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    /// Unique name (default "vhost<N>").
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Unix socket it listens on.
+    pub socket: PathBuf,
+    /// Name of the bdev it serves.
+    pub bdev: String,
+    /// Reactor cores its queues are spread over (default: all reactors).
+    #[serde(default, deserialize_with = "cpus_opt")]
+    pub cpus: Option<Vec<usize>>,
+    /// Explicit queue-to-core map: queue i runs on `queue_cpus[i % len]`.
+    #[serde(default)]
+    pub queue_cpus: Option<Vec<usize>>,
+    /// Most virtqueues offered.
+    #[serde(default = "default_num_queues")]
+    pub num_queues: u16,
+    /// Offer the disk read-only.
+    #[serde(default)]
+    pub readonly: bool,
+    /// GET_ID serial (default: the bdev name).
+    #[serde(default)]
+    pub serial: Option<String>,
+}
+
+fn default_num_queues() -> u16 {
+    DEFAULT_NUM_QUEUES
+}
+
+fn size_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::Number(n) => n
+            .as_u64()
+            .map(Some)
+            .ok_or_else(|| serde::de::Error::custom("size must be a positive integer")),
+        Value::String(s) => parse_size(&s).map(Some).map_err(serde::de::Error::custom),
+        _ => Err(serde::de::Error::custom(
+            "size must be a number or a string like \"1G\"",
+        )),
+    }
+}
+
+fn cpus_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<usize>>, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Null => Ok(None),
+        Value::String(s) => spinblk_reactor::parse_cpu_list(&s)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+        Value::Number(n) => n
+            .as_u64()
+            .map(|c| Some(vec![c as usize]))
+            .ok_or_else(|| serde::de::Error::custom("cpu must be a non-negative integer")),
+        Value::Array(a) => a
+            .iter()
+            .map(|v| {
+                v.as_u64()
+                    .map(|c| c as usize)
+                    .ok_or_else(|| serde::de::Error::custom("cpus must be integers"))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some),
+        _ => Err(serde::de::Error::custom(
+            "cpus must be a list like \"0-3\" or [0, 1]",
+        )),
+    }
+}
+
+/// Parses `key=value,key=value,flag` option text into a JSON object: keys with `-` become `_`,
+/// bare words become `true`, numbers stay numbers, and a bare piece that follows `cpus=` or
+/// `queue-cpus=` continues that list (so `cpus=0,2,bdev=m0` works). `malloc=SIZE`,
+/// `null=SIZE` and `file=PATH` set the bdev type.
+pub fn parse_kv(text: &str) -> Result<Value, String> {
+    let mut map = Map::new();
+    let mut last_list: Option<String> = None;
+    for piece in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let Some((key, value)) = piece.split_once('=') else {
+            if let Some(k) = &last_list {
+                if piece.chars().all(|c| c.is_ascii_digit() || c == '-') {
+                    if let Some(Value::String(s)) = map.get_mut(k) {
+                        s.push(',');
+                        s.push_str(piece);
+                    }
+                    continue;
+                }
+            }
+            map.insert(piece.replace('-', "_"), Value::Bool(true));
+            last_list = None;
+            continue;
+        };
+        let key = key.trim().replace('-', "_");
+        let value = value.trim();
+        last_list = None;
+        match key.as_str() {
+            "malloc" | "null" => {
+                map.insert("type".into(), Value::String(key.clone()));
+                map.insert("size".into(), Value::String(value.into()));
+            }
+            "cpus" => {
+                map.insert(key.clone(), Value::String(value.into()));
+                last_list = Some(key);
+            }
+            "queue_cpus" => {
+                let cores = value
+                    .split(':')
+                    .map(|c| {
+                        c.parse::<u64>()
+                            .map(Value::from)
+                            .map_err(|_| format!("bad core '{c}' in queue-cpus"))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                map.insert(key, Value::Array(cores));
+            }
+            "num_queues" | "block_size" => {
+                let n: u64 = value
+                    .parse()
+                    .map_err(|_| format!("{key} must be a number"))?;
+                map.insert(key, Value::from(n));
+            }
+            _ => {
+                map.insert(key, Value::String(value.into()));
+            }
+        }
+    }
+    Ok(Value::Object(map))
+}
+
+/// Deserializes one `--bdev` option.
+pub fn bdev_from_kv(text: &str) -> Result<BdevConfig, String> {
+    serde_json::from_value(parse_kv(text)?).map_err(|e| format!("--bdev '{text}': {e}"))
+}
+
+/// Deserializes one `--controller` option.
+pub fn controller_from_kv(text: &str) -> Result<ControllerConfig, String> {
+    serde_json::from_value(parse_kv(text)?).map_err(|e| format!("--controller '{text}': {e}"))
+}
+
+/// A checked configuration: names resolved, cores known, sharing allowed.
+#[derive(Debug, Clone)]
+pub struct ResolvedController {
+    /// The controller as configured.
+    pub config: ControllerConfig,
+    /// Its name.
+    pub name: String,
+    /// Index into `TargetConfig::bdevs`.
+    pub bdev: usize,
+    /// The core of each queue's reactor, cycled by queue index.
+    pub queue_cores: Vec<usize>,
+}
+
+impl TargetConfig {
+    /// Checks names, sockets, cores and bdev sharing; fills in defaults.
+    pub fn resolve(
+        &self,
+        default_cpu: usize,
+    ) -> Result<(Vec<usize>, Vec<ResolvedController>), String> {
+        if self.controllers.is_empty() {
+            return Err("no controllers configured".into());
+        }
+        let mut bdev_index = HashMap::new();
+        for (i, b) in self.bdevs.iter().enumerate() {
+            b.required_size()?;
+            if bdev_index.insert(b.name.as_str(), i).is_some() {
+                return Err(format!("bdev name '{}' is used twice", b.name));
+            }
+        }
+        let all_cpus: Vec<usize> = match &self.cpus {
+            Some(c) => c.clone(),
+            None => {
+                let union: BTreeSet<usize> = self
+                    .controllers
+                    .iter()
+                    .flat_map(|c| {
+                        c.cpus
+                            .iter()
+                            .flatten()
+                            .chain(c.queue_cpus.iter().flatten())
+                            .copied()
+                    })
+                    .collect();
+                if union.is_empty() {
+                    vec![default_cpu]
+                } else {
+                    union.into_iter().collect()
+                }
+            }
+        };
+        let mut names = BTreeSet::new();
+        let mut sockets = BTreeSet::new();
+        let mut users: HashMap<usize, Vec<&ControllerConfig>> = HashMap::new();
+        let mut out = Vec::new();
+        for (i, c) in self.controllers.iter().enumerate() {
+            let name = c.name.clone().unwrap_or_else(|| format!("vhost{i}"));
+            if !names.insert(name.clone()) {
+                return Err(format!("controller name '{name}' is used twice"));
+            }
+            if !sockets.insert(c.socket.clone()) {
+                return Err(format!(
+                    "socket {} is used by two controllers",
+                    c.socket.display()
+                ));
+            }
+            let &bdev = bdev_index
+                .get(c.bdev.as_str())
+                .ok_or_else(|| format!("controller '{name}': no bdev named '{}'", c.bdev))?;
+            if !(1..=256).contains(&c.num_queues) {
+                return Err(format!("controller '{name}': num_queues must be 1 to 256"));
+            }
+            if c.serial
+                .as_ref()
+                .is_some_and(|s| s.len() > spinblk_protocol::ID_BYTES)
+            {
+                return Err(format!(
+                    "controller '{name}': serial is longer than {} bytes",
+                    spinblk_protocol::ID_BYTES
+                ));
+            }
+            let queue_cores = match (&c.queue_cpus, &c.cpus) {
+                (Some(map), _) if !map.is_empty() => map.clone(),
+                (Some(_), _) => return Err(format!("controller '{name}': queue_cpus is empty")),
+                (None, Some(cpus)) => cpus.clone(),
+                (None, None) => all_cpus.clone(),
+            };
+            if let Some(c) = queue_cores.iter().find(|c| !all_cpus.contains(c)) {
+                return Err(format!(
+                    "controller '{name}': cpu {c} is not one of the reactor cpus {all_cpus:?}"
+                ));
+            }
+            users.entry(bdev).or_default().push(c);
+            out.push(ResolvedController {
+                config: c.clone(),
+                name,
+                bdev,
+                queue_cores,
+            });
+        }
+        for (bdev, ctrls) in users {
+            let b = &self.bdevs[bdev];
+            if ctrls.len() > 1 && !b.shared && ctrls.iter().any(|c| !c.readonly) {
+                return Err(format!(
+                    "bdev '{}' is served by {} controllers and not all of them are readonly; make them readonly or mark the bdev shared",
+                    b.name,
+                    ctrls.len()
+                ));
+            }
+        }
+        Ok((all_cpus, out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_options_become_configs() {
+        let b = bdev_from_kv("name=m0,malloc=64M,block-size=4096,shared").expect("bdev");
+        assert_eq!((b.bdev_type, b.size), (BdevType::Malloc, Some(64 << 20)));
+        assert_eq!((b.block_size, b.shared), (Some(4096), true));
+        let c = controller_from_kv(
+            "socket=/tmp/a.sock,bdev=m0,cpus=0,2-3,num-queues=4,readonly,serial=abc",
+        )
+        .expect("controller");
+        assert_eq!(c.cpus, Some(vec![0, 2, 3]));
+        assert_eq!(
+            (c.num_queues, c.readonly, c.serial.as_deref()),
+            (4, true, Some("abc"))
+        );
+        let m = controller_from_kv("socket=/tmp/b.sock,bdev=m0,queue-cpus=1:0:1").expect("map");
+        assert_eq!(m.queue_cpus, Some(vec![1, 0, 1]));
+        assert!(bdev_from_kv("name=x,malloc=1Q").is_err());
+        assert!(controller_from_kv("socket=/tmp/a,bdev=m0,bogus=1").is_err());
+        assert!(controller_from_kv("bdev=m0").is_err(), "socket is required");
+    }
+
+    #[test]
+    fn json_config_parses() {
+        let text = r#"{
+            "cpus": "0-1",
+            "stats_interval": 5,
+            "bdevs": [{"name": "m0", "type": "malloc", "size": "1G"},
+                      {"name": "n0", "type": "null", "size": 1048576, "block_size": 4096}],
+            "controllers": [{"socket": "/tmp/a.sock", "bdev": "m0", "num_queues": 4},
+                            {"name": "b", "socket": "/tmp/b.sock", "bdev": "n0", "cpus": [1]}]
+        }"#;
+        let cfg: TargetConfig = serde_json::from_str(text).expect("config");
+        let (cpus, ctrls) = cfg.resolve(0).expect("valid");
+        assert_eq!(cpus, vec![0, 1]);
+        assert_eq!(ctrls[0].name, "vhost0");
+        assert_eq!(ctrls[0].queue_cores, vec![0, 1]);
+        assert_eq!(ctrls[1].queue_cores, vec![1]);
+        assert_eq!(cfg.stats_interval, Some(5));
+    }
+
+    fn two_on(bdev_shared: bool, ro: bool) -> TargetConfig {
+        let ro = if ro { ",readonly" } else { "" };
+        TargetConfig {
+            cpus: None,
+            bdevs: vec![bdev_from_kv(&format!(
+                "name=m0,malloc=1M{}",
+                if bdev_shared { ",shared" } else { "" }
+            ))
+            .expect("bdev")],
+            controllers: vec![
+                controller_from_kv(&format!("socket=/tmp/a,bdev=m0{ro}")).expect("a"),
+                controller_from_kv(&format!("socket=/tmp/b,bdev=m0{ro}")).expect("b"),
+            ],
+            stats_interval: None,
+        }
+    }
+
+    #[test]
+    fn sharing_rules() {
+        assert!(
+            two_on(false, false).resolve(0).is_err(),
+            "two writers on one bdev"
+        );
+        assert!(two_on(false, true).resolve(0).is_ok(), "readers may share");
+        assert!(two_on(true, false).resolve(0).is_ok(), "explicitly shared");
+    }
+
+    #[test]
+    fn bad_references_are_refused() {
+        let mut cfg = two_on(true, false);
+        cfg.controllers[1].socket = PathBuf::from("/tmp/a");
+        assert!(cfg.resolve(0).is_err(), "duplicate socket");
+        let mut cfg = two_on(true, false);
+        cfg.controllers[1].bdev = "nope".into();
+        assert!(cfg.resolve(0).is_err(), "unknown bdev");
+        let mut cfg = two_on(true, false);
+        cfg.cpus = Some(vec![0]);
+        cfg.controllers[0].cpus = Some(vec![3]);
+        assert!(cfg.resolve(0).is_err(), "cpu outside the reactor set");
+    }
+}

@@ -25,6 +25,7 @@ use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, Mmap
 
 use crate::config::{config_space, device_features, WRITEBACK_OFFSET};
 use crate::controller::{lock, ControllerShared};
+use crate::inflight::{queue_region_size, InflightRegion};
 use crate::queue::{DeviceInfo, QueueCtrl, QueueStart, QueueStopped, VirtqPoller};
 use crate::stats::QueueStats;
 
@@ -78,6 +79,8 @@ pub struct BlkBackend {
     mem: Arc<GuestMemoryMmap>,
     vrings: Vec<Vring>,
     writeback: bool,
+    /// The inflight region (GET/SET_INFLIGHT_FD), shared by this connection's queues.
+    inflight: Option<Arc<InflightRegion>>,
     /// Statistics and the stopping flag, shared with the controller so they outlive the
     /// connection.
     shared: Arc<ControllerShared>,
@@ -100,6 +103,7 @@ impl BlkBackend {
             mem: Arc::new(GuestMemoryMmap::default()),
             vrings,
             writeback: true,
+            inflight: None,
             shared,
         }
     }
@@ -192,6 +196,13 @@ impl BlkBackend {
             translate(v.avail_va)?,
             translate(v.used_va)?,
         );
+        let inflight = match &self.inflight {
+            Some(region) => Some(region.queue(index as u16, v.size).map_err(|e| {
+                warn!("{}: queue {index}: {e}", self.spec.name);
+                invalid("inflight region does not fit the ring")
+            })?),
+            None => None,
+        };
         let (ctrl_tx, ctrl_rx) = crossbeam_channel::unbounded();
         let start = QueueStart {
             size: v.size,
@@ -205,6 +216,7 @@ impl BlkBackend {
             mem: Arc::clone(&self.mem),
             device: Arc::clone(&self.spec.device),
             ctrl: ctrl_rx,
+            inflight,
         };
         let reactor = &self.spec.reactors[index % self.spec.reactors.len()];
         let (tx, rx) = crossbeam_channel::bounded(1);
@@ -280,6 +292,7 @@ impl BlkBackend {
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIG
             | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
     }
 }
 
@@ -485,13 +498,49 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
 
     fn get_inflight_fd(
         &mut self,
-        _inflight: &VhostUserInflight,
+        inflight: &VhostUserInflight,
     ) -> VhostResult<(VhostUserInflight, File)> {
-        Err(invalid("INFLIGHT_SHMFD is not offered"))
+        let (num_queues, queue_size) = (inflight.num_queues, inflight.queue_size);
+        if num_queues > self.spec.num_queues {
+            return Err(VhostError::InvalidParam);
+        }
+        let (region, file) = InflightRegion::create(num_queues, queue_size).map_err(|e| {
+            warn!("{}: GET_INFLIGHT_FD: {e}", self.spec.name);
+            VhostError::InvalidParam
+        })?;
+        self.inflight = Some(Arc::new(region));
+        let mmap_size = queue_region_size(queue_size) * u64::from(num_queues);
+        Ok((
+            VhostUserInflight {
+                mmap_size,
+                mmap_offset: 0,
+                num_queues,
+                queue_size,
+            },
+            file,
+        ))
     }
 
-    fn set_inflight_fd(&mut self, _inflight: &VhostUserInflight, _file: File) -> VhostResult<()> {
-        Err(invalid("INFLIGHT_SHMFD is not offered"))
+    fn set_inflight_fd(&mut self, inflight: &VhostUserInflight, file: File) -> VhostResult<()> {
+        if self.vrings.iter().any(|v| v.running.is_some()) {
+            return Err(invalid("SET_INFLIGHT_FD while queues run"));
+        }
+        let (size, offset, queues, qsize) = (
+            inflight.mmap_size,
+            inflight.mmap_offset,
+            inflight.num_queues,
+            inflight.queue_size,
+        );
+        let region = InflightRegion::map(&file, offset, size, queues, qsize).map_err(|e| {
+            warn!("{}: SET_INFLIGHT_FD refused: {e}", self.spec.name);
+            VhostError::InvalidParam
+        })?;
+        debug!(
+            "{}: inflight region: {queues} queues of {qsize}",
+            self.spec.name
+        );
+        self.inflight = Some(Arc::new(region));
+        Ok(())
     }
 
     fn get_max_mem_slots(&mut self) -> VhostResult<u64> {

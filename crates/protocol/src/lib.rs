@@ -6,6 +6,7 @@
 mod backend;
 mod config;
 mod controller;
+mod inflight;
 mod queue;
 mod request;
 mod stats;
@@ -13,10 +14,11 @@ mod stats;
 pub use backend::{BlkBackend, ControllerSpec};
 pub use config::{config_space, device_features, CONFIG_LEN};
 pub use controller::{Controller, ControllerError, ControllerReport, QueueReport};
+pub use inflight::{queue_region_size, InflightError, InflightQueue, InflightRegion, Recovery};
 pub use queue::DeviceInfo;
 pub use request::{
-    BlkRequest, DeviceLimits, ParseError, Refused, RequestKind, ID_BYTES, MAX_IOVECS, SECTOR_SIZE,
-    SEG_MAX, SIZE_MAX,
+    BlkRequest, DeviceLimits, HeadChain, ParseError, Refused, RequestKind, ID_BYTES, MAX_IOVECS,
+    SECTOR_SIZE, SEG_MAX, SIZE_MAX,
 };
 pub use stats::{OpCounters, QueueStats};
 

@@ -15,10 +15,12 @@ use spinblk_bdev::{Bdev, BdevIo, IoChannel, IoStatus, IoVec};
 use spinblk_reactor::{PollStatus, Poller};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
+use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
-use crate::request::{BlkRequest, DeviceLimits, RequestKind, ID_BYTES, MAX_IOVECS};
+use crate::inflight::{InflightError, InflightQueue};
+use crate::request::{BlkRequest, DeviceLimits, HeadChain, RequestKind, ID_BYTES, MAX_IOVECS};
 use crate::stats::QueueStats;
 
 /// What every queue of a controller shares: the bdev and the checks requests must pass.
@@ -44,6 +46,8 @@ pub(crate) struct QueueStart {
     pub mem: Arc<GuestMemoryMmap>,
     pub device: Arc<DeviceInfo>,
     pub ctrl: Receiver<QueueCtrl>,
+    /// This queue's part of the inflight region, when the frontend set one.
+    pub inflight: Option<InflightQueue>,
 }
 
 /// Messages from the control plane to a running queue.
@@ -74,6 +78,8 @@ pub(crate) enum QueueStartError {
     InvalidRing,
     /// The bdev refused a channel.
     Channel(String),
+    /// The inflight region does not fit this ring.
+    Inflight(InflightError),
 }
 
 impl std::fmt::Display for QueueStartError {
@@ -81,6 +87,7 @@ impl std::fmt::Display for QueueStartError {
         match self {
             QueueStartError::InvalidRing => f.write_str("ring does not fit guest memory"),
             QueueStartError::Channel(e) => write!(f, "cannot open bdev channel: {e}"),
+            QueueStartError::Inflight(e) => write!(f, "{e}"),
         }
     }
 }
@@ -128,6 +135,9 @@ pub(crate) struct VirtqPoller {
     stop_reply: Option<Sender<QueueStopped>>,
     used_added: bool,
     stats: QueueStats,
+    inflight: Option<InflightQueue>,
+    /// Heads a previous backend left in flight, resubmitted before anything new is popped.
+    resubmit: VecDeque<u16>,
 }
 
 impl VirtqPoller {
@@ -148,6 +158,19 @@ impl VirtqPoller {
         queue.set_ready(true);
         if !queue.is_valid(s.mem.as_ref()) {
             return Err(QueueStartError::InvalidRing);
+        }
+        let mut inflight = s.inflight;
+        let mut resubmit = VecDeque::new();
+        if let Some(inf) = inflight.as_mut() {
+            // After a restart the used ring, not the frontend's base, says where we are: the
+            // frontend never learned the avail index of requests the old backend popped.
+            let used = queue
+                .used_idx(s.mem.as_ref(), Ordering::Acquire)
+                .map_err(|_| QueueStartError::InvalidRing)?;
+            let rec = inf.recover(used.0).map_err(QueueStartError::Inflight)?;
+            queue.set_next_avail(rec.next_avail);
+            queue.set_next_used(rec.used_idx);
+            resubmit.extend(rec.resubmit);
         }
         // Suppress guest kicks while we poll (a no-op with EVENT_IDX: there the guest kicks only
         // when avail idx crosses avail_event, which we never advance).
@@ -180,6 +203,8 @@ impl VirtqPoller {
             stop_reply: None,
             used_added: false,
             stats: QueueStats::default(),
+            inflight,
+            resubmit,
         })
     }
 
@@ -214,15 +239,15 @@ impl VirtqPoller {
         used_len: u32,
         status_addr: Option<GuestAddress>,
     ) {
-        let mem = self.mem.as_ref();
-        let mut len = used_len;
-        if let Some(addr) = status_addr {
-            if mem.write_obj(status, addr).is_err() {
-                len = 0;
-            }
-        }
-        // add_used only fails for a head outside the ring, which pop never returns.
-        let _ = self.queue.add_used(mem, head, len);
+        publish_used(
+            &mut self.queue,
+            &self.mem,
+            self.inflight.as_ref(),
+            head,
+            status,
+            status_addr,
+            used_len,
+        );
         self.used_added = true;
     }
 
@@ -241,76 +266,103 @@ impl VirtqPoller {
         any
     }
 
-    /// Pops and starts new requests, at most one ring's worth per pass.
+    /// Pops and starts new requests, at most one ring's worth per pass; requests left in
+    /// flight by a previous backend go first, in their original order.
     fn pop_requests(&mut self) -> bool {
         let mut popped = 0;
+        let size = self.slots.len();
         // One clock read per pass, and none on idle passes.
         let mut now = None;
-        let size = self.slots.len();
         while popped < size && self.backlog.is_empty() {
             let mem = Arc::clone(&self.mem);
-            let Some(chain) = self.queue.pop_descriptor_chain(mem.as_ref()) else {
-                break;
-            };
-            popped += 1;
-            let head = chain.head_index();
-            let h = usize::from(head);
-            if h >= size || self.slots[h].busy {
-                // A head outside the ring, or one already in flight: a broken driver. There is
-                // no safe used element to return, so drop it and count it.
-                self.stats.dropped += 1;
-                continue;
-            }
-            let iov = &mut self.iovecs[h * MAX_IOVECS..(h + 1) * MAX_IOVECS];
-            let req = match BlkRequest::parse(chain, mem.as_ref(), &self.device.limits, iov) {
-                Ok(req) => req,
-                Err(refused) => {
-                    match refused.error.status() as u32 {
-                        VIRTIO_BLK_S_UNSUPP => self.stats.unsupported += 1,
-                        _ => self.stats.io_errors += 1,
-                    }
-                    if refused.status_addr.is_none() {
-                        self.stats.dropped += 1;
-                    }
-                    self.complete(head, refused.error.status(), 1, refused.status_addr);
-                    continue;
-                }
-            };
-            let Some(op) = req.kind.bdev_op() else {
-                self.answer_get_id(head, &req);
-                continue;
-            };
-            self.slots[h] = Slot {
-                busy: true,
-                kind: req.kind,
-                status_addr: req.status_addr,
-                used_len: req.used_len(),
-                len: req.len,
-                submitted: Some(*now.get_or_insert_with(Instant::now)),
-            };
-            self.in_flight += 1;
-            let io = if req.iovcnt > 0 {
-                // SAFETY: the iovecs were just filled by parse from guest memory that `self.mem`
-                // (or, after a table change, `self.retired`) keeps mapped until this request
-                // completes; slot `h`'s iovec range is not reused while the slot is busy.
-                unsafe {
-                    BdevIo::with_iovecs(
-                        u32::from(head),
-                        op,
-                        req.offset,
-                        req.len,
-                        self.iovecs[h * MAX_IOVECS..].as_ptr(),
-                        req.iovcnt,
-                    )
-                }
+            let mem = mem.as_ref();
+            if let Some(head) = self.resubmit.pop_front() {
+                let table = GuestAddress(self.queue.desc_table());
+                self.start_request(
+                    head,
+                    HeadChain::new(mem, table, self.queue.size(), head),
+                    mem,
+                    &mut now,
+                );
             } else {
-                BdevIo::without_data(u32::from(head), op, req.offset, req.len)
-            };
-            if let Err(io) = self.channel.submit(io) {
-                self.backlog.push_back(io);
+                let Some(chain) = self.queue.pop_descriptor_chain(mem) else {
+                    break;
+                };
+                let head = chain.head_index();
+                if let (Some(inf), true) = (self.inflight.as_mut(), usize::from(head) < size) {
+                    inf.mark_popped(head);
+                }
+                self.start_request(head, chain, mem, &mut now);
             }
+            popped += 1;
         }
         popped > 0
+    }
+
+    /// Parses one chain and submits it (or answers it at once).
+    fn start_request(
+        &mut self,
+        head: u16,
+        chain: impl IntoIterator<Item = Descriptor>,
+        mem: &GuestMemoryMmap,
+        now: &mut Option<Instant>,
+    ) {
+        let size = self.slots.len();
+        let h = usize::from(head);
+        if h >= size || self.slots[h].busy {
+            // A head outside the ring, or one already in flight: a broken driver. There is no
+            // safe used element to return, so drop it and count it.
+            self.stats.dropped += 1;
+            return;
+        }
+        let iov = &mut self.iovecs[h * MAX_IOVECS..(h + 1) * MAX_IOVECS];
+        let req = match BlkRequest::parse(chain, mem, &self.device.limits, iov) {
+            Ok(req) => req,
+            Err(refused) => {
+                match refused.error.status() as u32 {
+                    VIRTIO_BLK_S_UNSUPP => self.stats.unsupported += 1,
+                    _ => self.stats.io_errors += 1,
+                }
+                if refused.status_addr.is_none() {
+                    self.stats.dropped += 1;
+                }
+                self.complete(head, refused.error.status(), 1, refused.status_addr);
+                return;
+            }
+        };
+        let Some(op) = req.kind.bdev_op() else {
+            self.answer_get_id(head, &req);
+            return;
+        };
+        self.slots[h] = Slot {
+            busy: true,
+            kind: req.kind,
+            status_addr: req.status_addr,
+            used_len: req.used_len(),
+            len: req.len,
+            submitted: Some(*now.get_or_insert_with(Instant::now)),
+        };
+        self.in_flight += 1;
+        let io = if req.iovcnt > 0 {
+            // SAFETY: the iovecs were just filled by parse from guest memory that `self.mem`
+            // (or, after a table change, `self.retired`) keeps mapped until this request
+            // completes; slot `h`'s iovec range is not reused while the slot is busy.
+            unsafe {
+                BdevIo::with_iovecs(
+                    u32::from(head),
+                    op,
+                    req.offset,
+                    req.len,
+                    self.iovecs[h * MAX_IOVECS..].as_ptr(),
+                    req.iovcnt,
+                )
+            }
+        } else {
+            BdevIo::without_data(u32::from(head), op, req.offset, req.len)
+        };
+        if let Err(io) = self.channel.submit(io) {
+            self.backlog.push_back(io);
+        }
     }
 
     /// GET_ID: copy the serial into the guest buffers and complete at once.
@@ -406,6 +458,33 @@ impl VirtqPoller {
             // full) only means the guest already has a pending interrupt.
             unsafe { libc::write(call.as_raw_fd(), (&one as *const u64).cast(), 8) };
         }
+    }
+}
+
+/// Writes the status byte and publishes the used element for `head`, bracketed by the inflight
+/// region updates the vhost-user spec orders around it.
+fn publish_used(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    inflight: Option<&InflightQueue>,
+    head: u16,
+    status: u8,
+    status_addr: Option<GuestAddress>,
+    used_len: u32,
+) {
+    let mut len = used_len;
+    if let Some(addr) = status_addr {
+        if mem.write_obj(status, addr).is_err() {
+            len = 0;
+        }
+    }
+    if let Some(inf) = inflight {
+        inf.before_used(head);
+    }
+    // add_used only fails for a head outside the ring, which is never passed here.
+    let _ = queue.add_used(mem, head, len);
+    if let Some(inf) = inflight {
+        inf.after_used(head, queue.next_used());
     }
 }
 

@@ -10,7 +10,6 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
 use virtio_queue::desc::split::Descriptor;
-use virtio_queue::DescriptorChain;
 use vm_memory::{
     Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, Le32, Le64,
 };
@@ -206,21 +205,18 @@ impl From<Descriptor> for Segment {
 }
 
 impl BlkRequest {
-    /// Parses and checks the request in `chain`, translating its data segments into host
+    /// Parses and checks the request in `chain` (a popped `DescriptorChain`, or a
+    /// [`HeadChain`] for a resubmitted head), translating its data segments into host
     /// iovecs in `iov` (at most [`MAX_IOVECS`] are used). The chain layout accepted is the one
     /// every driver uses (header, data..., status) plus the two merges VIRTIO_F_ANY_LAYOUT
     /// allows in practice: data after the header in the first descriptor, and data before the
     /// status byte in the last.
-    pub fn parse<M, D>(
-        chain: DescriptorChain<D>,
+    pub fn parse<M: GuestMemoryBackend>(
+        chain: impl IntoIterator<Item = Descriptor>,
         mem: &M,
         limits: &DeviceLimits,
         iov: &mut [IoVec],
-    ) -> Result<BlkRequest, Refused>
-    where
-        M: GuestMemoryBackend,
-        D: std::ops::Deref<Target = M>,
-    {
+    ) -> Result<BlkRequest, Refused> {
         let mut segs = [Segment::default(); MAX_DESCRIPTORS];
         let mut count = 0usize;
         let mut first = None;
@@ -372,6 +368,65 @@ impl BlkRequest {
             iovcnt,
             status_addr,
         })
+    }
+}
+
+/// The descriptors of the chain starting at `head`, read straight from the descriptor table:
+/// used to resubmit requests a previous backend left in flight, whose heads are known but no
+/// longer in the avail window. Follows one level of indirection and stops after as many
+/// descriptors as the table holds, so a looping chain ends.
+pub struct HeadChain<'a, M> {
+    mem: &'a M,
+    table: GuestAddress,
+    table_len: u16,
+    next: Option<u16>,
+    ttl: u16,
+    indirect: bool,
+}
+
+impl<'a, M: GuestMemoryBackend> HeadChain<'a, M> {
+    /// The chain at `head` in the descriptor table at `desc_table` of a ring of `queue_size`.
+    pub fn new(mem: &'a M, desc_table: GuestAddress, queue_size: u16, head: u16) -> Self {
+        HeadChain {
+            mem,
+            table: desc_table,
+            table_len: queue_size,
+            next: Some(head),
+            ttl: queue_size,
+            indirect: false,
+        }
+    }
+}
+
+impl<M: GuestMemoryBackend> Iterator for HeadChain<'_, M> {
+    type Item = Descriptor;
+
+    fn next(&mut self) -> Option<Descriptor> {
+        let idx = self.next.take()?;
+        if idx >= self.table_len || self.ttl == 0 {
+            return None;
+        }
+        self.ttl -= 1;
+        let addr = self.table.checked_add(u64::from(idx) * 16)?;
+        let desc: Descriptor = self.mem.read_obj(addr).ok()?;
+        if desc.refers_to_indirect_table() {
+            let entries = desc.len() / 16;
+            if self.indirect
+                || !desc.len().is_multiple_of(16)
+                || entries == 0
+                || entries > u32::from(u16::MAX)
+            {
+                return None;
+            }
+            (self.table, self.table_len, self.ttl) = (desc.addr(), entries as u16, entries as u16);
+            self.indirect = true;
+            self.next = Some(0);
+            return self.next();
+        }
+        if desc.has_next() {
+            self.next = Some(desc.next());
+        }
+        Some(desc)
     }
 }
 
@@ -918,6 +973,48 @@ mod tests {
         }; MAX_IOVECS];
         let req = BlkRequest::parse(chain, &m, &limits(), &mut iov).expect("indirect read");
         assert_eq!((req.offset, req.len, req.iovcnt), (2048, 1024, 2));
+    }
+
+    #[test]
+    fn head_chain_walks_direct_indirect_and_looping_tables() {
+        let m = mem();
+        let table = GuestAddress(0x40000);
+        let put = |at: GuestAddress, i: u64, d: SplitDescriptor| {
+            m.write_obj(RawDescriptor::from(d), at.unchecked_add(16 * i))
+                .expect("descriptor")
+        };
+        let next = VRING_DESC_F_NEXT as u16;
+        // Head 2 -> 5 -> 1: header, data, status.
+        put(table, 2, SplitDescriptor::new(HDR, 16, next, 5));
+        put(table, 5, SplitDescriptor::new(DATA, 512, W | next, 1));
+        put(table, 1, SplitDescriptor::new(STATUS, 1, W, 0));
+        write_header(&m, VIRTIO_BLK_T_IN, 0);
+        let mut iov = [IoVec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        }; MAX_IOVECS];
+        let req = BlkRequest::parse(HeadChain::new(&m, table, 8, 2), &m, &limits(), &mut iov)
+            .expect("direct");
+        assert_eq!((req.len, req.status_addr), (512, GuestAddress(STATUS)));
+        // Head 3 is indirect to a 3-entry table.
+        let ind = GuestAddress(0x50000);
+        put(ind, 0, SplitDescriptor::new(HDR, 16, next, 1));
+        put(ind, 1, SplitDescriptor::new(DATA, 1024, W | next, 2));
+        put(ind, 2, SplitDescriptor::new(STATUS, 1, W, 0));
+        put(
+            table,
+            3,
+            SplitDescriptor::new(ind.0, 48, VRING_DESC_F_INDIRECT as u16, 0),
+        );
+        let req = BlkRequest::parse(HeadChain::new(&m, table, 8, 3), &m, &limits(), &mut iov)
+            .expect("indirect");
+        assert_eq!(req.len, 1024);
+        // A loop (6 -> 7 -> 6 ...) ends after the table's size.
+        put(table, 6, SplitDescriptor::new(HDR, 16, next, 7));
+        put(table, 7, SplitDescriptor::new(DATA, 512, W | next, 6));
+        assert_eq!(HeadChain::new(&m, table, 8, 6).count(), 8);
+        // A head outside the table yields nothing.
+        assert_eq!(HeadChain::new(&m, table, 8, 8).count(), 0);
     }
 
     #[test]

@@ -237,3 +237,98 @@ fn two_writable_controllers_on_one_bdev_are_refused() {
         "one-line reason: {err}"
     );
 }
+
+#[test]
+fn stats_interval_prints_a_line_per_controller() {
+    let mut target = Target::start_args(
+        &[
+            "--socket",
+            "{dir}/vhost.sock",
+            "--malloc",
+            "16M",
+            "--stats-interval",
+            "1",
+        ],
+        &["vhost.sock"],
+    );
+    let mut client = target.connect();
+    for k in 0..50u64 {
+        client.queue(0).write_ok(k * 4096, &pattern(k, 4096));
+    }
+    std::thread::sleep(Duration::from_millis(2300));
+    let (code, out) = target.stop_with(libc::SIGTERM);
+    assert_eq!(code, Some(0));
+    let lines: Vec<&str> = out
+        .lines()
+        .filter(|l| l.starts_with("stats vhost0: "))
+        .collect();
+    assert!(lines.len() >= 2, "one line a second:\n{out}");
+    assert!(
+        lines.iter().any(|l| !l.starts_with("stats vhost0: 0 IOPS")),
+        "the writes show up:\n{out}"
+    );
+    assert!(lines
+        .iter()
+        .all(|l| l.contains("IOPS") && l.contains("MiB/s") && l.contains("p99")));
+}
+
+/// Open fds, mappings and threads of a process, from /proc.
+fn footprint(pid: u32) -> (usize, usize, usize) {
+    let count = |dir: &str| {
+        std::fs::read_dir(format!("/proc/{pid}/{dir}"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .map(|m| m.lines().count())
+        .unwrap_or(0);
+    (count("fd"), maps, count("task"))
+}
+
+#[test]
+fn disconnects_leave_no_fd_mapping_or_thread_behind() {
+    let target = Target::start_args(
+        &[
+            "--socket",
+            "{dir}/vhost.sock",
+            "--malloc",
+            "16M",
+            "--num-queues",
+            "2",
+        ],
+        &["vhost.sock"],
+    );
+    let pid = target.pid();
+    // One connection first, so lazily created process state exists before the baseline.
+    drop(target.connect_with(ClientConfig {
+        num_queues: 2,
+        ..ClientConfig::default()
+    }));
+    std::thread::sleep(Duration::from_millis(200));
+    let before = footprint(pid);
+    // Listener + log fds, the binary and libc mapped, main + reactor + controller threads.
+    assert!(
+        before.0 >= 3 && before.1 >= 10 && before.2 >= 3,
+        "footprint readable: {before:?}"
+    );
+    for round in 0..10u64 {
+        let mut c = target.connect_with(ClientConfig {
+            num_queues: 2,
+            ..ClientConfig::default()
+        });
+        c.queue((round % 2) as usize)
+            .write_ok(round * 4096, &pattern(round, 4096));
+        // Half the clients go away with I/O still queued.
+        if round % 2 == 0 {
+            c.queue(0)
+                .write_many_no_wait(&[(0, &[0u8; 4096][..]), (8192, &[1u8; 4096][..])]);
+        }
+        drop(c);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let after = footprint(pid);
+    assert_eq!(
+        before, after,
+        "(fds, mappings, threads) before vs after 10 connections"
+    );
+}

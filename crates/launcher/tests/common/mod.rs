@@ -236,6 +236,11 @@ impl Target {
         target
     }
 
+    /// The target's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// The path of socket `name` in the target's directory.
     pub fn socket_named(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)

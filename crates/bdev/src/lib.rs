@@ -8,7 +8,9 @@ mod io;
 mod malloc;
 mod memory;
 mod null;
+mod uring;
 
 pub use io::{Bdev, BdevError, BdevIo, Completion, IoChannel, IoOp, IoStatus, IoVec};
 pub use malloc::MallocBdev;
 pub use null::NullBdev;
+pub use uring::{UringBdev, UringOptions};

@@ -116,9 +116,7 @@ pub(super) unsafe fn gather(iov: &[IoVec], dst: *mut u8) {
     let mut pos = 0;
     for v in iov {
         // SAFETY: the caller guarantees the source buffer, room at `dst + pos` and no overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(v.iov_base.cast::<u8>(), dst.add(pos), v.iov_len)
-        };
+        unsafe { std::ptr::copy_nonoverlapping(v.iov_base.cast::<u8>(), dst.add(pos), v.iov_len) };
         pos += v.iov_len;
     }
 }
@@ -133,9 +131,7 @@ pub(super) unsafe fn scatter(src: *const u8, iov: &[IoVec]) {
     for v in iov {
         // SAFETY: the caller guarantees `src + pos` is readable, the destination buffer and no
         // overlap.
-        unsafe {
-            std::ptr::copy_nonoverlapping(src.add(pos), v.iov_base.cast::<u8>(), v.iov_len)
-        };
+        unsafe { std::ptr::copy_nonoverlapping(src.add(pos), v.iov_base.cast::<u8>(), v.iov_len) };
         pos += v.iov_len;
     }
 }
@@ -156,7 +152,9 @@ mod tests {
             assert_eq!(p as usize % BOUNCE_ALIGN, 0);
         }
         ptrs.sort();
-        assert!(ptrs.windows(2).all(|w| w[1] as usize - w[0] as usize >= 8192));
+        assert!(ptrs
+            .windows(2)
+            .all(|w| w[1] as usize - w[0] as usize >= 8192));
         pool.give(b);
         assert_eq!(pool.take(), Some(b));
         assert!(BouncePool::new(0, 4096).expect("empty").is_empty_pool());

@@ -1,0 +1,1199 @@
+//! A reactor's channel to a [`UringBdev`](super::UringBdev): one io_uring, one slot per request
+//! in flight.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+
+use io_uring::{opcode, squeue, types, IoUring};
+
+use super::bounce::{gather, scatter, AlignedBuf, BouncePool, BOUNCE_ALIGN};
+use crate::memory::io_in_range;
+use crate::{BdevError, BdevIo, Completion, IoChannel, IoOp, IoStatus, IoVec};
+
+/// Most requests one channel holds in flight (io_uring's largest submission queue); larger
+/// depths are clamped.
+pub(crate) const MAX_DEPTH: usize = 32768;
+/// Bytes per bounce buffer: virtio-blk's `size_max` (one segment), so a misaligned request of
+/// one segment always fits.
+pub(crate) const BOUNCE_SLOT_SIZE: usize = 1 << 20;
+/// Most bounce buffers per channel (fewer when the depth is smaller).
+pub(crate) const BOUNCE_SLOTS_MAX: usize = 16;
+/// Most iovecs one `readv`/`writev` takes (`UIO_MAXIOV`); longer lists are bounced.
+const IOV_MAX: usize = 1024;
+/// The fixed-file index of the channel's descriptor in its ring.
+const FD: types::Fixed = types::Fixed(0);
+
+/// What a channel needs to know of its bdev.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ChannelConfig {
+    /// Capacity in bytes.
+    pub(super) size: u64,
+    /// Logical block size in bytes.
+    pub(super) block_size: u64,
+    /// Alignment of iovec bases and lengths below which a request is bounced.
+    pub(super) mem_align: usize,
+    /// Opened with `O_DIRECT`: offsets and lengths must be whole blocks.
+    pub(super) direct: bool,
+    /// Opened read-only.
+    pub(super) read_only: bool,
+    /// No write cache: every write is `RWF_DSYNC`.
+    pub(super) all_durable: bool,
+    /// Whether discard is supported.
+    pub(super) discard: bool,
+    /// Whether write-zeroes is supported.
+    pub(super) write_zeroes: bool,
+}
+
+/// Where a request's data is staged, if anywhere.
+enum Bounce {
+    /// Straight to and from the request's iovecs.
+    None,
+    /// Buffer `i` of the channel's pool.
+    Pool(usize),
+    /// A buffer allocated for this request (larger than a pool buffer, or no pool).
+    Owned(AlignedBuf),
+}
+
+/// One request in the kernel's hands. Slots live in a boxed slice that never moves, so `iov`
+/// can be given to the kernel.
+struct Slot {
+    io: Option<BdevIo>,
+    bounce: Bounce,
+    /// The single iovec used for bounced transfers and for resuming inside an iovec after a
+    /// short transfer.
+    iov: IoVec,
+    /// Bytes transferred so far (reads and writes).
+    done: u64,
+    /// `preadv2`/`pwritev2` flags of the transfer (`RWF_DSYNC` for durable writes).
+    rw_flags: i32,
+}
+
+impl Slot {
+    fn empty() -> Self {
+        Slot {
+            io: None,
+            bounce: Bounce::None,
+            iov: IoVec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            },
+            done: 0,
+            rw_flags: 0,
+        }
+    }
+}
+
+/// One io_uring over one file descriptor, owned by one reactor.
+pub(super) struct UringChannel {
+    ring: IoUring,
+    /// Registered as fixed file 0 in `ring`; kept open for as long as the ring may use it.
+    _file: File,
+    cfg: ChannelConfig,
+    depth: usize,
+    slots: Box<[Slot]>,
+    free_slots: Vec<usize>,
+    pool: BouncePool,
+    /// Requests decided in `submit` (refused, empty), reported on the next poll.
+    ready: VecDeque<Completion>,
+    in_flight: usize,
+    /// An SQE was pushed while reaping (a short transfer's remainder): submit it before
+    /// returning.
+    resubmitted: bool,
+}
+
+impl UringChannel {
+    /// A channel over `file` (which it keeps) that holds up to `depth` requests in flight
+    /// (clamped to `1..=MAX_DEPTH`).
+    pub(super) fn new(file: File, cfg: ChannelConfig, depth: usize) -> Result<Self, BdevError> {
+        let depth = depth.clamp(1, MAX_DEPTH);
+        // `depth` <= 32768, so the power of two fits a u32 and the kernel's limit.
+        let entries = depth.next_power_of_two() as u32;
+        let ring = IoUring::new(entries).map_err(|e| {
+            BdevError::Os(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot create an io_uring of {entries} entries: {e} (io_uring may be \
+                     disabled by the kernel.io_uring_disabled sysctl or a seccomp filter)"
+                ),
+            ))
+        })?;
+        ring.submitter()
+            .register_files(&[file.as_raw_fd()])
+            .map_err(|e| {
+                BdevError::Os(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot register the file with io_uring: {e}"),
+                ))
+            })?;
+        let pool_slots = if cfg.mem_align > 1 {
+            depth.min(BOUNCE_SLOTS_MAX)
+        } else {
+            0
+        };
+        debug_assert!(cfg.mem_align <= BOUNCE_ALIGN);
+        Ok(UringChannel {
+            ring,
+            _file: file,
+            cfg,
+            depth,
+            slots: (0..depth).map(|_| Slot::empty()).collect(),
+            free_slots: (0..depth).rev().collect(),
+            pool: BouncePool::new(pool_slots, BOUNCE_SLOT_SIZE)?,
+            ready: VecDeque::with_capacity(depth),
+            in_flight: 0,
+            resubmitted: false,
+        })
+    }
+
+    /// A verdict reached without the kernel: a request out of range, misaligned for direct I/O,
+    /// refused by a read-only bdev, unsupported, or empty.
+    fn precheck(&self, io: &BdevIo) -> Option<IoStatus> {
+        if !io_in_range(io, self.cfg.size) {
+            return Some(IoStatus::IoError);
+        }
+        match io.op {
+            IoOp::Read | IoOp::Write => {
+                if io.op == IoOp::Write && self.cfg.read_only {
+                    return Some(IoStatus::IoError);
+                }
+                let bs = self.cfg.block_size;
+                if self.cfg.direct && (!io.offset.is_multiple_of(bs) || !io.len.is_multiple_of(bs))
+                {
+                    return Some(IoStatus::IoError);
+                }
+                if io.len == 0 {
+                    return Some(IoStatus::Success);
+                }
+                None
+            }
+            IoOp::Flush => None,
+            IoOp::Discard if !self.cfg.discard => Some(IoStatus::Unsupported),
+            IoOp::WriteZeroes if !self.cfg.write_zeroes => Some(IoStatus::Unsupported),
+            IoOp::Discard | IoOp::WriteZeroes if io.len == 0 => Some(IoStatus::Success),
+            IoOp::Discard | IoOp::WriteZeroes => None,
+        }
+    }
+
+    /// Whether a read or write must go through a bounce buffer.
+    fn needs_bounce(&self, io: &BdevIo) -> bool {
+        let iov = io.iovecs();
+        let align = self.cfg.mem_align;
+        iov.len() > IOV_MAX
+            || (align > 1
+                && iov.iter().any(|v| {
+                    !(v.iov_base as usize).is_multiple_of(align) || !v.iov_len.is_multiple_of(align)
+                }))
+    }
+
+    /// The transfer SQE for what remains of slot `idx`'s read or write.
+    fn rw_entry(&mut self, idx: usize) -> Option<squeue::Entry> {
+        let slot = &mut self.slots[idx];
+        let io = slot.io.as_ref()?;
+        let remaining = io.len - slot.done;
+        let offset = io.offset + slot.done;
+        let (ptr, cnt): (*const IoVec, usize) = match &slot.bounce {
+            Bounce::None => {
+                // Skip the iovecs already transferred; resume mid-iovec through `slot.iov`.
+                let iov = io.iovecs();
+                let mut skip = slot.done;
+                let mut i = 0;
+                while i < iov.len() && skip >= iov[i].iov_len as u64 {
+                    skip -= iov[i].iov_len as u64;
+                    i += 1;
+                }
+                if i == iov.len() {
+                    return None;
+                }
+                if skip == 0 {
+                    (iov[i..].as_ptr(), iov.len() - i)
+                } else {
+                    // `skip < iov_len`, so this stays inside the request's buffer.
+                    slot.iov = IoVec {
+                        iov_base: iov[i]
+                            .iov_base
+                            .cast::<u8>()
+                            .wrapping_add(skip as usize)
+                            .cast(),
+                        iov_len: iov[i].iov_len - skip as usize,
+                    };
+                    (&slot.iov, 1)
+                }
+            }
+            Bounce::Pool(_) | Bounce::Owned(_) => {
+                let base = match &slot.bounce {
+                    Bounce::Pool(i) => self.pool.ptr(*i),
+                    Bounce::Owned(buf) => buf.as_ptr(),
+                    Bounce::None => return None,
+                };
+                // `done < len` and the buffer holds `len` bytes.
+                slot.iov = IoVec {
+                    iov_base: base.wrapping_add(slot.done as usize).cast(),
+                    iov_len: remaining as usize,
+                };
+                (&slot.iov, 1)
+            }
+        };
+        // `cnt` <= IOV_MAX: longer lists are bounced into one iovec.
+        let cnt = cnt as u32;
+        let entry = match io.op {
+            IoOp::Read => opcode::Readv::new(FD, ptr, cnt).offset(offset).build(),
+            _ => opcode::Writev::new(FD, ptr, cnt)
+                .offset(offset)
+                .rw_flags(slot.rw_flags)
+                .build(),
+        };
+        Some(entry.user_data(idx as u64))
+    }
+
+    /// Pushes `entry` to the submission queue; `false` if it is full.
+    fn push(&mut self, entry: &squeue::Entry) -> bool {
+        // SAFETY: every buffer the entry names stays valid until its completion is reaped: the
+        // request's iovec array and buffers by `BdevIo::with_iovecs`' contract (the request is
+        // held in its slot until then), the slot's own iovec because slots never move, and
+        // bounce buffers because they are released only on completion and `Drop` waits for
+        // every request before freeing them. The file is registered and kept open by `self`.
+        unsafe { self.ring.submission().push(entry).is_ok() }
+    }
+
+    /// Frees slot `idx` and its bounce buffer; returns its request.
+    fn release(&mut self, idx: usize) -> Option<BdevIo> {
+        let slot = &mut self.slots[idx];
+        let io = slot.io.take()?;
+        match std::mem::replace(&mut slot.bounce, Bounce::None) {
+            Bounce::Pool(i) => self.pool.give(i),
+            Bounce::Owned(buf) => drop(buf),
+            Bounce::None => {}
+        }
+        slot.done = 0;
+        slot.rw_flags = 0;
+        self.free_slots.push(idx);
+        Some(io)
+    }
+
+    /// Handles the CQE of slot `idx`: the request's completion, or `None` if it goes on (the
+    /// remainder of a short transfer was resubmitted) or the CQE is stray.
+    fn on_cqe(&mut self, idx: usize, res: i32) -> Option<Completion> {
+        let op = self.slots.get(idx)?.io.as_ref()?.op;
+        let status = match op {
+            IoOp::Read | IoOp::Write => self.on_transfer(idx, res)?,
+            IoOp::Flush if res < 0 => IoStatus::IoError,
+            IoOp::Flush => IoStatus::Success,
+            IoOp::Discard | IoOp::WriteZeroes => match -res {
+                0 => IoStatus::Success,
+                libc::EOPNOTSUPP | libc::EINVAL => IoStatus::Unsupported,
+                _ => IoStatus::IoError,
+            },
+        };
+        let io = self.release(idx)?;
+        Some(io.complete(status))
+    }
+
+    /// A read or write CQE: the final status, or `None` when the remainder was resubmitted.
+    fn on_transfer(&mut self, idx: usize, res: i32) -> Option<IoStatus> {
+        let slot = &mut self.slots[idx];
+        let io = slot.io.as_ref()?;
+        if res < 0 {
+            return Some(IoStatus::IoError);
+        }
+        slot.done += res as u64;
+        if slot.done > io.len {
+            return Some(IoStatus::IoError);
+        }
+        if slot.done == io.len {
+            if io.op == IoOp::Read {
+                let src = match &slot.bounce {
+                    Bounce::Pool(i) => Some(self.pool.ptr(*i)),
+                    Bounce::Owned(buf) => Some(buf.as_ptr()),
+                    Bounce::None => None,
+                };
+                if let Some(src) = src {
+                    // SAFETY: the bounce buffer holds `len` bytes the kernel has just read; the
+                    // iovecs describe `len` writable bytes of the request (`io_in_range` was
+                    // checked at submit) that live until completion, in other memory.
+                    unsafe { scatter(src, io.iovecs()) };
+                }
+            }
+            return Some(IoStatus::Success);
+        }
+        if res == 0 {
+            // No progress (the file shrank under us, or the device is full): fail rather than
+            // loop.
+            return Some(IoStatus::IoError);
+        }
+        match self.rw_entry(idx) {
+            Some(entry) if self.push(&entry) => {
+                self.resubmitted = true;
+                None
+            }
+            _ => Some(IoStatus::IoError),
+        }
+    }
+
+    /// Slots held by requests in the kernel.
+    fn busy_slots(&self) -> usize {
+        self.depth - self.free_slots.len()
+    }
+}
+
+impl IoChannel for UringChannel {
+    fn submit(&mut self, io: BdevIo) -> Result<(), BdevIo> {
+        if self.in_flight >= self.depth {
+            return Err(io);
+        }
+        if let Some(status) = self.precheck(&io) {
+            self.ready.push_back(io.complete(status));
+            self.in_flight += 1;
+            return Ok(());
+        }
+        if self.ring.submission().is_full() {
+            return Err(io);
+        }
+        let Some(idx) = self.free_slots.pop() else {
+            return Err(io);
+        };
+
+        let mut bounce = Bounce::None;
+        if matches!(io.op, IoOp::Read | IoOp::Write) && self.needs_bounce(&io) {
+            let len = usize::try_from(io.len).unwrap_or(usize::MAX);
+            let dst = if len <= self.pool.slot_size() && !self.pool.is_empty_pool() {
+                let Some(i) = self.pool.take() else {
+                    // Every pool buffer is lent to a request in flight: try again later.
+                    self.free_slots.push(idx);
+                    return Err(io);
+                };
+                bounce = Bounce::Pool(i);
+                self.pool.ptr(i)
+            } else {
+                // Larger than a pool buffer (or no pool): a buffer of its own, the rare path.
+                let Some(buf) = AlignedBuf::new(len) else {
+                    self.free_slots.push(idx);
+                    self.ready.push_back(io.complete(IoStatus::IoError));
+                    self.in_flight += 1;
+                    return Ok(());
+                };
+                let dst = buf.as_ptr();
+                bounce = Bounce::Owned(buf);
+                dst
+            };
+            if io.op == IoOp::Write {
+                // SAFETY: `dst` has room for `len` bytes (a pool buffer of at least `len`, or an
+                // allocation of `len`), which is the sum of the iovec lengths (`io_in_range`);
+                // the iovecs are live readable request buffers and none of them is channel
+                // memory.
+                unsafe { gather(io.iovecs(), dst) };
+            }
+        }
+        let rw_flags = if io.op == IoOp::Write && (io.durable() || self.cfg.all_durable) {
+            libc::RWF_DSYNC
+        } else {
+            0
+        };
+
+        let (op, offset, len) = (io.op, io.offset, io.len);
+        let slot = &mut self.slots[idx];
+        slot.io = Some(io);
+        slot.bounce = bounce;
+        slot.done = 0;
+        slot.rw_flags = rw_flags;
+        let entry = match op {
+            IoOp::Read | IoOp::Write => self.rw_entry(idx),
+            IoOp::Flush => Some(
+                opcode::Fsync::new(FD)
+                    .flags(types::FsyncFlags::DATASYNC)
+                    .build()
+                    .user_data(idx as u64),
+            ),
+            IoOp::Discard | IoOp::WriteZeroes => {
+                let mode = if op == IoOp::Discard {
+                    libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE
+                } else {
+                    libc::FALLOC_FL_ZERO_RANGE | libc::FALLOC_FL_KEEP_SIZE
+                };
+                Some(
+                    opcode::Fallocate::new(FD, len)
+                        .offset(offset)
+                        .mode(mode)
+                        .build()
+                        .user_data(idx as u64),
+                )
+            }
+        };
+        match entry {
+            Some(entry) if self.push(&entry) => {
+                self.in_flight += 1;
+                Ok(())
+            }
+            // Not reached: the queue had room and the slot was just filled. Hand it back
+            // rather than fail it.
+            _ => match self.release(idx) {
+                Some(io) => Err(io),
+                None => Ok(()),
+            },
+        }
+    }
+
+    fn flush_submissions(&mut self) {
+        if !self.ring.submission().is_empty() {
+            // EAGAIN/EBUSY (kernel short of resources) and EINTR leave the entries queued; the
+            // next pass submits them.
+            let _ = self.ring.submit();
+        }
+    }
+
+    fn poll_completions(&mut self, done: &mut dyn FnMut(Completion)) -> usize {
+        let mut n = 0;
+        while let Some(c) = self.ready.pop_front() {
+            self.in_flight -= 1;
+            n += 1;
+            done(c);
+        }
+        const BATCH: usize = 32;
+        let mut batch = [(0u64, 0i32); BATCH];
+        loop {
+            let mut got = 0;
+            for cqe in self.ring.completion().take(BATCH) {
+                batch[got] = (cqe.user_data(), cqe.result());
+                got += 1;
+            }
+            for &(user_data, res) in &batch[..got] {
+                if let Some(c) = self.on_cqe(user_data as usize, res) {
+                    self.in_flight -= 1;
+                    n += 1;
+                    done(c);
+                }
+            }
+            if got < BATCH {
+                break;
+            }
+        }
+        if self.resubmitted {
+            self.resubmitted = false;
+            self.flush_submissions();
+        }
+        n
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+}
+
+impl Drop for UringChannel {
+    /// Waits for every request the kernel holds: it may still write into guest memory and into
+    /// the bounce buffers freed after this. Their completions are dropped, not reported.
+    fn drop(&mut self) {
+        while self.busy_slots() > 0 {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                    ) => {}
+                Err(_) => {
+                    // Cannot tell when the kernel is done: never free what it may still write.
+                    self.pool.leak();
+                    for slot in self.slots.iter_mut() {
+                        if let Bounce::Owned(buf) =
+                            std::mem::replace(&mut slot.bounce, Bounce::None)
+                        {
+                            std::mem::forget(buf);
+                        }
+                    }
+                    return;
+                }
+            }
+            let mut reaped = [0u64; 32];
+            loop {
+                let mut got = 0;
+                for cqe in self.ring.completion().take(reaped.len()) {
+                    reaped[got] = cqe.user_data();
+                    got += 1;
+                }
+                for &user_data in &reaped[..got] {
+                    let _ = self.release(user_data as usize);
+                }
+                if got < reaped.len() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::OpenOptionsExt;
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, Instant};
+
+    use super::super::tests::{disk_dir, filled_file};
+    use super::super::{UringBdev, UringOptions};
+    use super::*;
+    use crate::Bdev;
+
+    /// A page-aligned test buffer.
+    struct Buf {
+        mem: AlignedBuf,
+        len: usize,
+    }
+
+    impl Buf {
+        fn new(len: usize, fill: u8) -> Self {
+            let b = Buf {
+                mem: AlignedBuf::new(len).expect("alloc"),
+                len,
+            };
+            // SAFETY: `len` bytes owned by `b`.
+            unsafe { std::ptr::write_bytes(b.mem.as_ptr(), fill, len) };
+            b
+        }
+        fn bytes(&self) -> &[u8] {
+            // SAFETY: `len` initialised bytes owned by self; the kernel is not using them while
+            // a test looks (every request has completed).
+            unsafe { std::slice::from_raw_parts(self.mem.as_ptr(), self.len) }
+        }
+        fn bytes_mut(&mut self) -> &mut [u8] {
+            // SAFETY: as above, exclusively.
+            unsafe { std::slice::from_raw_parts_mut(self.mem.as_ptr(), self.len) }
+        }
+        /// An iovec over `[start, start + len)`.
+        fn iov(&self, start: usize, len: usize) -> IoVec {
+            assert!(start + len <= self.len);
+            IoVec {
+                iov_base: self.mem.as_ptr().wrapping_add(start).cast(),
+                iov_len: len,
+            }
+        }
+    }
+
+    fn pattern(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// A request over `iov` (which the test keeps alive until it completes).
+    fn rw(tag: u32, op: IoOp, offset: u64, iov: &[IoVec]) -> BdevIo {
+        let len = iov.iter().map(|v| v.iov_len as u64).sum();
+        // SAFETY: every test keeps the iovec array and its buffers alive until the request's
+        // completion has been reaped (or the channel dropped).
+        unsafe { BdevIo::with_iovecs(tag, op, offset, len, iov.as_ptr(), iov.len()) }
+    }
+
+    /// Reaps until `n` completions have arrived (10 s at most).
+    fn reap(ch: &mut dyn IoChannel, n: usize) -> Vec<Completion> {
+        let mut got = Vec::new();
+        let start = Instant::now();
+        while got.len() < n {
+            ch.flush_submissions();
+            ch.poll_completions(&mut |c| got.push(c));
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "timed out: {got:?}"
+            );
+            std::thread::yield_now();
+        }
+        got
+    }
+
+    /// Submits, flushes and waits for one request.
+    fn run(ch: &mut dyn IoChannel, io: BdevIo) -> IoStatus {
+        let tag = io.tag;
+        ch.submit(io).expect("channel has room");
+        let c = reap(ch, 1);
+        assert_eq!(c[0].tag, tag);
+        assert_eq!(ch.in_flight(), 0);
+        c[0].status
+    }
+
+    fn opts(block_size: u32) -> UringOptions {
+        UringOptions {
+            block_size: Some(block_size),
+            ..UringOptions::default()
+        }
+    }
+
+    fn file_bytes(path: &Path) -> Vec<u8> {
+        std::fs::read(path).expect("read file")
+    }
+
+    #[test]
+    fn read_after_write_across_offsets_and_sizes() {
+        let dir = disk_dir();
+        for bs in [512u32, 4096] {
+            let size = 4 << 20;
+            let path = filled_file(dir.path(), &format!("raw{bs}.img"), size, 0);
+            let bdev = UringBdev::open(&path, opts(bs)).expect("open");
+            let mut ch = bdev.open_channel(8).expect("channel");
+            let mut model = vec![0u8; size];
+            let b = bs as usize;
+            // (offset in blocks, iovec lengths in blocks)
+            let cases: &[(usize, &[usize])] = &[
+                (0, &[1]),
+                (1, &[3]),
+                (7, &[1, 2, 1]),
+                (100, &[256]),
+                (300, &[8; 20]),
+                (size / b - 2, &[2]),
+            ];
+            for (i, &(blk, segs)) in cases.iter().enumerate() {
+                let total: usize = segs.iter().sum::<usize>() * b;
+                let data = pattern(i as u64 + u64::from(bs), total);
+                let mut src = Buf::new(total, 0);
+                src.bytes_mut().copy_from_slice(&data);
+                let mut iov = Vec::new();
+                let mut at = 0;
+                for s in segs {
+                    iov.push(src.iov(at, s * b));
+                    at += s * b;
+                }
+                let off = blk * b;
+                let st = run(ch.as_mut(), rw(1, IoOp::Write, off as u64, &iov));
+                assert_eq!(st, IoStatus::Success, "write case {i} bs {bs}");
+                model[off..off + total].copy_from_slice(&data);
+
+                // Read back over a different segmentation.
+                let dst = Buf::new(total, 0xee);
+                let half = (total / 2).next_multiple_of(b).min(total);
+                let mut riov = vec![dst.iov(0, half)];
+                if half < total {
+                    riov.push(dst.iov(half, total - half));
+                }
+                let st = run(ch.as_mut(), rw(2, IoOp::Read, off as u64, &riov));
+                assert_eq!(st, IoStatus::Success, "read case {i} bs {bs}");
+                assert_eq!(dst.bytes(), &data[..], "case {i} bs {bs}");
+            }
+            drop(ch);
+            assert_eq!(file_bytes(&path), model, "file contents, bs {bs}");
+        }
+    }
+
+    #[test]
+    fn many_requests_in_flight_complete_once_each() {
+        let dir = disk_dir();
+        let path = filled_file(dir.path(), "qd.img", 1 << 20, 0);
+        let bdev = UringBdev::open(&path, opts(4096)).expect("open");
+        let mut ch = bdev.open_channel(64).expect("channel");
+        let bufs: Vec<Buf> = (0..64).map(|i| Buf::new(4096, i as u8)).collect();
+        let iovs: Vec<[IoVec; 1]> = bufs.iter().map(|b| [b.iov(0, 4096)]).collect();
+        for (i, iov) in iovs.iter().enumerate() {
+            ch.submit(rw(i as u32, IoOp::Write, i as u64 * 4096, iov))
+                .expect("room");
+        }
+        assert_eq!(ch.in_flight(), 64);
+        let mut tags: Vec<u32> = reap(ch.as_mut(), 64)
+            .iter()
+            .map(|c| {
+                assert_eq!(c.status, IoStatus::Success);
+                c.tag
+            })
+            .collect();
+        tags.sort();
+        assert_eq!(tags, (0..64).collect::<Vec<_>>());
+        assert_eq!(ch.in_flight(), 0);
+        let file = file_bytes(&path);
+        for i in 0..64 {
+            assert!(file[i * 4096..(i + 1) * 4096].iter().all(|&x| x == i as u8));
+        }
+    }
+
+    #[test]
+    fn misaligned_iovecs_are_bounced_both_ways() {
+        let dir = disk_dir();
+        let path = filled_file(dir.path(), "bounce.img", 4 << 20, 0);
+        let bdev = UringBdev::open(&path, opts(512)).expect("open");
+        let mut ch = bdev.open_channel(4).expect("channel");
+        let data = pattern(7, 4096);
+        // Misaligned base (offset 1) and lengths that are not multiples of 512.
+        let mut src = Buf::new(8192, 0);
+        src.bytes_mut()[1..1 + 4096].copy_from_slice(&data);
+        let wiov = [src.iov(1, 100), src.iov(101, 3000), src.iov(3101, 996)];
+        assert_eq!(
+            run(ch.as_mut(), rw(1, IoOp::Write, 8192, &wiov)),
+            IoStatus::Success
+        );
+        assert_eq!(&file_bytes(&path)[8192..8192 + 4096], &data[..]);
+
+        let dst = Buf::new(8192, 0xee);
+        let riov = [dst.iov(3, 1), dst.iov(4, 4095)];
+        assert_eq!(
+            run(ch.as_mut(), rw(2, IoOp::Read, 8192, &riov)),
+            IoStatus::Success
+        );
+        assert_eq!(&dst.bytes()[3..3 + 4096], &data[..]);
+        assert_eq!(dst.bytes()[2], 0xee);
+        assert_eq!(dst.bytes()[3 + 4096], 0xee);
+
+        // Larger than a pool buffer: bounced through a buffer of its own.
+        let big = BOUNCE_SLOT_SIZE + 4096;
+        let data = pattern(8, big);
+        let mut src = Buf::new(big + 64, 0);
+        src.bytes_mut()[64..].copy_from_slice(&data);
+        let wiov = [src.iov(64, big)];
+        assert_eq!(
+            run(ch.as_mut(), rw(3, IoOp::Write, 1 << 20, &wiov)),
+            IoStatus::Success
+        );
+        let dst = Buf::new(big + 8, 0);
+        let riov = [dst.iov(8, big)];
+        assert_eq!(
+            run(ch.as_mut(), rw(4, IoOp::Read, 1 << 20, &riov)),
+            IoStatus::Success
+        );
+        assert!(dst.bytes()[8..] == data[..]);
+        assert!(file_bytes(&path)[1 << 20..(1 << 20) + big] == data[..]);
+    }
+
+    #[test]
+    fn buffered_mode_takes_any_alignment_without_bouncing() {
+        let dir = disk_dir();
+        let path = filled_file(dir.path(), "buf.img", 64 << 10, 0);
+        let o = UringOptions {
+            buffered: true,
+            ..UringOptions::default()
+        };
+        let bdev = UringBdev::open(&path, o).expect("open");
+        let mut ch = bdev
+            .open_channel_with_file(bdev.file.try_clone().expect("dup"), 4)
+            .expect("channel");
+        let mut src = Buf::new(2048, 0);
+        src.bytes_mut().copy_from_slice(&pattern(3, 2048));
+        let wiov = [src.iov(1, 511), src.iov(512, 1)];
+        ch.submit(rw(1, IoOp::Write, 1024, &wiov)).expect("room");
+        assert!(matches!(
+            ch.slots.iter().find(|s| s.io.is_some()).map(|s| &s.bounce),
+            Some(Bounce::None)
+        ));
+        assert_eq!(reap(&mut ch, 1)[0].status, IoStatus::Success);
+        assert_eq!(&file_bytes(&path)[1024..1536], &src.bytes()[1..513]);
+    }
+
+    #[test]
+    fn bounce_pool_exhaustion_hands_requests_back() {
+        let dir = disk_dir();
+        let path = filled_file(dir.path(), "pool.img", 1 << 20, 0x5a);
+        let bdev = UringBdev::open(&path, opts(512)).expect("open");
+        let mut ch = bdev.open_channel(32).expect("channel");
+        let dst = Buf::new(BOUNCE_SLOTS_MAX * 1024 + 4096, 0);
+        let iovs: Vec<[IoVec; 1]> = (0..=BOUNCE_SLOTS_MAX)
+            .map(|i| [dst.iov(i * 1024 + 1, 512)])
+            .collect();
+        for (i, iov) in iovs.iter().take(BOUNCE_SLOTS_MAX).enumerate() {
+            ch.submit(rw(i as u32, IoOp::Read, 0, iov))
+                .expect("pool has room");
+        }
+        let back = ch
+            .submit(rw(99, IoOp::Read, 0, &iovs[BOUNCE_SLOTS_MAX]))
+            .expect_err("pool exhausted");
+        assert_eq!(back.tag, 99);
+        // An aligned request needs no bounce buffer and still goes in.
+        let aligned = Buf::new(4096, 0);
+        let aiov = [aligned.iov(0, 4096)];
+        ch.submit(rw(100, IoOp::Read, 0, &aiov)).expect("aligned");
+        assert_eq!(ch.in_flight(), BOUNCE_SLOTS_MAX + 1);
+        let done = reap(ch.as_mut(), BOUNCE_SLOTS_MAX + 1);
+        assert!(done.iter().all(|c| c.status == IoStatus::Success));
+        assert_eq!(run(ch.as_mut(), back), IoStatus::Success);
+        for i in 0..=BOUNCE_SLOTS_MAX {
+            assert!(dst.bytes()[i * 1024 + 1..i * 1024 + 513]
+                .iter()
+                .all(|&b| b == 0x5a));
+        }
+    }
+
+    #[test]
+    fn backpressure_at_depth() {
+        let dir = disk_dir();
+        let path = filled_file(dir.path(), "bp.img", 64 << 10, 0);
+        let bdev = UringBdev::open(&path, UringOptions::default()).expect("open");
+        let mut ch = bdev.open_channel(2).expect("channel");
+        let buf = Buf::new(3 * 4096, 0);
+        let iovs = [
+            [buf.iov(0, 4096)],
+            [buf.iov(4096, 4096)],
+            [buf.iov(8192, 4096)],
+        ];
+        ch.submit(rw(1, IoOp::Read, 0, &iovs[0])).expect("first");
+        ch.submit(rw(2, IoOp::Read, 4096, &iovs[1]))
+            .expect("second");
+        let back = ch
+            .submit(rw(3, IoOp::Read, 8192, &iovs[2]))
+            .expect_err("third is handed back");
+        assert_eq!((back.tag, back.offset), (3, 8192));
+        assert_eq!(ch.in_flight(), 2);
+        // Refusals decided without the kernel count against the depth too.
+        let refused = ch
+            .submit(BdevIo::without_data(4, IoOp::Read, 1 << 30, 512))
+            .expect_err("still full");
+        assert_eq!(refused.tag, 4);
+        let mut tags: Vec<u32> = reap(ch.as_mut(), 2).iter().map(|c| c.tag).collect();
+        tags.sort();
+        assert_eq!(tags, [1, 2]);
+        assert_eq!(run(ch.as_mut(), back), IoStatus::Success);
+    }
+
+    #[test]
+    fn flush_and_durable_writes() {
+        let dir = disk_dir();
+        let path = filled_file(dir.path(), "fl.img", 64 << 10, 0);
+        for write_cache in [true, false] {
+            let o = UringOptions {
+                write_cache,
+                ..UringOptions::default()
+            };
+            let bdev = UringBdev::open(&path, o).expect("open");
+            let mut ch = bdev
+                .open_channel_with_file(bdev.file.try_clone().expect("dup"), 4)
+                .expect("channel");
+            let src = Buf::new(4096, 0x42 + u8::from(write_cache));
+            let iov = [src.iov(0, 4096)];
+            for durable in [false, true] {
+                ch.submit(rw(1, IoOp::Write, 4096, &iov).with_durable(durable))
+                    .expect("room");
+                let slot = ch.slots.iter().find(|s| s.io.is_some()).expect("slot");
+                let want = if durable || !write_cache {
+                    libc::RWF_DSYNC
+                } else {
+                    0
+                };
+                assert_eq!(slot.rw_flags, want, "durable {durable} cache {write_cache}");
+                assert_eq!(reap(&mut ch, 1)[0].status, IoStatus::Success);
+            }
+            assert_eq!(
+                run(&mut ch, BdevIo::without_data(2, IoOp::Flush, 0, 0)),
+                IoStatus::Success
+            );
+            assert!(file_bytes(&path)[4096..8192]
+                .iter()
+                .all(|&b| b == 0x42 + u8::from(write_cache)));
+        }
+    }
+
+    fn allocated_bytes(path: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(path).expect("stat").blocks() * 512
+    }
+
+    #[test]
+    fn discard_punches_a_hole_and_leaves_neighbours() {
+        let dir = disk_dir();
+        let path = filled_file(dir.path(), "dis.img", 256 << 10, 0xab);
+        let bdev = UringBdev::open(&path, UringOptions::default()).expect("open");
+        if !bdev.supports(IoOp::Discard) {
+            eprintln!("filesystem cannot punch holes; skipping");
+            return;
+        }
+        let mut ch = bdev.open_channel(4).expect("channel");
+        let before = allocated_bytes(&path);
+        let (off, len) = (64u64 << 10, 64u64 << 10);
+        assert_eq!(
+            run(
+                ch.as_mut(),
+                BdevIo::without_data(1, IoOp::Discard, off, len)
+            ),
+            IoStatus::Success
+        );
+        let dst = Buf::new(256 << 10, 0xee);
+        let iov = [dst.iov(0, 256 << 10)];
+        assert_eq!(
+            run(ch.as_mut(), rw(2, IoOp::Read, 0, &iov)),
+            IoStatus::Success
+        );
+        for (i, &b) in dst.bytes().iter().enumerate() {
+            let hole = (off..off + len).contains(&(i as u64));
+            assert_eq!(b, if hole { 0 } else { 0xab }, "byte {i}");
+        }
+        assert!(allocated_bytes(&path) < before, "the range was deallocated");
+        assert_eq!(std::fs::metadata(&path).expect("stat").len(), 256 << 10);
+    }
+
+    #[test]
+    fn write_zeroes_zeroes_the_range() {
+        let dir = disk_dir();
+        let path = filled_file(dir.path(), "wz.img", 64 << 10, 0xcd);
+        let bdev = UringBdev::open(&path, opts(512)).expect("open");
+        if !bdev.supports(IoOp::WriteZeroes) {
+            eprintln!("filesystem has no ZERO_RANGE; skipping");
+            return;
+        }
+        let mut ch = bdev.open_channel(4).expect("channel");
+        let (off, len) = (1536u64, 5120u64);
+        assert_eq!(
+            run(
+                ch.as_mut(),
+                BdevIo::without_data(1, IoOp::WriteZeroes, off, len)
+            ),
+            IoStatus::Success
+        );
+        let file = file_bytes(&path);
+        assert_eq!(file.len(), 64 << 10);
+        for (i, &b) in file.iter().enumerate() {
+            let zero = (off..off + len).contains(&(i as u64));
+            assert_eq!(b, if zero { 0 } else { 0xcd }, "byte {i}");
+        }
+    }
+
+    #[test]
+    fn refusals_without_the_kernel() {
+        let dir = disk_dir();
+        let path = filled_file(dir.path(), "ref.img", 64 << 10, 0);
+        let bdev = UringBdev::open(&path, opts(4096)).expect("open");
+        let mut ch = bdev.open_channel(4).expect("channel");
+        let buf = Buf::new(8192, 0);
+        let iov = [buf.iov(0, 4096)];
+        // Past the end; not a whole block for direct I/O; iovecs that do not add up.
+        assert_eq!(
+            run(ch.as_mut(), rw(1, IoOp::Read, 64 << 10, &iov)),
+            IoStatus::IoError
+        );
+        assert_eq!(
+            run(ch.as_mut(), rw(2, IoOp::Read, 512, &iov)),
+            IoStatus::IoError
+        );
+        // SAFETY: the buffer outlives the request.
+        let short = unsafe { BdevIo::with_iovecs(3, IoOp::Write, 0, 8192, iov.as_ptr(), 1) };
+        assert_eq!(run(ch.as_mut(), short), IoStatus::IoError);
+
+        let ro = UringOptions {
+            read_only: true,
+            ..opts(4096)
+        };
+        let bdev = UringBdev::open(&path, ro).expect("open ro");
+        let mut ch = bdev.open_channel(4).expect("channel");
+        assert_eq!(
+            run(ch.as_mut(), rw(4, IoOp::Write, 0, &iov)),
+            IoStatus::IoError
+        );
+        for op in [IoOp::Discard, IoOp::WriteZeroes] {
+            assert_eq!(
+                run(ch.as_mut(), BdevIo::without_data(5, op, 0, 4096)),
+                IoStatus::Unsupported
+            );
+        }
+        assert_eq!(
+            run(ch.as_mut(), rw(6, IoOp::Read, 0, &iov)),
+            IoStatus::Success
+        );
+    }
+
+    /// A descriptor opened read-only behind a writable bdev's channel makes the kernel fail
+    /// every write (EBADF), standing in for a media error; reads keep working.
+    #[test]
+    fn injected_write_errors_fail_only_those_requests() {
+        let dir = disk_dir();
+        let path = filled_file(dir.path(), "err.img", 64 << 10, 0x77);
+        let bdev = UringBdev::open(&path, opts(512)).expect("open");
+        let ro_fd = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .expect("open O_RDONLY");
+        let mut ch = bdev.open_channel_with_file(ro_fd, 8).expect("channel");
+        let src = Buf::new(8192, 0x11);
+        let dst = Buf::new(8192, 0);
+        let misaligned = Buf::new(8192, 0x22);
+        let w = [src.iov(0, 4096)];
+        let wb = [misaligned.iov(1, 512)];
+        let r = [dst.iov(0, 4096)];
+        ch.submit(rw(1, IoOp::Write, 0, &w)).expect("room");
+        ch.submit(rw(2, IoOp::Read, 4096, &r)).expect("room");
+        ch.submit(rw(3, IoOp::Write, 8192, &wb)).expect("room");
+        ch.submit(BdevIo::without_data(4, IoOp::WriteZeroes, 0, 4096))
+            .expect("room");
+        assert_eq!(ch.in_flight(), 4);
+        let mut done = reap(&mut ch, 4);
+        done.sort_by_key(|c| c.tag);
+        let statuses: Vec<IoStatus> = done.iter().map(|c| c.status).collect();
+        assert_eq!(
+            statuses[..3],
+            [IoStatus::IoError, IoStatus::Success, IoStatus::IoError]
+        );
+        // fallocate on a read-only descriptor: EBADF, an I/O error (not "unsupported").
+        if bdev.supports(IoOp::WriteZeroes) {
+            assert_eq!(statuses[3], IoStatus::IoError);
+        }
+        assert_eq!(ch.in_flight(), 0);
+        assert!(dst.bytes()[..4096].iter().all(|&b| b == 0x77));
+        // The channel keeps serving.
+        assert_eq!(run(&mut ch, rw(5, IoOp::Read, 0, &r)), IoStatus::Success);
+        assert!(file_bytes(&path).iter().all(|&b| b == 0x77));
+    }
+
+    /// Drives a request whose first transfer the test reports as short: the channel must
+    /// resubmit the remainder (mid-iovec and from an iovec boundary) and succeed only once all
+    /// of it has moved; a transfer that makes no progress fails.
+    #[test]
+    fn short_transfers_are_resumed_or_failed() {
+        let dir = disk_dir();
+        let data = pattern(11, 64 << 10);
+        let path = dir.path().join("short.img");
+        std::fs::write(&path, &data).expect("write");
+        for (buffered, short) in [(true, 700i32), (false, 1024), (false, 512), (true, 0)] {
+            let o = UringOptions {
+                buffered,
+                block_size: Some(512),
+                ..UringOptions::default()
+            };
+            let bdev = UringBdev::open(&path, o).expect("open");
+            let mut ch = bdev
+                .open_channel_with_file(bdev.file.try_clone().expect("dup"), 4)
+                .expect("channel");
+            let dst = Buf::new(8192, 0);
+            let iov = [dst.iov(0, 512), dst.iov(512, 1024), dst.iov(1536, 512)];
+            ch.submit(rw(9, IoOp::Read, 4096, &iov)).expect("room");
+            let idx = ch.slots.iter().position(|s| s.io.is_some()).expect("slot");
+            // Let the real read finish, then claim it moved only `short` bytes.
+            ch.ring.submit_and_wait(1).expect("enter");
+            let cqe = ch.ring.completion().next().expect("cqe");
+            assert_eq!(cqe.result(), 2048);
+            let verdict = ch.on_cqe(idx, short);
+            if short == 0 {
+                // No progress: failed at once, its slot freed.
+                assert_eq!(verdict.map(|c| c.status), Some(IoStatus::IoError));
+                assert!(ch.slots[idx].io.is_none());
+                continue;
+            }
+            assert!(verdict.is_none(), "the remainder was resubmitted");
+            assert_eq!(ch.in_flight(), 1);
+            let c = reap(&mut ch, 1);
+            assert_eq!(
+                c[0].status,
+                IoStatus::Success,
+                "buffered {buffered} short {short}"
+            );
+            assert_eq!(dst.bytes()[..2048], data[4096..6144]);
+        }
+
+        // A real short read: the file shrinks under the bdev, the read reaches past the new
+        // end, and the remainder makes no progress: an error, never success.
+        let bdev = UringBdev::open(&path, opts(512)).expect("open");
+        let mut ch = bdev.open_channel(4).expect("channel");
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .expect("open")
+            .set_len(32 << 10)
+            .expect("truncate");
+        let dst = Buf::new(8192, 0);
+        let iov = [dst.iov(0, 8192)];
+        assert_eq!(
+            run(ch.as_mut(), rw(1, IoOp::Read, (32 << 10) - 4096, &iov)),
+            IoStatus::IoError
+        );
+    }
+
+    #[test]
+    fn drop_waits_for_requests_in_flight() {
+        let dir = disk_dir();
+        let len = 4 << 20;
+        let data = pattern(5, len);
+        let path = dir.path().join("drop.img");
+        std::fs::write(&path, &data).expect("write");
+        let bdev = UringBdev::open(&path, opts(4096)).expect("open");
+        let mut ch = bdev.open_channel(8).expect("channel");
+        let dst = Buf::new(len, 0);
+        let chunk = len / 8;
+        let iovs: Vec<[IoVec; 1]> = (0..8).map(|i| [dst.iov(i * chunk, chunk)]).collect();
+        // Misaligned ones too, so bounce buffers are in the kernel's hands at drop.
+        let odd = Buf::new(4 * 4096 + 1, 0);
+        let oiov = [odd.iov(1, 4 * 4096)];
+        for (i, iov) in iovs.iter().take(7).enumerate() {
+            ch.submit(rw(i as u32, IoOp::Read, (i * chunk) as u64, iov))
+                .expect("room");
+        }
+        ch.submit(rw(7, IoOp::Read, 0, &oiov)).expect("room");
+        ch.flush_submissions();
+        drop(ch);
+        // Every transfer finished before drop returned.
+        assert_eq!(dst.bytes()[..7 * chunk], data[..7 * chunk]);
+        // A channel dropped with requests never submitted (still in the SQ) also drains.
+        let mut ch = bdev.open_channel(8).expect("channel");
+        ch.submit(rw(8, IoOp::Read, 0, &iovs[7])).expect("room");
+        drop(ch);
+        assert_eq!(dst.bytes()[7 * chunk..], data[..chunk]);
+    }
+
+    /// A loop device with 4096-byte sectors exercises the block-device path (BLKSSZGET,
+    /// BLKGETSIZE64, fallocate on a block device). Skipped unless `losetup` works here (root).
+    #[test]
+    fn loop_device_geometry_and_io() {
+        struct Loop(String);
+        impl Drop for Loop {
+            fn drop(&mut self) {
+                let _ = std::process::Command::new("losetup")
+                    .args(["-d", &self.0])
+                    .status();
+            }
+        }
+        let dir = disk_dir();
+        let backing = filled_file(dir.path(), "loop.img", 8 << 20, 0x3c);
+        let out = std::process::Command::new("losetup")
+            .args(["--sector-size", "4096", "--direct-io=on", "-f", "--show"])
+            .arg(&backing)
+            .output();
+        let dev = match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+            _ => {
+                eprintln!("losetup unavailable; skipping the block-device test");
+                return;
+            }
+        };
+        let lo = Loop(dev);
+        let bdev = UringBdev::open(PathBuf::from(&lo.0), UringOptions::default()).expect("open");
+        assert!(bdev.is_block_device());
+        assert_eq!((bdev.block_size(), bdev.num_blocks()), (4096, 2048));
+        assert!(bdev.supports(IoOp::WriteZeroes));
+        let o512 = UringOptions {
+            block_size: Some(512),
+            ..UringOptions::default()
+        };
+        let err = UringBdev::open(PathBuf::from(&lo.0), o512)
+            .err()
+            .expect("512 on a 4096 device");
+        assert!(err.to_string().contains("logical block size 4096"), "{err}");
+
+        let mut ch = bdev.open_channel(4).expect("channel");
+        let src = Buf::new(16384, 0x99);
+        let iov = [src.iov(0, 16384)];
+        assert_eq!(
+            run(ch.as_mut(), rw(1, IoOp::Write, 8192, &iov)),
+            IoStatus::Success
+        );
+        assert_eq!(
+            run(
+                ch.as_mut(),
+                BdevIo::without_data(2, IoOp::WriteZeroes, 12288, 4096)
+            ),
+            IoStatus::Success
+        );
+        let discard = run(
+            ch.as_mut(),
+            BdevIo::without_data(3, IoOp::Discard, 16384, 4096),
+        );
+        let dst = Buf::new(16384, 0);
+        let riov = [dst.iov(0, 16384)];
+        assert_eq!(
+            run(ch.as_mut(), rw(4, IoOp::Read, 8192, &riov)),
+            IoStatus::Success
+        );
+        assert!(dst.bytes()[..4096].iter().all(|&b| b == 0x99));
+        assert!(dst.bytes()[4096..8192].iter().all(|&b| b == 0));
+        if bdev.supports(IoOp::Discard) {
+            assert_eq!(discard, IoStatus::Success);
+            assert!(dst.bytes()[8192..12288].iter().all(|&b| b == 0));
+        }
+        assert!(dst.bytes()[12288..].iter().all(|&b| b == 0x99));
+        assert_eq!(
+            run(ch.as_mut(), BdevIo::without_data(5, IoOp::Flush, 0, 0)),
+            IoStatus::Success
+        );
+    }
+}

@@ -18,12 +18,25 @@ pub struct Cli {
     pub malloc: Option<u64>,
 
     /// Serve a null disk of SIZE: reads return zeroes, writes are dropped.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, conflicts_with = "file")]
     pub null: Option<u64>,
 
-    /// Logical block size in bytes.
-    #[arg(long, value_name = "BYTES", default_value_t = 512, value_parser = parse_block_size)]
-    pub block_size: u32,
+    /// Serve a regular file or block device, with O_DIRECT through io_uring.
+    #[arg(long, value_name = "PATH", conflicts_with = "malloc")]
+    pub file: Option<PathBuf>,
+
+    /// With --file: open through the page cache (for filesystems without O_DIRECT).
+    #[arg(long, requires = "file")]
+    pub buffered: bool,
+
+    /// Start with the write cache off: writes are durable when they complete (RWF_DSYNC) until
+    /// the guest enables the cache.
+    #[arg(long)]
+    pub no_write_cache: bool,
+
+    /// Logical block size in bytes (default 512; for block devices, the device's).
+    #[arg(long, value_name = "BYTES", value_parser = parse_block_size)]
+    pub block_size: Option<u32>,
 
     /// Offer the disk read-only (VIRTIO_BLK_F_RO); writes fail with IOERR.
     #[arg(long)]
@@ -48,7 +61,7 @@ pub struct Cli {
 
     /// A bdev, repeatable: `name=m0,malloc=1G[,block-size=4096][,shared]` or
     /// `name=n0,null=1G`. Used with `--controller`.
-    #[arg(long = "bdev", value_name = "SPEC", conflicts_with_all = ["malloc", "null", "config"])]
+    #[arg(long = "bdev", value_name = "SPEC", conflicts_with_all = ["malloc", "null", "file", "config"])]
     pub bdevs: Vec<String>,
 
     /// A controller, repeatable: `socket=PATH,bdev=NAME[,name=N][,cpus=LIST][,num-queues=N]
@@ -62,7 +75,7 @@ pub struct Cli {
     pub controllers: Vec<String>,
 
     /// JSON configuration file with bdevs and controllers (see docs/configuration.md).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["malloc", "null"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["malloc", "null", "file"])]
     pub config: Option<PathBuf>,
 
     /// Print one summary line per controller every SECS seconds.
@@ -163,7 +176,12 @@ mod tests {
         .expect("valid");
         assert_eq!(
             (c.malloc, c.block_size, c.num_queues),
-            (Some(64 << 20), 4096, 4)
+            (Some(64 << 20), Some(4096), 4)
+        );
+        assert!(Cli::try_parse_from(["spinblk", "--file", "/x", "--malloc", "1M"]).is_err());
+        assert!(
+            Cli::try_parse_from(["spinblk", "--buffered"]).is_err(),
+            "--buffered needs --file"
         );
         assert_eq!(c.cpus, Some(CpuList(vec![0, 1])));
         assert!(Cli::try_parse_from(["spinblk", "--malloc", "1M", "--null", "1M"]).is_err());

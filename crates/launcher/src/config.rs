@@ -37,6 +37,8 @@ pub enum BdevType {
     Malloc,
     /// Reads zeroes, drops writes (`size` required).
     Null,
+    /// A regular file or block device through io_uring (`path` required).
+    File,
 }
 
 /// One bdev.
@@ -51,9 +53,19 @@ pub struct BdevConfig {
     /// Capacity in bytes (K/M/G/T suffixes in strings) for malloc and null bdevs.
     #[serde(default, deserialize_with = "size_opt")]
     pub size: Option<u64>,
-    /// Logical block size (512 or 4096; default 512).
+    /// Logical block size (512 or 4096; default 512, or the device's for block devices).
     #[serde(default)]
     pub block_size: Option<u32>,
+    /// File or block device for `file` bdevs.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Open without O_DIRECT (through the page cache), e.g. on filesystems without direct I/O.
+    #[serde(default)]
+    pub buffered: bool,
+    /// Start in write-back mode (default); `false` makes every write durable on completion
+    /// until the guest turns the cache on.
+    #[serde(default)]
+    pub write_cache: Option<bool>,
     /// Allow several writable controllers on this bdev (their guests must coordinate).
     #[serde(default)]
     pub shared: bool,
@@ -64,6 +76,30 @@ impl BdevConfig {
     pub fn required_size(&self) -> Result<u64, String> {
         self.size
             .ok_or_else(|| format!("bdev '{}': size is required", self.name))
+    }
+
+    /// Checks that the fields the bdev's type needs are there, and no others.
+    pub fn check(&self) -> Result<(), String> {
+        let name = &self.name;
+        match self.bdev_type {
+            BdevType::Malloc | BdevType::Null => {
+                self.required_size()?;
+                if self.path.is_some() || self.buffered {
+                    return Err(format!(
+                        "bdev '{name}': path and buffered are for file bdevs"
+                    ));
+                }
+            }
+            BdevType::File => {
+                if self.path.is_none() {
+                    return Err(format!("bdev '{name}': path is required"));
+                }
+                if self.size.is_some() {
+                    return Err(format!("bdev '{name}': a file bdev's size is the file's"));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -141,7 +177,7 @@ fn cpus_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<usize>>, D::Er
 /// Parses `key=value,key=value,flag` option text into a JSON object: keys with `-` become `_`,
 /// bare words become `true`, numbers stay numbers, and a bare piece that follows `cpus=` or
 /// `queue-cpus=` continues that list (so `cpus=0,2,bdev=m0` works). `malloc=SIZE`,
-/// `null=SIZE` and `file=PATH` set the bdev type.
+/// `null=SIZE` and `file=PATH` set the bdev type; `no-write-cache` is `write_cache=false`.
 pub fn parse_kv(text: &str) -> Result<Value, String> {
     let mut map = Map::new();
     let mut last_list: Option<String> = None;
@@ -156,7 +192,10 @@ pub fn parse_kv(text: &str) -> Result<Value, String> {
                     continue;
                 }
             }
-            map.insert(piece.replace('-', "_"), Value::Bool(true));
+            match piece.replace('-', "_").as_str() {
+                "no_write_cache" => map.insert("write_cache".into(), Value::Bool(false)),
+                flag => map.insert(flag.to_string(), Value::Bool(true)),
+            };
             last_list = None;
             continue;
         };
@@ -167,6 +206,10 @@ pub fn parse_kv(text: &str) -> Result<Value, String> {
             "malloc" | "null" => {
                 map.insert("type".into(), Value::String(key.clone()));
                 map.insert("size".into(), Value::String(value.into()));
+            }
+            "file" => {
+                map.insert("type".into(), Value::String(key.clone()));
+                map.insert("path".into(), Value::String(value.into()));
             }
             "cpus" => {
                 map.insert(key.clone(), Value::String(value.into()));
@@ -231,7 +274,7 @@ impl TargetConfig {
         }
         let mut bdev_index = HashMap::new();
         for (i, b) in self.bdevs.iter().enumerate() {
-            b.required_size()?;
+            b.check()?;
             if bdev_index.insert(b.name.as_str(), i).is_some() {
                 return Err(format!("bdev name '{}' is used twice", b.name));
             }
@@ -341,6 +384,24 @@ mod tests {
         let m = controller_from_kv("socket=/tmp/b.sock,bdev=m0,queue-cpus=1:0:1").expect("map");
         assert_eq!(m.queue_cpus, Some(vec![1, 0, 1]));
         assert!(bdev_from_kv("name=x,malloc=1Q").is_err());
+        let f = bdev_from_kv("name=f0,file=/var/lib/a.img,buffered,no-write-cache").expect("file");
+        assert_eq!(
+            (f.bdev_type, f.buffered, f.write_cache),
+            (BdevType::File, true, Some(false))
+        );
+        assert_eq!(
+            f.path.as_deref(),
+            Some(std::path::Path::new("/var/lib/a.img"))
+        );
+        assert!(f.check().is_ok());
+        assert!(bdev_from_kv("name=f1,file=/x,size=1G")
+            .expect("parses")
+            .check()
+            .is_err());
+        assert!(bdev_from_kv("name=m1,malloc=1G,buffered")
+            .expect("parses")
+            .check()
+            .is_err());
         assert!(controller_from_kv("socket=/tmp/a,bdev=m0,bogus=1").is_err());
         assert!(controller_from_kv("bdev=m0").is_err(), "socket is required");
     }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use spinblk_bdev::{Bdev, IoOp, MallocBdev, NullBdev};
+use spinblk_bdev::{Bdev, IoOp, MallocBdev, NullBdev, UringBdev, UringOptions};
 use spinblk_protocol::{
     serial_bytes, Controller, ControllerSpec, DeviceInfo, DeviceLimits, QueueStats,
 };
@@ -88,11 +88,12 @@ fn target_config(cli: &Cli) -> Result<TargetConfig, String> {
             stats_interval: None,
         }
     } else {
-        let (bdev_type, size, default_name) = match (cli.null, cli.malloc) {
-            (Some(size), _) => (BdevType::Null, size, "null0"),
-            (None, size) => (
+        let (bdev_type, size, default_name) = match (cli.null, cli.malloc, &cli.file) {
+            (_, _, Some(_)) => (BdevType::File, None, "file0"),
+            (Some(size), _, _) => (BdevType::Null, Some(size), "null0"),
+            (None, size, None) => (
                 BdevType::Malloc,
-                size.unwrap_or(DEFAULT_MALLOC_SIZE),
+                Some(size.unwrap_or(DEFAULT_MALLOC_SIZE)),
                 "malloc0",
             ),
         };
@@ -102,8 +103,11 @@ fn target_config(cli: &Cli) -> Result<TargetConfig, String> {
             bdevs: vec![BdevConfig {
                 name: name.clone(),
                 bdev_type,
-                size: Some(size),
-                block_size: Some(cli.block_size),
+                size,
+                block_size: cli.block_size,
+                path: cli.file.clone(),
+                buffered: cli.buffered,
+                write_cache: cli.no_write_cache.then_some(false),
                 shared: false,
             }],
             controllers: vec![ControllerConfig {
@@ -128,7 +132,8 @@ fn target_config(cli: &Cli) -> Result<TargetConfig, String> {
     Ok(cfg)
 }
 
-fn make_bdev(b: &BdevConfig) -> Result<Arc<dyn Bdev>, String> {
+/// Builds bdev `b`; a file bdev served only by read-only controllers is opened read-only.
+fn make_bdev(b: &BdevConfig, read_only: bool) -> Result<Arc<dyn Bdev>, String> {
     let block_size = b.block_size.unwrap_or(512);
     let failed = |e: spinblk_bdev::BdevError| format!("bdev '{}': {e}", b.name);
     let bdev: Arc<dyn Bdev> = match b.bdev_type {
@@ -137,6 +142,23 @@ fn make_bdev(b: &BdevConfig) -> Result<Arc<dyn Bdev>, String> {
         }
         BdevType::Null => {
             Arc::new(NullBdev::new(&b.name, b.required_size()?, block_size).map_err(failed)?)
+        }
+        BdevType::File => {
+            let path = b
+                .path
+                .as_ref()
+                .ok_or_else(|| format!("bdev '{}': path is required", b.name))?;
+            let options = UringOptions {
+                block_size: b.block_size,
+                buffered: b.buffered,
+                read_only,
+                write_cache: b.write_cache.unwrap_or(true),
+            };
+            Arc::new(
+                UringBdev::open(path, options)
+                    .map_err(failed)?
+                    .with_name(b.name.clone()),
+            )
         }
     };
     Ok(bdev)
@@ -150,7 +172,14 @@ fn run(
     let bdevs = cfg
         .bdevs
         .iter()
-        .map(make_bdev)
+        .enumerate()
+        .map(|(i, b)| {
+            let users = resolved.iter().filter(|c| c.bdev == i);
+            make_bdev(
+                b,
+                users.clone().count() > 0 && users.clone().all(|c| c.config.readonly),
+            )
+        })
         .collect::<Result<Vec<_>, _>>()?;
     let pool = ReactorPool::start(&cpus).map_err(|e| e.to_string())?;
     let by_core: HashMap<usize, _> = pool
@@ -176,6 +205,7 @@ fn run(
                 write_zeroes: bdev.supports(IoOp::WriteZeroes),
             },
             serial: serial_bytes(&serial),
+            write_cache: cfg.bdevs[c.bdev].write_cache.unwrap_or(true),
             bdev: Arc::clone(bdev),
         });
         let reactors = c

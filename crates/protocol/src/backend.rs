@@ -94,6 +94,7 @@ impl BlkBackend {
     /// A backend for a new connection to the controller `spec`; stopped queues add their
     /// statistics to the controller's.
     pub(crate) fn new(spec: Arc<ControllerSpec>, shared: Arc<ControllerShared>) -> Self {
+        let write_cache = spec.device.write_cache;
         let vrings = (0..spec.num_queues).map(|_| Vring::default()).collect();
         BlkBackend {
             spec,
@@ -102,7 +103,7 @@ impl BlkBackend {
             regions: Vec::new(),
             mem: Arc::new(GuestMemoryMmap::default()),
             vrings,
-            writeback: true,
+            writeback: write_cache,
             inflight: None,
             shared,
         }
@@ -212,6 +213,7 @@ impl BlkBackend {
             next_avail: v.base,
             event_idx,
             enabled: v.enabled,
+            write_cache: self.writeback,
             call: v.call.as_ref().and_then(|f| f.try_clone().ok()),
             mem: Arc::clone(&self.mem),
             device: Arc::clone(&self.spec.device),
@@ -475,6 +477,9 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         match (offset, buf) {
             (WRITEBACK_OFFSET, [wb]) if wce_acked => {
                 self.writeback = *wb != 0;
+                for ctrl in self.vrings.iter().filter_map(|v| v.running.as_ref()) {
+                    let _ = ctrl.send(QueueCtrl::WriteCache(self.writeback));
+                }
                 info!(
                     "{}: write cache {}",
                     self.spec.name,

@@ -31,6 +31,9 @@ pub struct DeviceInfo {
     pub limits: DeviceLimits,
     /// The GET_ID answer, NUL-padded.
     pub serial: [u8; ID_BYTES],
+    /// Whether the device starts in write-back mode (volatile cache, the guest flushes); in
+    /// write-through mode every write is durable when it completes.
+    pub write_cache: bool,
 }
 
 /// Everything a reactor needs to start polling a virtqueue.
@@ -42,6 +45,7 @@ pub(crate) struct QueueStart {
     pub next_avail: u16,
     pub event_idx: bool,
     pub enabled: bool,
+    pub write_cache: bool,
     pub call: Option<File>,
     pub mem: Arc<GuestMemoryMmap>,
     pub device: Arc<DeviceInfo>,
@@ -58,6 +62,8 @@ pub(crate) enum QueueCtrl {
     Call(Option<File>),
     /// SET_VRING_ENABLE: whether to take new requests.
     Enable(bool),
+    /// The guest switched the write cache (config space `writeback`).
+    WriteCache(bool),
     /// Stop taking requests; reply once in-flight ones completed, then the poller ends.
     Stop(Sender<QueueStopped>),
     /// Copy of the statistics.
@@ -132,6 +138,8 @@ pub(crate) struct VirtqPoller {
     ctrl: Receiver<QueueCtrl>,
     call: Option<File>,
     enabled: bool,
+    /// Write-back mode; in write-through mode writes are submitted as durable.
+    write_cache: bool,
     stop_reply: Option<Sender<QueueStopped>>,
     used_added: bool,
     stats: QueueStats,
@@ -200,6 +208,7 @@ impl VirtqPoller {
             ctrl: s.ctrl,
             call: s.call,
             enabled: s.enabled,
+            write_cache: s.write_cache,
             stop_reply: None,
             used_added: false,
             stats: QueueStats::default(),
@@ -222,6 +231,7 @@ impl VirtqPoller {
                 }
                 QueueCtrl::Call(call) => self.call = call,
                 QueueCtrl::Enable(on) => self.enabled = on,
+                QueueCtrl::WriteCache(on) => self.write_cache = on,
                 QueueCtrl::Stop(reply) => self.stop_reply = Some(reply),
                 QueueCtrl::Stats(reply) => {
                     let _ = reply.send(self.stats.clone());
@@ -360,6 +370,7 @@ impl VirtqPoller {
         } else {
             BdevIo::without_data(u32::from(head), op, req.offset, req.len)
         };
+        let io = io.with_durable(req.kind == RequestKind::Write && !self.write_cache);
         if let Err(io) = self.channel.submit(io) {
             self.backlog.push_back(io);
         }

@@ -8,11 +8,10 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use spinblk_bdev::{Bdev, BdevIo, IoChannel, IoStatus, IoVec};
-use spinblk_reactor::{PollStatus, Poller};
+use spinblk_reactor::{PollStatus, Poller, Tick};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
 use virtio_queue::desc::split::Descriptor;
@@ -106,7 +105,7 @@ struct Slot {
     status_addr: GuestAddress,
     used_len: u32,
     len: u64,
-    submitted: Option<Instant>,
+    submitted: Option<Tick>,
 }
 
 impl Default for Slot {
@@ -315,7 +314,7 @@ impl VirtqPoller {
         head: u16,
         chain: impl IntoIterator<Item = Descriptor>,
         mem: &GuestMemoryMmap,
-        now: &mut Option<Instant>,
+        now: &mut Option<Tick>,
     ) {
         let size = self.slots.len();
         let h = usize::from(head);
@@ -350,7 +349,7 @@ impl VirtqPoller {
             status_addr: req.status_addr,
             used_len: req.used_len(),
             len: req.len,
-            submitted: Some(*now.get_or_insert_with(Instant::now)),
+            submitted: Some(*now.get_or_insert_with(Tick::now)),
         };
         self.in_flight += 1;
         let io = if req.iovcnt > 0 {
@@ -402,7 +401,7 @@ impl VirtqPoller {
         if self.in_flight == 0 {
             return 0;
         }
-        let now = Instant::now();
+        let now = Tick::now();
         let VirtqPoller {
             channel,
             slots,
@@ -421,7 +420,7 @@ impl VirtqPoller {
             slot.busy = false;
             *in_flight -= 1;
             if let Some(t) = slot.submitted {
-                stats.record_latency(now.saturating_duration_since(t).as_nanos() as u64);
+                stats.record_latency(Tick::to_nanos(now.ticks_since(t)));
             }
             let (status, used_len) = match c.status {
                 IoStatus::Success => {

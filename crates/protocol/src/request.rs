@@ -24,8 +24,6 @@ pub const SIZE_MAX: u32 = 1 << 20;
 pub const MAX_IOVECS: usize = SEG_MAX as usize + 2;
 /// Length of the GET_ID answer.
 pub const ID_BYTES: usize = 20;
-/// Descriptors kept for parsing: header, data segments, status.
-const MAX_DESCRIPTORS: usize = SEG_MAX as usize + 2;
 
 /// The request header every chain starts with (`struct virtio_blk_outhdr`).
 #[derive(Clone, Copy, Debug, Default)]
@@ -187,7 +185,7 @@ pub struct Refused {
 }
 
 /// A guest buffer with its direction, before translation.
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Segment {
     addr: u64,
     len: u32,
@@ -211,29 +209,61 @@ impl BlkRequest {
     /// every driver uses (header, data..., status) plus the two merges VIRTIO_F_ANY_LAYOUT
     /// allows in practice: data after the header in the first descriptor, and data before the
     /// status byte in the last.
+    ///
+    /// The chain is read in one pass with no per-request arrays: a descriptor is known to be
+    /// data as soon as the next one arrives, since only the last one holds the status byte.
     pub fn parse<M: GuestMemoryBackend>(
         chain: impl IntoIterator<Item = Descriptor>,
         mem: &M,
         limits: &DeviceLimits,
         iov: &mut [IoVec],
     ) -> Result<BlkRequest, Refused> {
-        let mut segs = [Segment::default(); MAX_DESCRIPTORS];
-        let mut count = 0usize;
-        let mut first = None;
+        let mut descs = chain.into_iter().map(Segment::from);
+        let Some(head) = descs.next() else {
+            return Err(Refused {
+                error: ParseError::TooShort,
+                status_addr: None,
+            });
+        };
+        let hdr_len = std::mem::size_of::<RequestHeader>() as u32;
+        let header: Result<RequestHeader, ParseError> = if head.writable || head.len < hdr_len {
+            Err(ParseError::BadHeaderDescriptor)
+        } else {
+            mem.read_obj(GuestAddress(head.addr))
+                .map_err(|_| ParseError::BadAddress)
+        };
+        let request_type = header.as_ref().map_or(0, |h| h.request_type.to_native());
+        let kind = match request_type {
+            VIRTIO_BLK_T_IN => Some(RequestKind::Read),
+            VIRTIO_BLK_T_OUT => Some(RequestKind::Write),
+            VIRTIO_BLK_T_FLUSH => Some(RequestKind::Flush),
+            VIRTIO_BLK_T_GET_ID => Some(RequestKind::GetId),
+            VIRTIO_BLK_T_DISCARD if limits.discard => Some(RequestKind::Discard),
+            VIRTIO_BLK_T_WRITE_ZEROES if limits.write_zeroes => Some(RequestKind::WriteZeroes),
+            _ => None,
+        };
+        let translate = matches!(
+            kind,
+            Some(RequestKind::Read | RequestKind::Write | RequestKind::GetId)
+        );
+        let mut data = DataSegments::new(translate && header.is_ok(), iov);
+        if head.len > hdr_len {
+            data.push(
+                mem,
+                Segment {
+                    addr: head.addr.wrapping_add(u64::from(hdr_len)),
+                    len: head.len - hdr_len,
+                    writable: false,
+                },
+            );
+        }
         let mut last = None;
-        for desc in chain {
-            let seg = Segment::from(desc);
-            if first.is_none() {
-                first = Some(seg);
-            } else if let Some(prev) = last.replace(seg) {
-                // `prev` was not the last after all: it is a data segment.
-                if count < MAX_DESCRIPTORS {
-                    segs[count] = prev;
-                }
-                count += 1;
+        for seg in descs {
+            if let Some(prev) = last.replace(seg) {
+                data.push(mem, prev);
             }
         }
-        let (Some(head), Some(tail)) = (first, last) else {
+        let Some(tail) = last else {
             return Err(Refused {
                 error: ParseError::TooShort,
                 status_addr: None,
@@ -255,86 +285,57 @@ impl BlkRequest {
             error,
             status_addr: Some(status_addr),
         };
-
-        if head.writable || (head.len as usize) < std::mem::size_of::<RequestHeader>() {
-            return Err(refuse(ParseError::BadHeaderDescriptor));
+        if tail.len > 1 {
+            data.push(
+                mem,
+                Segment {
+                    addr: tail.addr,
+                    len: tail.len - 1,
+                    writable: true,
+                },
+            );
         }
-        let header: RequestHeader = mem
-            .read_obj(GuestAddress(head.addr))
-            .map_err(|_| refuse(ParseError::BadAddress))?;
-        if count > SEG_MAX as usize {
+
+        let header = header.map_err(refuse)?;
+        if data.count > SEG_MAX as usize {
             return Err(refuse(ParseError::TooManySegments));
         }
-
-        // The data segments: any header tail, the middle descriptors, any status head.
-        let hdr_len = std::mem::size_of::<RequestHeader>() as u32;
-        let mut data = [Segment::default(); MAX_DESCRIPTORS + 2];
-        let mut ndata = 0;
-        if head.len > hdr_len {
-            data[ndata] = Segment {
-                addr: head.addr + u64::from(hdr_len),
-                len: head.len - hdr_len,
-                writable: false,
-            };
-            ndata += 1;
-        }
-        for s in &segs[..count] {
-            data[ndata] = *s;
-            ndata += 1;
-        }
-        if tail.len > 1 {
-            data[ndata] = Segment {
-                addr: tail.addr,
-                len: tail.len - 1,
-                writable: true,
-            };
-            ndata += 1;
-        }
-        let data = &data[..ndata];
-        let data_len: u64 = data.iter().map(|s| u64::from(s.len)).sum();
-
-        let request_type = header.request_type.to_native();
-        let sector = header.sector.to_native();
-        let kind = match request_type {
-            VIRTIO_BLK_T_IN => RequestKind::Read,
-            VIRTIO_BLK_T_OUT => RequestKind::Write,
-            VIRTIO_BLK_T_FLUSH => RequestKind::Flush,
-            VIRTIO_BLK_T_GET_ID => RequestKind::GetId,
-            VIRTIO_BLK_T_DISCARD if limits.discard => RequestKind::Discard,
-            VIRTIO_BLK_T_WRITE_ZEROES if limits.write_zeroes => RequestKind::WriteZeroes,
-            other => return Err(refuse(ParseError::Unsupported(other))),
+        let Some(kind) = kind else {
+            return Err(refuse(ParseError::Unsupported(request_type)));
         };
-
+        let sector = header.sector.to_native();
         let (offset, len, iovcnt) = match kind {
             RequestKind::Read | RequestKind::Write => {
-                let writable = kind == RequestKind::Read;
-                if data.iter().any(|s| s.writable != writable) {
+                let wrong = if kind == RequestKind::Read {
+                    data.readable
+                } else {
+                    data.writable
+                };
+                if wrong {
                     return Err(refuse(ParseError::WrongDirection));
                 }
                 if kind == RequestKind::Write && limits.read_only {
                     return Err(refuse(ParseError::ReadOnly));
                 }
-                let offset = check_range(sector, data_len, limits).map_err(refuse)?;
-                let n = translate(mem, data, iov).map_err(refuse)?;
-                (offset, data_len, n)
+                let offset = check_range(sector, data.len, limits).map_err(refuse)?;
+                (offset, data.len, data.translated().map_err(refuse)?)
             }
             RequestKind::Flush => (0, 0, 0),
             RequestKind::GetId => {
-                if data.iter().any(|s| !s.writable) {
+                if data.readable {
                     return Err(refuse(ParseError::WrongDirection));
                 }
-                if data_len == 0 {
+                if data.len == 0 {
                     return Err(refuse(ParseError::BadLength));
                 }
-                let n = translate(mem, data, iov).map_err(refuse)?;
-                (0, data_len, n)
+                (0, data.len, data.translated().map_err(refuse)?)
             }
             RequestKind::Discard | RequestKind::WriteZeroes => {
                 if limits.read_only {
                     return Err(refuse(ParseError::ReadOnly));
                 }
                 // One range per request: the config space says max_*_seg = 1.
-                let [seg] = data else {
+                let (1, Some(seg)) = (data.count, data.first) else {
                     return Err(refuse(ParseError::BadLength));
                 };
                 if seg.writable {
@@ -368,6 +369,58 @@ impl BlkRequest {
             iovcnt,
             status_addr,
         })
+    }
+}
+
+/// The data segments of a chain as they stream past: counted, summed, checked for direction,
+/// and (for requests that carry data) translated into host iovecs on the spot.
+struct DataSegments<'a> {
+    iov: &'a mut [IoVec],
+    translate: bool,
+    count: usize,
+    len: u64,
+    readable: bool,
+    writable: bool,
+    first: Option<Segment>,
+    iovcnt: usize,
+    /// The first translation failure, reported only if nothing more basic is wrong.
+    failed: Option<ParseError>,
+}
+
+impl<'a> DataSegments<'a> {
+    fn new(translate: bool, iov: &'a mut [IoVec]) -> Self {
+        DataSegments {
+            iov,
+            translate,
+            count: 0,
+            len: 0,
+            readable: false,
+            writable: false,
+            first: None,
+            iovcnt: 0,
+            failed: None,
+        }
+    }
+
+    fn push<M: GuestMemoryBackend>(&mut self, mem: &M, seg: Segment) {
+        self.count += 1;
+        self.len += u64::from(seg.len);
+        self.readable |= !seg.writable;
+        self.writable |= seg.writable;
+        self.first.get_or_insert(seg);
+        if self.translate && self.failed.is_none() {
+            match translate(mem, seg, &mut self.iov[self.iovcnt..]) {
+                Ok(n) => self.iovcnt += n,
+                Err(e) => self.failed = Some(e),
+            }
+        }
+    }
+
+    fn translated(&self) -> Result<usize, ParseError> {
+        match self.failed {
+            Some(e) => Err(e),
+            None => Ok(self.iovcnt),
+        }
     }
 }
 
@@ -446,34 +499,33 @@ fn check_range(sector: u64, len: u64, limits: &DeviceLimits) -> Result<u64, Pars
     Ok(offset)
 }
 
-/// Translates guest segments into host iovecs, splitting at guest memory region boundaries.
+/// Translates one guest segment into host iovecs, split at guest memory region boundaries;
+/// returns how many entries of `iov` it filled.
 fn translate<M: GuestMemoryBackend>(
     mem: &M,
-    data: &[Segment],
+    seg: Segment,
     iov: &mut [IoVec],
 ) -> Result<usize, ParseError> {
     let mut n = 0;
-    for seg in data {
-        let mut addr = GuestAddress(seg.addr);
-        let mut left = seg.len as usize;
-        while left > 0 {
-            let (region, region_addr) = mem.to_region_addr(addr).ok_or(ParseError::BadAddress)?;
-            let in_region = (region.len() - region_addr.raw_value()) as usize;
-            let chunk = left.min(in_region);
-            let host = region
-                .get_host_address(region_addr)
-                .map_err(|_| ParseError::BadAddress)?;
-            let slot = iov.get_mut(n).ok_or(ParseError::TooManySegments)?;
-            *slot = IoVec {
-                iov_base: host.cast(),
-                iov_len: chunk,
-            };
-            n += 1;
-            left -= chunk;
-            addr = addr
-                .checked_add(chunk as u64)
-                .ok_or(ParseError::BadAddress)?;
-        }
+    let mut addr = GuestAddress(seg.addr);
+    let mut left = seg.len as usize;
+    while left > 0 {
+        let (region, region_addr) = mem.to_region_addr(addr).ok_or(ParseError::BadAddress)?;
+        let in_region = (region.len() - region_addr.raw_value()) as usize;
+        let chunk = left.min(in_region);
+        let host = region
+            .get_host_address(region_addr)
+            .map_err(|_| ParseError::BadAddress)?;
+        let slot = iov.get_mut(n).ok_or(ParseError::TooManySegments)?;
+        *slot = IoVec {
+            iov_base: host.cast(),
+            iov_len: chunk,
+        };
+        n += 1;
+        left -= chunk;
+        addr = addr
+            .checked_add(chunk as u64)
+            .ok_or(ParseError::BadAddress)?;
     }
     Ok(n)
 }

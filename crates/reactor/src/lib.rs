@@ -4,9 +4,11 @@
 //! block devices.
 #![deny(missing_docs)]
 
+mod clock;
 mod pool;
 mod reactor;
 
+pub use clock::Tick;
 pub use pool::{parse_cpu_list, CpuListError, ReactorPool, ReactorPoolError};
 pub use reactor::{
     PollStatus, Poller, Reactor, ReactorGone, ReactorHandle, ReactorMsg, ReactorStats,

@@ -98,6 +98,7 @@ impl ReactorPool {
         {
             return Err(ReactorPoolError::NoSuchCore(c));
         }
+        crate::clock::Tick::calibrate();
         let mut pool = ReactorPool {
             handles: Vec::new(),
             threads: Vec::new(),

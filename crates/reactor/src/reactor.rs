@@ -1,7 +1,9 @@
 //! One reactor: its poller list, its inbox and its busy/idle accounting.
 
 use std::fmt;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::clock::Tick;
 
 use crossbeam_channel::{Receiver, Sender};
 
@@ -103,8 +105,9 @@ pub struct Reactor {
     pollers: Vec<Box<dyn Poller>>,
     inbox: Receiver<ReactorMsg>,
     stop: bool,
-    busy: Duration,
-    idle: Duration,
+    /// Busy and idle time in clock ticks (converted when stats are read).
+    busy: u64,
+    idle: u64,
 }
 
 impl Reactor {
@@ -129,8 +132,8 @@ impl Reactor {
             pollers: Vec::new(),
             inbox,
             stop: false,
-            busy: Duration::ZERO,
-            idle: Duration::ZERO,
+            busy: 0,
+            idle: 0,
         }
     }
 
@@ -149,8 +152,8 @@ impl Reactor {
         ReactorStats {
             id: self.id,
             core: self.core,
-            busy: self.busy,
-            idle: self.idle,
+            busy: Duration::from_nanos(Tick::to_nanos(self.busy)),
+            idle: Duration::from_nanos(Tick::to_nanos(self.idle)),
             pollers: self.pollers.len(),
         }
     }
@@ -187,11 +190,11 @@ impl Reactor {
 
     /// Loops until [`ReactorHandle::stop`] (or every handle is dropped), then returns its stats.
     pub fn run(mut self) -> ReactorStats {
-        let mut last = Instant::now();
+        let mut last = Tick::now();
         while !self.stop {
             let status = self.run_once();
-            let now = Instant::now();
-            let spent = now - last;
+            let now = Tick::now();
+            let spent = now.ticks_since(last);
             last = now;
             if status == PollStatus::Idle {
                 self.idle += spent;

@@ -229,10 +229,10 @@ impl InflightQueue {
     }
 
     /// Called when the queue starts, with the used ring's current index. A fresh (or reset)
-    /// region is initialised; otherwise the requests the previous backend left in flight are
-    /// returned for resubmission, and a crash between publishing a used element and clearing
-    /// its inflight flag is repaired.
-    pub fn recover(&mut self, ring_used_idx: u16) -> Result<Recovery, InflightError> {
+    /// region is initialised and `None` returned: the frontend's vring base stands. Otherwise
+    /// the requests the previous backend left in flight are returned for resubmission, and a
+    /// crash between publishing a used element and clearing its inflight flag is repaired.
+    pub fn recover(&mut self, ring_used_idx: u16) -> Result<Option<Recovery>, InflightError> {
         if self.version() == 0 {
             self.write::<u64>(0, 0);
             self.write::<u16>(10, self.ring_size);
@@ -241,11 +241,7 @@ impl InflightQueue {
             compiler_fence(Ordering::SeqCst);
             self.write::<u16>(8, VERSION);
             self.counter = 0;
-            return Ok(Recovery {
-                resubmit: Vec::new(),
-                used_idx: ring_used_idx,
-                next_avail: ring_used_idx,
-            });
+            return Ok(None);
         }
         let desc_num: u16 = self.read(10);
         if desc_num != self.ring_size {
@@ -269,11 +265,11 @@ impl InflightQueue {
         pending.sort_unstable();
         self.counter = pending.last().map_or(0, |&(c, _)| c + 1);
         let inuse = pending.len() as u16;
-        Ok(Recovery {
+        Ok(Some(Recovery {
             resubmit: pending.into_iter().map(|(_, h)| h).collect(),
             used_idx: ring_used_idx,
             next_avail: ring_used_idx.wrapping_add(inuse),
-        })
+        }))
     }
 
     /// Records `head` as in flight (at pop; counter first, then the flag).
@@ -325,14 +321,10 @@ mod tests {
     fn fresh_region_starts_clean_and_tracks() {
         let r = region(2, 8);
         let mut q = r.queue(1, 8).expect("queue 1");
-        let rec = q.recover(5).expect("fresh");
         assert_eq!(
-            rec,
-            Recovery {
-                resubmit: vec![],
-                used_idx: 5,
-                next_avail: 5
-            }
+            q.recover(5).expect("fresh"),
+            None,
+            "a fresh region keeps the vring base"
         );
         q.mark_popped(3);
         q.mark_popped(1);
@@ -340,7 +332,7 @@ mod tests {
         q.after_used(3, 6);
         // A new process mapping the same memory finds head 1 in flight.
         let mut again = r.queue(1, 8).expect("queue 1");
-        let rec = again.recover(6).expect("recover");
+        let rec = again.recover(6).expect("recover").expect("recovery");
         assert_eq!(
             rec,
             Recovery {
@@ -360,14 +352,18 @@ mod tests {
             q.mark_popped(head);
         }
         let mut again = r.queue(0, 16).expect("queue");
-        let rec = again.recover(0).expect("recover");
+        let rec = again.recover(0).expect("recover").expect("recovery");
         assert_eq!(rec.resubmit, vec![9, 2, 14, 5]);
         assert_eq!(rec.next_avail, 4);
         // New pops continue the counter after the old ones.
         again.mark_popped(0);
         let mut third = r.queue(0, 16).expect("queue");
         assert_eq!(
-            third.recover(0).expect("recover").resubmit,
+            third
+                .recover(0)
+                .expect("recover")
+                .expect("recovery")
+                .resubmit,
             vec![9, 2, 14, 5, 0]
         );
     }
@@ -382,7 +378,7 @@ mod tests {
         q.before_used(4);
         // ... the used element and used idx (now 1) went out, then the process died.
         let mut again = r.queue(0, 8).expect("queue");
-        let rec = again.recover(1).expect("recover");
+        let rec = again.recover(1).expect("recover").expect("recovery");
         assert_eq!(
             rec,
             Recovery {
@@ -402,7 +398,7 @@ mod tests {
         q.before_used(4);
         // The used element may be written, but the index still says 0: request 4 runs again.
         let mut again = r.queue(0, 8).expect("queue");
-        let rec = again.recover(0).expect("recover");
+        let rec = again.recover(0).expect("recover").expect("recovery");
         assert_eq!(
             rec,
             Recovery {

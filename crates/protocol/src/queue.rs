@@ -174,10 +174,11 @@ impl VirtqPoller {
             let used = queue
                 .used_idx(s.mem.as_ref(), Ordering::Acquire)
                 .map_err(|_| QueueStartError::InvalidRing)?;
-            let rec = inf.recover(used.0).map_err(QueueStartError::Inflight)?;
-            queue.set_next_avail(rec.next_avail);
-            queue.set_next_used(rec.used_idx);
-            resubmit.extend(rec.resubmit);
+            if let Some(rec) = inf.recover(used.0).map_err(QueueStartError::Inflight)? {
+                queue.set_next_avail(rec.next_avail);
+                queue.set_next_used(rec.used_idx);
+                resubmit.extend(rec.resubmit);
+            }
         }
         // Suppress guest kicks while we poll (a no-op with EVENT_IDX: there the guest kicks only
         // when avail idx crosses avail_event, which we never advance).

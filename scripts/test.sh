@@ -32,6 +32,7 @@ run_vm() {
     fi
 }
 run_vm --num-queues 2 --cpus 0
+run_vm --num-queues 2 --cpus 0-1
 run_vm --num-queues 1 --block-size 4096 --serial spinblk-4k
 run_vm --readonly --num-queues 1
 echo "vm tests: ${vm_passed} passed, ${vm_failed} failed"

@@ -159,6 +159,13 @@ pub enum BdevError {
     },
     /// The path names something other than a regular file or a block device.
     NotAFileOrBlockDevice(PathBuf),
+    /// The NVMe passthrough bdev refused the device: see [`NvmeError`](crate::NvmeError).
+    Nvme {
+        /// The path as given.
+        path: PathBuf,
+        /// Why.
+        error: crate::NvmeError,
+    },
 }
 
 impl fmt::Display for BdevError {
@@ -180,6 +187,7 @@ impl fmt::Display for BdevError {
                 "{}: not a regular file or a block device",
                 path.display()
             ),
+            BdevError::Nvme { path, error } => write!(f, "{}: {error}", path.display()),
         }
     }
 }
@@ -188,6 +196,7 @@ impl std::error::Error for BdevError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
             BdevError::Os(e) | BdevError::Open { source: e, .. } => Some(e),
+            BdevError::Nvme { error, .. } => Some(error),
             _ => None,
         }
     }

@@ -8,9 +8,11 @@ mod io;
 mod malloc;
 mod memory;
 mod null;
+mod nvme;
 mod uring;
 
 pub use io::{Bdev, BdevError, BdevIo, Completion, IoChannel, IoOp, IoStatus, IoVec};
 pub use malloc::MallocBdev;
 pub use null::NullBdev;
+pub use nvme::{NvmeBdev, NvmeError, NvmeOptions};
 pub use uring::{UringBdev, UringOptions};

@@ -1,0 +1,1064 @@
+//! A reactor's channel to an [`NvmeBdev`](super::NvmeBdev): one io_uring with 128-byte SQEs and
+//! 32-byte CQEs over the namespace's generic char device, NVMe commands as
+//! `IORING_OP_URING_CMD`.
+//!
+//! A request takes a *slot* (up to `depth`) and is planned into one or more *parts* (NVMe
+//! commands). Each part in the kernel holds a *command* entry (as many as the ring has SQEs),
+//! whose index is the SQE's `user_data`. Parts are issued in request order as command entries
+//! free up; a request completes when its last part does, failed if any part failed.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+
+use super::buf::{gather, scatter, AlignedBuf, BouncePool};
+use super::cmd::{
+    dsm_deallocate_cmd, flush_cmd, rw_cmd, status_of, write_zeroes_cmd, DsmRange, NvmeCmd,
+    NVME_URING_CMD_IO, NVME_URING_CMD_IO_VEC,
+};
+use super::split::{plan_blocks, plan_rw, Limits, Part, Plan};
+use crate::memory::io_in_range;
+use crate::{BdevError, BdevIo, Completion, IoChannel, IoOp, IoStatus, IoVec};
+
+/// The ring type: `IORING_SETUP_SQE128 | IORING_SETUP_CQE32`, which `URING_CMD` to NVMe needs.
+pub(super) type Ring = IoUring<squeue::Entry128, cqueue::Entry32>;
+
+/// Most requests one channel holds in flight; larger depths are clamped.
+pub(crate) const MAX_DEPTH: usize = 4096;
+/// Iovec bases and lengths that are multiples of this go to the device as they are; others
+/// are bounced. The kernel itself only needs 4-byte alignment for NVMe (and copies what misses
+/// its rules), but 512 keeps every segment whole sectors, as the block layer would.
+pub(crate) const ZERO_COPY_ALIGN: usize = 512;
+/// Bytes per bounce buffer (virtio-blk's `size_max`).
+pub(crate) const BOUNCE_SLOT_SIZE: usize = 1 << 20;
+/// Most bounce buffers per channel (fewer when the depth is smaller).
+pub(crate) const BOUNCE_SLOTS_MAX: usize = 16;
+/// The fixed-file index of the char device in the ring.
+const FD: types::Fixed = types::Fixed(0);
+
+/// What a channel needs to know of its bdev.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ChannelConfig {
+    /// Namespace ID.
+    pub(super) nsid: u32,
+    /// log2 of the logical block size.
+    pub(super) block_shift: u32,
+    /// Capacity in bytes.
+    pub(super) size: u64,
+    /// Per-command limits of reads and writes.
+    pub(super) limits: Limits,
+    /// Most blocks per Write Zeroes command.
+    pub(super) max_write_zeroes_blocks: u64,
+    /// Most blocks per Dataset Management range.
+    pub(super) max_discard_blocks: u64,
+    /// Writes are refused.
+    pub(super) read_only: bool,
+    /// Every write is FUA (no write cache on our side).
+    pub(super) all_durable: bool,
+    /// Dataset Management is supported.
+    pub(super) discard: bool,
+    /// Write Zeroes is supported.
+    pub(super) write_zeroes: bool,
+    /// The ring polls (`IORING_SETUP_IOPOLL`).
+    pub(super) poll: bool,
+}
+
+/// Builds a ring of `entries` SQEs, polled or not.
+pub(super) fn new_ring(entries: u32, poll: bool) -> std::io::Result<Ring> {
+    let mut b = Ring::builder();
+    if poll {
+        b.setup_iopoll();
+    }
+    b.build(entries)
+}
+
+/// Where a read or write's data lives while the device moves it.
+enum Bounce {
+    /// In the request's own iovecs.
+    None,
+    /// In buffer `i` of the pool.
+    Pool(usize),
+    /// In a buffer of its own (larger than a pool buffer, or no pool buffer fits).
+    Owned(AlignedBuf),
+}
+
+/// Which iovec array a slot's parts index.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// The request's iovecs (one whole part).
+    Request,
+    /// The slot's `bounce_iov` (parts index it as a one-element array, or `pieces` if split).
+    Bounce,
+    /// The slot's `pieces`.
+    Pieces,
+}
+
+/// One request in progress. Slots live in a boxed slice that never moves, and `pieces` is not
+/// touched while parts are in the kernel, so both can be handed to it.
+struct Slot {
+    io: Option<BdevIo>,
+    bounce: Bounce,
+    /// One iovec over the bounce buffer.
+    bounce_iov: IoVec,
+    /// The request's (or bounce buffer's) iovecs cut at command boundaries.
+    pieces: Vec<IoVec>,
+    parts: Vec<Part>,
+    source: Source,
+    /// The next part to issue.
+    next_part: usize,
+    /// Parts in the kernel.
+    outstanding: usize,
+    /// Success until a part fails.
+    status: IoStatus,
+    /// Writes carry FUA.
+    fua: bool,
+}
+
+impl Slot {
+    fn empty() -> Self {
+        Slot {
+            io: None,
+            bounce: Bounce::None,
+            bounce_iov: IoVec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            },
+            pieces: Vec::new(),
+            parts: Vec::with_capacity(1),
+            source: Source::Request,
+            next_part: 0,
+            outstanding: 0,
+            status: IoStatus::Success,
+            fua: false,
+        }
+    }
+}
+
+/// One NVMe command in the kernel's hands: which slot it serves, and the Dataset Management
+/// range it points the device to (in a boxed slice that never moves).
+struct Cmd {
+    slot: usize,
+    range: DsmRange,
+}
+
+/// One io_uring over one namespace, owned by one reactor.
+pub(super) struct NvmeChannel {
+    ring: Ring,
+    /// Registered as fixed file 0 in `ring`; kept open for as long as the ring may use it.
+    _file: File,
+    cfg: ChannelConfig,
+    depth: usize,
+    slots: Box<[Slot]>,
+    free_slots: Vec<usize>,
+    cmds: Box<[Cmd]>,
+    free_cmds: Vec<usize>,
+    pool: BouncePool,
+    /// Slots with parts not yet issued, oldest first.
+    waiting: VecDeque<usize>,
+    /// Requests decided in `submit` (refused, empty), reported on the next poll.
+    ready: VecDeque<Completion>,
+    in_flight: usize,
+}
+
+impl NvmeChannel {
+    /// A channel over `file` (which it keeps) that holds up to `depth` requests in flight
+    /// (clamped to `1..=MAX_DEPTH`).
+    pub(super) fn new(file: File, cfg: ChannelConfig, depth: usize) -> Result<Self, BdevError> {
+        let depth = depth.clamp(1, MAX_DEPTH);
+        // <= 4096: fits a u32 and the kernel's limit.
+        let entries = depth.next_power_of_two() as u32;
+        let ring = new_ring(entries, cfg.poll).map_err(|e| {
+            BdevError::Os(std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot create an io_uring of {entries} 128-byte entries{}: {e}",
+                    if cfg.poll { " with IOPOLL" } else { "" }
+                ),
+            ))
+        })?;
+        ring.submitter()
+            .register_files(&[file.as_raw_fd()])
+            .map_err(|e| {
+                BdevError::Os(std::io::Error::new(
+                    e.kind(),
+                    format!("cannot register the char device with io_uring: {e}"),
+                ))
+            })?;
+        let ncmds = entries as usize;
+        Ok(NvmeChannel {
+            ring,
+            _file: file,
+            cfg,
+            depth,
+            slots: (0..depth).map(|_| Slot::empty()).collect(),
+            free_slots: (0..depth).rev().collect(),
+            cmds: (0..ncmds)
+                .map(|_| Cmd {
+                    slot: 0,
+                    range: DsmRange::default(),
+                })
+                .collect(),
+            free_cmds: (0..ncmds).rev().collect(),
+            pool: BouncePool::new(depth.min(BOUNCE_SLOTS_MAX), BOUNCE_SLOT_SIZE)?,
+            waiting: VecDeque::with_capacity(depth),
+            ready: VecDeque::with_capacity(depth),
+            in_flight: 0,
+        })
+    }
+
+    /// A verdict reached without the device.
+    fn precheck(&self, io: &BdevIo) -> Option<IoStatus> {
+        if !io_in_range(io, self.cfg.size) {
+            return Some(IoStatus::IoError);
+        }
+        let bs = self.cfg.limits.block_size;
+        let whole_blocks = io.offset.is_multiple_of(bs) && io.len.is_multiple_of(bs);
+        match io.op {
+            IoOp::Write if self.cfg.read_only => Some(IoStatus::IoError),
+            IoOp::Discard if !self.cfg.discard => Some(IoStatus::Unsupported),
+            IoOp::WriteZeroes if !self.cfg.write_zeroes => Some(IoStatus::Unsupported),
+            IoOp::Flush => None,
+            _ if !whole_blocks => Some(IoStatus::IoError),
+            _ if io.len == 0 => Some(IoStatus::Success),
+            _ => None,
+        }
+    }
+
+    /// Whether a read or write must be staged in a bounce buffer.
+    fn misaligned(io: &BdevIo) -> bool {
+        io.iovecs().iter().any(|v| {
+            !(v.iov_base as usize).is_multiple_of(ZERO_COPY_ALIGN)
+                || !v.iov_len.is_multiple_of(ZERO_COPY_ALIGN)
+        })
+    }
+
+    /// Plans slot `idx`'s read or write, bouncing it (misaligned iovecs, or a layout no split
+    /// fits) through a pool buffer or one of its own. On error the slot holds
+    /// no bounce buffer.
+    fn plan_transfer(&mut self, idx: usize) -> Result<(), PlanError> {
+        let limits = self.cfg.limits;
+        let slot = &mut self.slots[idx];
+        let Some(io) = slot.io.as_ref() else {
+            return Err(PlanError::Failed);
+        };
+        if !Self::misaligned(io) {
+            match plan_rw(
+                io.iovecs(),
+                io.offset,
+                limits,
+                &mut slot.pieces,
+                &mut slot.parts,
+            ) {
+                Plan::Whole => {
+                    slot.source = Source::Request;
+                    return Ok(());
+                }
+                Plan::Split => {
+                    slot.source = Source::Pieces;
+                    return Ok(());
+                }
+                Plan::Impossible => {}
+            }
+        }
+        // Bounce: the whole request through one contiguous, page-aligned buffer.
+        let len = usize::try_from(io.len).map_err(|_| PlanError::Failed)?;
+        let (bounce, dst) = if len <= self.pool.slot_size() {
+            let i = self.pool.take().ok_or(PlanError::NoBuffer)?;
+            (Bounce::Pool(i), self.pool.ptr(i))
+        } else {
+            let buf = AlignedBuf::new(len).ok_or(PlanError::Failed)?;
+            let dst = buf.as_ptr();
+            (Bounce::Owned(buf), dst)
+        };
+        if io.op == IoOp::Write {
+            // SAFETY: `dst` has room for `len` bytes (a pool buffer of at least `len`, or an
+            // allocation of `len`), the sum of the iovec lengths (`io_in_range`); the iovecs are
+            // live readable request buffers, none of them channel memory.
+            unsafe { gather(io.iovecs(), dst) };
+        }
+        slot.bounce_iov = IoVec {
+            iov_base: dst.cast(),
+            iov_len: len,
+        };
+        let one = std::slice::from_ref(&slot.bounce_iov);
+        let source = match plan_rw(one, io.offset, limits, &mut slot.pieces, &mut slot.parts) {
+            Plan::Whole => Source::Bounce,
+            Plan::Split => Source::Pieces,
+            // Not reached: a contiguous page-aligned buffer splits at any block boundary.
+            Plan::Impossible => {
+                if let Bounce::Pool(i) = bounce {
+                    self.pool.give(i);
+                }
+                return Err(PlanError::Failed);
+            }
+        };
+        slot.bounce = bounce;
+        slot.source = source;
+        Ok(())
+    }
+
+    /// The SQE for part `k` of slot `idx`, through command entry `c`.
+    fn part_entry(&mut self, idx: usize, k: usize, c: usize) -> Option<squeue::Entry128> {
+        let cfg = self.cfg;
+        let slot = &self.slots[idx];
+        let io = slot.io.as_ref()?;
+        let part = *slot.parts.get(k)?;
+        let slba = part.offset >> cfg.block_shift;
+        let nlb = u32::try_from(part.len >> cfg.block_shift).ok()?;
+        let (cmd_op, cmd): (u32, NvmeCmd) = match io.op {
+            IoOp::Read | IoOp::Write => {
+                let write = io.op == IoOp::Write;
+                let mut cmd = rw_cmd(write, cfg.nsid, slba, nlb, write && slot.fua);
+                let base: *const IoVec = match slot.source {
+                    Source::Request => io.iovecs().as_ptr(),
+                    Source::Bounce => &slot.bounce_iov,
+                    Source::Pieces => slot.pieces.as_ptr(),
+                };
+                // `iov_start + iov_cnt` is within the array the source names (the plan).
+                let iov = base.wrapping_add(part.iov_start);
+                if part.iov_cnt == 1 {
+                    // SAFETY: `iov` points to an initialised iovec of the plan: the request's
+                    // (alive by `with_iovecs`' contract), the slot's bounce iovec or a piece.
+                    let v = unsafe { *iov };
+                    cmd.addr = v.iov_base as u64;
+                    cmd.data_len = u32::try_from(v.iov_len).ok()?;
+                    (NVME_URING_CMD_IO, cmd)
+                } else {
+                    cmd.addr = iov as u64;
+                    cmd.data_len = u32::try_from(part.iov_cnt).ok()?;
+                    (NVME_URING_CMD_IO_VEC, cmd)
+                }
+            }
+            IoOp::Flush => (NVME_URING_CMD_IO, flush_cmd(cfg.nsid)),
+            IoOp::WriteZeroes => (NVME_URING_CMD_IO, write_zeroes_cmd(cfg.nsid, slba, nlb)),
+            IoOp::Discard => {
+                let entry = &mut self.cmds[c];
+                entry.range = DsmRange::new(slba, nlb);
+                (
+                    NVME_URING_CMD_IO,
+                    dsm_deallocate_cmd(cfg.nsid, &entry.range),
+                )
+            }
+        };
+        Some(
+            opcode::UringCmd80::new(FD, cmd_op)
+                .cmd(cmd.to_sqe_cmd())
+                .build()
+                .user_data(c as u64),
+        )
+    }
+
+    /// Issues the parts of waiting requests, oldest first, while command entries are free.
+    fn pump(&mut self) {
+        while let Some(&idx) = self.waiting.front() {
+            let slot = &self.slots[idx];
+            if slot.next_part >= slot.parts.len() {
+                self.waiting.pop_front();
+                continue;
+            }
+            let Some(c) = self.free_cmds.pop() else {
+                return;
+            };
+            let k = slot.next_part;
+            let pushed = match self.part_entry(idx, k, c) {
+                Some(entry) => {
+                    // SAFETY: every buffer the command names stays valid until its CQE is
+                    // reaped: the request's iovec array and buffers by `with_iovecs`' contract
+                    // (the request stays in its slot until its last part completes), the slot's
+                    // bounce iovec and pieces because slots never move and are not replanned
+                    // while parts are out, bounce buffers and DSM ranges because they are
+                    // released only on completion and `Drop` waits for every command. The file
+                    // is registered and kept open by `self`.
+                    unsafe { self.ring.submission().push(&entry).is_ok() }
+                }
+                None => false,
+            };
+            let slot = &mut self.slots[idx];
+            if pushed {
+                self.cmds[c].slot = idx;
+                slot.next_part += 1;
+                slot.outstanding += 1;
+            } else {
+                self.free_cmds.push(c);
+                // Not reached (the SQ has an entry per command entry and plans fit the
+                // fields); fail the rest of the request rather than spin.
+                slot.status = IoStatus::IoError;
+                slot.next_part = slot.parts.len();
+                if slot.outstanding == 0 {
+                    self.waiting.pop_front();
+                    if let Some(c) = self.finish(idx) {
+                        self.ready.push_back(c);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Completes slot `idx`: copies a bounced read out, frees the slot and its buffer.
+    fn finish(&mut self, idx: usize) -> Option<Completion> {
+        let slot = &mut self.slots[idx];
+        let io = slot.io.take()?;
+        if io.op == IoOp::Read && slot.status == IoStatus::Success {
+            let src = match &slot.bounce {
+                Bounce::Pool(i) => Some(self.pool.ptr(*i)),
+                Bounce::Owned(buf) => Some(buf.as_ptr()),
+                Bounce::None => None,
+            };
+            if let Some(src) = src {
+                // SAFETY: the bounce buffer holds the `len` bytes the device has just read; the
+                // iovecs describe `len` writable request bytes (`io_in_range`), alive until this
+                // completion, in other memory.
+                unsafe { scatter(src, io.iovecs()) };
+            }
+        }
+        match std::mem::replace(&mut slot.bounce, Bounce::None) {
+            Bounce::Pool(i) => self.pool.give(i),
+            Bounce::Owned(buf) => drop(buf),
+            Bounce::None => {}
+        }
+        let status = slot.status;
+        slot.status = IoStatus::Success;
+        slot.next_part = 0;
+        slot.outstanding = 0;
+        self.free_slots.push(idx);
+        Some(io.complete(status))
+    }
+
+    /// Handles the CQE of command entry `c`: the request's completion if that was its last
+    /// part.
+    fn on_cqe(&mut self, c: usize, res: i32) -> Option<Completion> {
+        let idx = self.cmds.get(c)?.slot;
+        self.free_cmds.push(c);
+        let slot = self.slots.get_mut(idx)?;
+        slot.io.as_ref()?;
+        slot.outstanding = slot.outstanding.saturating_sub(1);
+        match status_of(res) {
+            IoStatus::Success => {}
+            failed => {
+                if slot.status != IoStatus::IoError {
+                    slot.status = failed;
+                }
+                // Issue no more parts; finish once those out come back.
+                slot.next_part = slot.parts.len();
+            }
+        }
+        if slot.outstanding == 0 && slot.next_part >= slot.parts.len() {
+            return self.finish(idx);
+        }
+        None
+    }
+
+    /// Command entries in use (parts in the SQ or the kernel).
+    fn cmds_busy(&self) -> usize {
+        self.cmds.len() - self.free_cmds.len()
+    }
+
+    /// Hands the SQ to the kernel (and, on a polled ring, polls for completions).
+    fn enter(&mut self) {
+        // EAGAIN/EBUSY (short of resources) and EINTR leave entries queued for the next pass.
+        let _ = self.ring.submit();
+    }
+
+    /// Reaps every CQE in the ring, calling `done` for finished requests.
+    fn reap(&mut self, done: &mut dyn FnMut(Completion)) -> usize {
+        const BATCH: usize = 32;
+        let mut batch = [(0u64, 0i32); BATCH];
+        let mut n = 0;
+        loop {
+            let mut got = 0;
+            for cqe in self.ring.completion().take(BATCH) {
+                batch[got] = (cqe.user_data(), cqe.result());
+                got += 1;
+            }
+            for &(user_data, res) in &batch[..got] {
+                if let Some(c) = self.on_cqe(user_data as usize, res) {
+                    self.in_flight -= 1;
+                    n += 1;
+                    done(c);
+                }
+            }
+            if got < BATCH {
+                return n;
+            }
+        }
+    }
+}
+
+/// Why a read or write could not be planned.
+enum PlanError {
+    /// Every pool buffer is lent out: hand the request back.
+    NoBuffer,
+    /// It cannot be served (no memory for a bounce buffer): fail it.
+    Failed,
+}
+
+impl IoChannel for NvmeChannel {
+    fn submit(&mut self, io: BdevIo) -> Result<(), BdevIo> {
+        if self.in_flight >= self.depth {
+            return Err(io);
+        }
+        if let Some(status) = self.precheck(&io) {
+            self.ready.push_back(io.complete(status));
+            self.in_flight += 1;
+            return Ok(());
+        }
+        let Some(idx) = self.free_slots.pop() else {
+            return Err(io);
+        };
+        let op = io.op;
+        let (offset, len) = (io.offset, io.len);
+        let fua = op == IoOp::Write && (io.durable() || self.cfg.all_durable);
+        let slot = &mut self.slots[idx];
+        slot.io = Some(io);
+        slot.fua = fua;
+        slot.status = IoStatus::Success;
+        slot.next_part = 0;
+        slot.outstanding = 0;
+        let bs = self.cfg.limits.block_size;
+        match op {
+            IoOp::Read | IoOp::Write => match self.plan_transfer(idx) {
+                Ok(()) => {}
+                Err(e) => {
+                    let slot = &mut self.slots[idx];
+                    slot.parts.clear();
+                    let Some(io) = slot.io.take() else {
+                        return Ok(());
+                    };
+                    self.free_slots.push(idx);
+                    return match e {
+                        PlanError::NoBuffer => Err(io),
+                        PlanError::Failed => {
+                            self.ready.push_back(io.complete(IoStatus::IoError));
+                            self.in_flight += 1;
+                            Ok(())
+                        }
+                    };
+                }
+            },
+            IoOp::Flush => plan_blocks(0, bs, bs, 1, &mut slot.parts),
+            IoOp::WriteZeroes => plan_blocks(
+                offset,
+                len,
+                bs,
+                self.cfg.max_write_zeroes_blocks,
+                &mut slot.parts,
+            ),
+            IoOp::Discard => plan_blocks(
+                offset,
+                len,
+                bs,
+                self.cfg.max_discard_blocks,
+                &mut slot.parts,
+            ),
+        }
+        self.in_flight += 1;
+        self.waiting.push_back(idx);
+        self.pump();
+        Ok(())
+    }
+
+    fn flush_submissions(&mut self) {
+        self.pump();
+        if !self.ring.submission().is_empty() {
+            self.enter();
+        }
+    }
+
+    fn poll_completions(&mut self, done: &mut dyn FnMut(Completion)) -> usize {
+        let mut n = 0;
+        while let Some(c) = self.ready.pop_front() {
+            self.in_flight -= 1;
+            n += 1;
+            done(c);
+        }
+        if self.cfg.poll && self.cmds_busy() > 0 {
+            // A polled ring only completes commands inside io_uring_enter(GETEVENTS).
+            self.enter();
+        }
+        n += self.reap(done);
+        if !self.waiting.is_empty() {
+            // Freed command entries: issue the parts that waited for them.
+            self.pump();
+            self.enter();
+        }
+        // Requests failed while pumping.
+        while let Some(c) = self.ready.pop_front() {
+            self.in_flight -= 1;
+            n += 1;
+            done(c);
+        }
+        n
+    }
+
+    fn in_flight(&self) -> usize {
+        self.in_flight
+    }
+}
+
+impl Drop for NvmeChannel {
+    /// Waits for every command the kernel holds: it may still move data into guest memory, the
+    /// bounce buffers and the iovec pieces freed after this. Completions are dropped.
+    fn drop(&mut self) {
+        // Parts never issued stay that way.
+        self.waiting.clear();
+        while self.cmds_busy() > 0 {
+            match self.ring.submit_and_wait(1) {
+                Ok(_) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
+                    ) => {}
+                Err(_) => {
+                    // Cannot tell when the kernel is done: never free what it may still use.
+                    self.pool.leak();
+                    std::mem::forget(std::mem::take(&mut self.slots));
+                    std::mem::forget(std::mem::take(&mut self.cmds));
+                    return;
+                }
+            }
+            let mut reaped = [0u64; 32];
+            loop {
+                let mut got = 0;
+                for cqe in self.ring.completion().take(reaped.len()) {
+                    reaped[got] = cqe.user_data();
+                    got += 1;
+                }
+                for &c in &reaped[..got] {
+                    if (c as usize) < self.cmds.len() {
+                        self.free_cmds.push(c as usize);
+                    }
+                }
+                if got < reaped.len() {
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nvme::cmd::{OPC_DSM, OPC_FLUSH, OPC_READ, OPC_WRITE, OPC_WRITE_ZEROES};
+
+    /// A page-aligned test buffer.
+    struct Buf {
+        mem: AlignedBuf,
+        len: usize,
+    }
+
+    impl Buf {
+        fn new(len: usize, fill: u8) -> Self {
+            let b = Buf {
+                mem: AlignedBuf::new(len).expect("alloc"),
+                len,
+            };
+            // SAFETY: `len` bytes owned by `b`.
+            unsafe { std::ptr::write_bytes(b.mem.as_ptr(), fill, len) };
+            b
+        }
+        fn bytes(&self) -> &[u8] {
+            &self.mem.bytes()[..self.len]
+        }
+        fn iov(&self, start: usize, len: usize) -> IoVec {
+            assert!(start + len <= self.len);
+            IoVec {
+                iov_base: self.mem.as_ptr().wrapping_add(start).cast(),
+                iov_len: len,
+            }
+        }
+    }
+
+    fn rw(tag: u32, op: IoOp, offset: u64, iov: &[IoVec]) -> BdevIo {
+        let len = iov.iter().map(|v| v.iov_len as u64).sum();
+        // SAFETY: every test keeps the iovec array and its buffers alive until the request
+        // completes or the channel is dropped.
+        unsafe { BdevIo::with_iovecs(tag, op, offset, len, iov.as_ptr(), iov.len()) }
+    }
+
+    fn cfg() -> ChannelConfig {
+        ChannelConfig {
+            nsid: 1,
+            block_shift: 9,
+            size: 64 << 20,
+            limits: Limits {
+                block_size: 512,
+                max_bytes: 64 << 10,
+                max_pages: 32,
+            },
+            max_write_zeroes_blocks: 128,
+            max_discard_blocks: 1024,
+            read_only: false,
+            all_durable: false,
+            discard: true,
+            write_zeroes: true,
+            poll: false,
+        }
+    }
+
+    /// A channel over a regular file: the kernel fails every NVMe command on it with an errno,
+    /// which is all the real round trips below need; the others complete commands by hand.
+    fn channel(cfg: ChannelConfig, depth: usize) -> (tempfile::TempDir, NvmeChannel) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("not-nvme");
+        std::fs::write(&path, [0u8; 4096]).expect("write");
+        let file = File::open(&path).expect("open");
+        (dir, NvmeChannel::new(file, cfg, depth).expect("channel"))
+    }
+
+    /// The fields of a 128-byte URING_CMD SQE.
+    struct Sqe {
+        opcode: u8,
+        flags: u8,
+        fd: i32,
+        cmd_op: u32,
+        user_data: u64,
+        cmd: NvmeCmd,
+    }
+
+    fn decode(e: squeue::Entry128) -> Sqe {
+        // SAFETY: Entry128 is repr(C): a zero-initialised 64-byte `io_uring_sqe` and 64 more
+        // bytes, all initialised, 128 in all.
+        let b: [u8; 128] = unsafe { std::mem::transmute(e) };
+        let u32_at = |at: usize| u32::from_ne_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
+        let u64_at = |at: usize| u64::from(u32_at(at)) | (u64::from(u32_at(at + 4)) << 32);
+        let c = 48;
+        Sqe {
+            opcode: b[0],
+            flags: b[1],
+            fd: u32_at(4) as i32,
+            cmd_op: u32_at(8),
+            user_data: u64_at(32),
+            cmd: NvmeCmd {
+                opcode: b[c],
+                flags: b[c + 1],
+                rsvd1: u16::from_ne_bytes([b[c + 2], b[c + 3]]),
+                nsid: u32_at(c + 4),
+                cdw2: u32_at(c + 8),
+                cdw3: u32_at(c + 12),
+                metadata: u64_at(c + 16),
+                addr: u64_at(c + 24),
+                metadata_len: u32_at(c + 32),
+                data_len: u32_at(c + 36),
+                cdw10: u32_at(c + 40),
+                cdw11: u32_at(c + 44),
+                cdw12: u32_at(c + 48),
+                cdw13: u32_at(c + 52),
+                cdw14: u32_at(c + 56),
+                cdw15: u32_at(c + 60),
+                timeout_ms: u32_at(c + 64),
+                result: u32_at(c + 68),
+            },
+        }
+    }
+
+    /// Puts `io` in a fresh slot and plans it the way `submit` does, without issuing it.
+    fn planned(ch: &mut NvmeChannel, io: BdevIo) -> usize {
+        let idx = ch.free_slots.pop().expect("slot");
+        let op = io.op;
+        let (offset, len) = (io.offset, io.len);
+        ch.slots[idx].fua = op == IoOp::Write && io.durable();
+        ch.slots[idx].io = Some(io);
+        let bs = ch.cfg.limits.block_size;
+        match op {
+            IoOp::Read | IoOp::Write => assert!(ch.plan_transfer(idx).is_ok()),
+            IoOp::Flush => plan_blocks(0, bs, bs, 1, &mut ch.slots[idx].parts),
+            IoOp::WriteZeroes => {
+                let max = ch.cfg.max_write_zeroes_blocks;
+                plan_blocks(offset, len, bs, max, &mut ch.slots[idx].parts)
+            }
+            IoOp::Discard => {
+                let max = ch.cfg.max_discard_blocks;
+                plan_blocks(offset, len, bs, max, &mut ch.slots[idx].parts)
+            }
+        }
+        idx
+    }
+
+    fn entries(ch: &mut NvmeChannel, idx: usize) -> Vec<Sqe> {
+        (0..ch.slots[idx].parts.len())
+            .map(|k| decode(ch.part_entry(idx, k, 7).expect("entry")))
+            .collect()
+    }
+
+    #[test]
+    fn sqes_carry_the_nvme_commands() {
+        let (_d, mut ch) = channel(cfg(), 8);
+        let src = Buf::new(16384, 0);
+
+        // One segment: NVME_URING_CMD_IO with the buffer itself.
+        let one = [src.iov(0, 4096)];
+        let idx = planned(&mut ch, rw(1, IoOp::Write, 8192, &one).with_durable(true));
+        let e = entries(&mut ch, idx);
+        assert_eq!(e.len(), 1);
+        let s = &e[0];
+        assert_eq!(s.opcode, opcode::UringCmd80::CODE);
+        assert_eq!(s.flags & 1, 1, "IOSQE_FIXED_FILE");
+        assert_eq!((s.fd, s.user_data), (0, 7));
+        assert_eq!(s.cmd_op, 0xc048_4e80);
+        assert_eq!((s.cmd.opcode, s.cmd.nsid), (OPC_WRITE, 1));
+        assert_eq!((s.cmd.cdw10, s.cmd.cdw11), (16, 0), "SLBA 8192 / 512");
+        assert_eq!(s.cmd.cdw12, 7 | (1 << 30), "NLB 8 (0-based 7), FUA");
+        assert_eq!((s.cmd.addr, s.cmd.data_len), (one[0].iov_base as u64, 4096));
+
+        // Several segments: NVME_URING_CMD_IO_VEC with the request's own iovec array.
+        let two = [src.iov(0, 4096), src.iov(8192, 4096)];
+        let idx = planned(&mut ch, rw(2, IoOp::Read, 512, &two));
+        let e = entries(&mut ch, idx);
+        assert_eq!(e[0].cmd_op, 0xc048_4e81);
+        assert_eq!(e[0].cmd.opcode, OPC_READ);
+        assert_eq!((e[0].cmd.addr, e[0].cmd.data_len), (two.as_ptr() as u64, 2));
+        assert_eq!((e[0].cmd.cdw10, e[0].cmd.cdw12), (1, 15));
+
+        // Flush, write-zeroes split at 128 blocks, discard through the entry's range.
+        let idx = planned(&mut ch, BdevIo::without_data(3, IoOp::Flush, 0, 0));
+        let e = entries(&mut ch, idx);
+        assert_eq!(
+            (e.len(), e[0].cmd.opcode, e[0].cmd.data_len),
+            (1, OPC_FLUSH, 0)
+        );
+        let idx = planned(
+            &mut ch,
+            BdevIo::without_data(4, IoOp::WriteZeroes, 1 << 20, 200 * 512),
+        );
+        let e = entries(&mut ch, idx);
+        assert_eq!(e.len(), 2);
+        assert!(e.iter().all(|s| s.cmd.opcode == OPC_WRITE_ZEROES));
+        assert_eq!((e[0].cmd.cdw10, e[0].cmd.cdw12), (2048, 127));
+        assert_eq!((e[1].cmd.cdw10, e[1].cmd.cdw12), (2048 + 128, 71));
+        let idx = planned(
+            &mut ch,
+            BdevIo::without_data(5, IoOp::Discard, 4 << 20, 64 << 10),
+        );
+        let e = entries(&mut ch, idx);
+        assert_eq!(e.len(), 1);
+        let s = &e[0];
+        assert_eq!(
+            (s.cmd.opcode, s.cmd.cdw10, s.cmd.cdw11),
+            (OPC_DSM, 0, 1 << 2)
+        );
+        assert_eq!(s.cmd.addr, &ch.cmds[7].range as *const DsmRange as u64);
+        assert_eq!(s.cmd.data_len, 16);
+        assert_eq!(ch.cmds[7].range, DsmRange::new(8192, 128));
+    }
+
+    #[test]
+    fn large_requests_split_and_misaligned_ones_bounce() {
+        let (_d, mut ch) = channel(cfg(), 8);
+        // 160 KiB in one segment, 64 KiB per command: 64 + 64 + 32.
+        let src = Buf::new(160 << 10, 0);
+        let big = [src.iov(0, 160 << 10)];
+        let idx = planned(&mut ch, rw(1, IoOp::Write, 0, &big));
+        let e = entries(&mut ch, idx);
+        let lens: Vec<u32> = e.iter().map(|s| s.cmd.data_len).collect();
+        assert_eq!(lens, [64 << 10, 64 << 10, 32 << 10]);
+        let slbas: Vec<u32> = e.iter().map(|s| s.cmd.cdw10).collect();
+        assert_eq!(slbas, [0, 128, 256]);
+        assert_eq!(e[2].cmd.addr, big[0].iov_base as u64 + (128 << 10));
+
+        // Misaligned: staged in a pool buffer, the gathered data there.
+        let odd = Buf::new(8192, 0x5a);
+        let oiov = [odd.iov(100, 4096)];
+        let idx = planned(&mut ch, rw(2, IoOp::Write, 0, &oiov));
+        assert!(matches!(ch.slots[idx].bounce, Bounce::Pool(_)));
+        let e = entries(&mut ch, idx);
+        assert_eq!(e[0].cmd_op, 0xc048_4e80);
+        assert_eq!(e[0].cmd.addr % 4096, 0, "page-aligned bounce buffer");
+        assert_ne!(e[0].cmd.addr, oiov[0].iov_base as u64);
+        // SAFETY: the pool buffer holds the 4096 gathered bytes.
+        let staged = unsafe { std::slice::from_raw_parts(e[0].cmd.addr as *const u8, 4096) };
+        assert!(staged.iter().all(|&b| b == 0x5a));
+    }
+
+    /// Plays the device: sends the queued commands through the kernel (which fails them: the
+    /// file is no NVMe device), waits for all of them, and hands each CQE to the channel with
+    /// the result `res(k)` of our choosing instead (k counts the CQEs of this round).
+    fn device_round(ch: &mut NvmeChannel, res: impl Fn(usize) -> i32) -> Vec<Completion> {
+        let busy = ch.cmds_busy();
+        ch.ring.submit_and_wait(busy).expect("enter");
+        let cqes: Vec<u64> = ch.ring.completion().map(|c| c.user_data()).collect();
+        assert_eq!(cqes.len(), busy);
+        let mut got = Vec::new();
+        for (k, c) in cqes.into_iter().enumerate() {
+            if let Some(done) = ch.on_cqe(c as usize, res(k)) {
+                ch.in_flight -= 1;
+                got.push(done);
+            }
+        }
+        got
+    }
+
+    #[test]
+    fn a_request_completes_once_after_all_its_parts() {
+        // Depth 2: two command entries, so a five-part request issues in three rounds.
+        let (_d, mut ch) = channel(cfg(), 2);
+        let src = Buf::new(320 << 10, 1);
+        let big = [src.iov(0, 320 << 10)];
+        ch.submit(rw(9, IoOp::Write, 0, &big)).expect("room");
+        let mut got = Vec::new();
+        for round in 0..3 {
+            assert!(got.is_empty(), "completed early, round {round}");
+            assert_eq!(ch.cmds_busy(), if round < 2 { 2 } else { 1 });
+            got = device_round(&mut ch, |_| 0);
+            ch.pump();
+        }
+        assert_eq!(
+            got,
+            [Completion {
+                tag: 9,
+                status: IoStatus::Success
+            }]
+        );
+        assert_eq!(
+            (ch.cmds_busy(), ch.in_flight(), ch.waiting.len()),
+            (0, 0, 0)
+        );
+        assert_eq!(ch.free_slots.len(), 2);
+    }
+
+    #[test]
+    fn a_failed_part_fails_the_request_and_stops_the_rest() {
+        let (_d, mut ch) = channel(cfg(), 2);
+        let src = Buf::new(320 << 10, 1);
+        let big = [src.iov(0, 320 << 10)];
+        ch.submit(rw(3, IoOp::Read, 0, &big)).expect("room");
+        // One part fails with an NVMe media error, the other succeeds: the request fails once
+        // both are back, and its three remaining parts are never issued.
+        assert_eq!(ch.cmds_busy(), 2);
+        let got = device_round(&mut ch, |k| if k == 0 { 0x281 } else { 0 });
+        assert_eq!(
+            got,
+            [Completion {
+                tag: 3,
+                status: IoStatus::IoError
+            }]
+        );
+        ch.pump();
+        assert_eq!(
+            (ch.cmds_busy(), ch.in_flight(), ch.waiting.len()),
+            (0, 0, 0)
+        );
+        // Invalid Field on a write-zeroes: unsupported.
+        ch.submit(BdevIo::without_data(4, IoOp::WriteZeroes, 0, 512))
+            .expect("room");
+        let got = device_round(&mut ch, |_| 0x2);
+        assert_eq!(
+            got,
+            [Completion {
+                tag: 4,
+                status: IoStatus::Unsupported
+            }]
+        );
+    }
+
+    #[test]
+    fn bounced_reads_are_copied_out_on_completion() {
+        let (_d, mut ch) = channel(cfg(), 4);
+        let dst = Buf::new(8192, 0);
+        let iov = [dst.iov(1, 1024), dst.iov(2048, 512)];
+        ch.submit(rw(5, IoOp::Read, 0, &iov)).expect("room");
+        let idx = ch.slots.iter().position(|s| s.io.is_some()).expect("slot");
+        let Bounce::Pool(b) = ch.slots[idx].bounce else {
+            panic!("not bounced");
+        };
+        // The "device" fills the bounce buffer.
+        // SAFETY: the pool buffer has 1 MiB; nothing else uses it.
+        unsafe { std::ptr::write_bytes(ch.pool.ptr(b), 0xc3, 1536) };
+        let got = device_round(&mut ch, |_| 0);
+        assert_eq!(got[0].status, IoStatus::Success);
+        assert!(dst.bytes()[1..1025].iter().all(|&x| x == 0xc3));
+        assert!(dst.bytes()[2048..2560].iter().all(|&x| x == 0xc3));
+        assert_eq!(dst.bytes()[0], 0);
+        assert_eq!(dst.bytes()[1025], 0);
+        assert_eq!(ch.pool.take(), Some(b), "buffer back in the pool");
+    }
+
+    /// Real round trips through the kernel: requests decided without the device, and NVMe
+    /// commands the kernel refuses on a file that is not an NVMe char device (an errno, so an
+    /// I/O error), each reported once; drop waits for commands in flight.
+    #[test]
+    fn kernel_round_trip_and_prechecks() {
+        for poll in [false, true] {
+            kernel_round_trip(poll);
+        }
+    }
+
+    fn kernel_round_trip(poll: bool) {
+        let mut c = cfg();
+        c.discard = false;
+        c.poll = poll;
+        let (_d, mut ch) = channel(c, 8);
+        let buf = Buf::new(1 << 20, 0);
+        let ok = [buf.iov(0, 4096)];
+        let big = [buf.iov(0, 1 << 20)];
+        let odd = [buf.iov(0, 1000)];
+        ch.submit(rw(1, IoOp::Read, 0, &ok)).expect("room");
+        ch.submit(rw(2, IoOp::Write, 1 << 20, &big)).expect("room");
+        ch.submit(rw(3, IoOp::Read, 64 << 20, &ok)).expect("room"); // past the end
+        ch.submit(rw(4, IoOp::Read, 100, &ok)).expect("room"); // not block-aligned
+        ch.submit(rw(5, IoOp::Write, 0, &odd)).expect("room"); // not whole blocks
+        ch.submit(BdevIo::without_data(6, IoOp::Discard, 0, 4096))
+            .expect("room");
+        ch.submit(BdevIo::without_data(7, IoOp::WriteZeroes, 0, 0))
+            .expect("room");
+        ch.submit(BdevIo::without_data(8, IoOp::Flush, 0, 0))
+            .expect("room");
+        assert_eq!(ch.in_flight(), 8);
+        assert!(
+            ch.submit(rw(9, IoOp::Read, 0, &ok)).is_err(),
+            "full at depth 8"
+        );
+        let mut got = Vec::new();
+        let start = std::time::Instant::now();
+        while got.len() < 8 {
+            ch.flush_submissions();
+            ch.poll_completions(&mut |c| got.push(c));
+            assert!(
+                start.elapsed().as_secs() < 10,
+                "timed out (poll {poll}): {got:?}"
+            );
+            std::thread::yield_now();
+        }
+        got.sort_by_key(|c| c.tag);
+        let st: Vec<IoStatus> = got.iter().map(|c| c.status).collect();
+        use IoStatus::*;
+        assert_eq!(
+            st,
+            [
+                IoError,
+                IoError,
+                IoError,
+                IoError,
+                IoError,
+                Unsupported,
+                Success,
+                IoError
+            ]
+        );
+        assert_eq!((ch.in_flight(), ch.cmds_busy()), (0, 0));
+
+        // Read-only: writes refused without the kernel.
+        let mut c = cfg();
+        c.read_only = true;
+        let (_d2, mut ro) = channel(c, 2);
+        ro.submit(rw(1, IoOp::Write, 0, &ok)).expect("room");
+        let mut got = Vec::new();
+        ro.poll_completions(&mut |c| got.push(c));
+        assert_eq!(
+            got,
+            [Completion {
+                tag: 1,
+                status: IoError
+            }]
+        );
+
+        // Dropped with commands in the kernel (and parts still waiting): drop waits.
+        ch.submit(rw(10, IoOp::Write, 0, &big)).expect("room");
+        ch.submit(rw(11, IoOp::Write, 1 << 20, &big)).expect("room");
+        ch.flush_submissions();
+        drop(ch);
+    }
+}

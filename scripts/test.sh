@@ -35,5 +35,12 @@ run_vm --num-queues 2 --cpus 0
 run_vm --num-queues 2 --cpus 0-1
 run_vm --num-queues 1 --block-size 4096 --serial spinblk-4k
 run_vm --readonly --num-queues 1
+echo "--- scripts/nvme-vm-test.sh (spinblk --nvme inside a guest with an emulated NVMe controller)"
+if bash scripts/nvme-vm-test.sh; then
+    vm_passed=$((vm_passed + 1))
+else
+    vm_failed=$((vm_failed + 1))
+    echo "VM test FAILED: scripts/nvme-vm-test.sh"
+fi
 echo "vm tests: ${vm_passed} passed, ${vm_failed} failed"
 [ "$vm_failed" -eq 0 ]

@@ -25,6 +25,15 @@ pub struct Cli {
     #[arg(long, value_name = "PATH", conflicts_with = "malloc")]
     pub file: Option<PathBuf>,
 
+    /// Serve an NVMe namespace through io_uring passthrough on its generic char device
+    /// (/dev/ngXnY), skipping the block layer.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["malloc", "null", "file", "block_size"])]
+    pub nvme: Option<PathBuf>,
+
+    /// With --nvme: poll for completions (IOPOLL; the nvme driver needs poll_queues > 0).
+    #[arg(long, requires = "nvme")]
+    pub nvme_poll: bool,
+
     /// With --file: open through the page cache (for filesystems without O_DIRECT).
     #[arg(long, requires = "file")]
     pub buffered: bool,
@@ -61,7 +70,7 @@ pub struct Cli {
 
     /// A bdev, repeatable: `name=m0,malloc=1G[,block-size=4096][,shared]` or
     /// `name=n0,null=1G`. Used with `--controller`.
-    #[arg(long = "bdev", value_name = "SPEC", conflicts_with_all = ["malloc", "null", "file", "config"])]
+    #[arg(long = "bdev", value_name = "SPEC", conflicts_with_all = ["malloc", "null", "file", "nvme", "config"])]
     pub bdevs: Vec<String>,
 
     /// A controller, repeatable: `socket=PATH,bdev=NAME[,name=N][,cpus=LIST][,num-queues=N]
@@ -75,7 +84,7 @@ pub struct Cli {
     pub controllers: Vec<String>,
 
     /// JSON configuration file with bdevs and controllers (see docs/configuration.md).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["malloc", "null", "file"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["malloc", "null", "file", "nvme"])]
     pub config: Option<PathBuf>,
 
     /// Print one summary line per controller every SECS seconds.

@@ -39,6 +39,9 @@ pub enum BdevType {
     Null,
     /// A regular file or block device through io_uring (`path` required).
     File,
+    /// An NVMe namespace's generic char device (/dev/ngXnY) through io_uring passthrough
+    /// (`path` required).
+    Nvme,
 }
 
 /// One bdev.
@@ -62,6 +65,9 @@ pub struct BdevConfig {
     /// Open without O_DIRECT (through the page cache), e.g. on filesystems without direct I/O.
     #[serde(default)]
     pub buffered: bool,
+    /// For nvme bdevs: an IOPOLL ring (the nvme driver needs poll queues).
+    #[serde(default)]
+    pub poll: bool,
     /// Start in write-back mode (default); `false` makes every write durable on completion
     /// until the guest turns the cache on.
     #[serde(default)]
@@ -84,18 +90,24 @@ impl BdevConfig {
         match self.bdev_type {
             BdevType::Malloc | BdevType::Null => {
                 self.required_size()?;
-                if self.path.is_some() || self.buffered {
+                if self.path.is_some() || self.buffered || self.poll {
                     return Err(format!(
                         "bdev '{name}': path and buffered are for file bdevs"
                     ));
                 }
             }
-            BdevType::File => {
+            BdevType::File | BdevType::Nvme => {
                 if self.path.is_none() {
                     return Err(format!("bdev '{name}': path is required"));
                 }
                 if self.size.is_some() {
-                    return Err(format!("bdev '{name}': a file bdev's size is the file's"));
+                    return Err(format!("bdev '{name}': its size is the device's"));
+                }
+                if self.bdev_type == BdevType::Nvme && (self.buffered || self.block_size.is_some())
+                {
+                    return Err(format!(
+                        "bdev '{name}': an nvme bdev takes its block size from the namespace and has no buffered mode"
+                    ));
                 }
             }
         }
@@ -207,7 +219,7 @@ pub fn parse_kv(text: &str) -> Result<Value, String> {
                 map.insert("type".into(), Value::String(key.clone()));
                 map.insert("size".into(), Value::String(value.into()));
             }
-            "file" => {
+            "file" | "nvme" => {
                 map.insert("type".into(), Value::String(key.clone()));
                 map.insert("path".into(), Value::String(value.into()));
             }
@@ -394,6 +406,13 @@ mod tests {
             Some(std::path::Path::new("/var/lib/a.img"))
         );
         assert!(f.check().is_ok());
+        let n = bdev_from_kv("name=n0,nvme=/dev/ng0n1,poll").expect("nvme");
+        assert_eq!((n.bdev_type, n.poll), (BdevType::Nvme, true));
+        assert!(n.check().is_ok());
+        assert!(bdev_from_kv("name=n1,nvme=/dev/ng0n1,block-size=512")
+            .expect("parses")
+            .check()
+            .is_err());
         assert!(bdev_from_kv("name=f1,file=/x,size=1G")
             .expect("parses")
             .check()

@@ -13,7 +13,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use spinblk_bdev::{Bdev, IoOp, MallocBdev, NullBdev, UringBdev, UringOptions};
+use spinblk_bdev::{
+    Bdev, IoOp, MallocBdev, NullBdev, NvmeBdev, NvmeOptions, UringBdev, UringOptions,
+};
 use spinblk_protocol::{
     serial_bytes, Controller, ControllerSpec, DeviceInfo, DeviceLimits, QueueStats,
 };
@@ -89,6 +91,7 @@ fn target_config(cli: &Cli) -> Result<TargetConfig, String> {
         }
     } else {
         let (bdev_type, size, default_name) = match (cli.null, cli.malloc, &cli.file) {
+            _ if cli.nvme.is_some() => (BdevType::Nvme, None, "nvme0"),
             (_, _, Some(_)) => (BdevType::File, None, "file0"),
             (Some(size), _, _) => (BdevType::Null, Some(size), "null0"),
             (None, size, None) => (
@@ -105,8 +108,9 @@ fn target_config(cli: &Cli) -> Result<TargetConfig, String> {
                 bdev_type,
                 size,
                 block_size: cli.block_size,
-                path: cli.file.clone(),
+                path: cli.file.clone().or_else(|| cli.nvme.clone()),
                 buffered: cli.buffered,
+                poll: cli.nvme_poll,
                 write_cache: cli.no_write_cache.then_some(false),
                 shared: false,
             }],
@@ -156,6 +160,22 @@ fn make_bdev(b: &BdevConfig, read_only: bool) -> Result<Arc<dyn Bdev>, String> {
             };
             Arc::new(
                 UringBdev::open(path, options)
+                    .map_err(failed)?
+                    .with_name(b.name.clone()),
+            )
+        }
+        BdevType::Nvme => {
+            let path = b
+                .path
+                .as_ref()
+                .ok_or_else(|| format!("bdev '{}': path is required", b.name))?;
+            let options = NvmeOptions {
+                poll: b.poll,
+                read_only,
+                write_cache: b.write_cache.unwrap_or(true),
+            };
+            Arc::new(
+                NvmeBdev::open(path, options)
                     .map_err(failed)?
                     .with_name(b.name.clone()),
             )

@@ -23,24 +23,19 @@ step "VM end-to-end tests (Linux guest, fio verify)"
 vm_failed=0
 vm_passed=0
 run_vm() {
-    echo "--- scripts/vm-test.sh $*"
-    if bash scripts/vm-test.sh "$@"; then
+    echo "--- $*"
+    if bash "$@"; then
         vm_passed=$((vm_passed + 1))
     else
         vm_failed=$((vm_failed + 1))
-        echo "VM test FAILED: scripts/vm-test.sh $*"
+        echo "VM test FAILED: $*"
     fi
 }
-run_vm --num-queues 2 --cpus 0
-run_vm --num-queues 2 --cpus 0-1
-run_vm --num-queues 1 --block-size 4096 --serial spinblk-4k
-run_vm --readonly --num-queues 1
-echo "--- scripts/nvme-vm-test.sh (spinblk --nvme inside a guest with an emulated NVMe controller)"
-if bash scripts/nvme-vm-test.sh; then
-    vm_passed=$((vm_passed + 1))
-else
-    vm_failed=$((vm_failed + 1))
-    echo "VM test FAILED: scripts/nvme-vm-test.sh"
-fi
+run_vm scripts/vm-test.sh --num-queues 2 --cpus 0
+run_vm scripts/vm-test.sh --num-queues 2 --cpus 0-1
+run_vm scripts/vm-test.sh --num-queues 1 --block-size 4096 --serial spinblk-4k
+run_vm scripts/vm-test.sh --readonly --num-queues 1
+# spinblk --nvme inside a guest with an emulated NVMe controller.
+run_vm scripts/nvme-vm-test.sh
 echo "vm tests: ${vm_passed} passed, ${vm_failed} failed"
 [ "$vm_failed" -eq 0 ]

@@ -37,5 +37,5 @@ run_vm scripts/vm-test.sh --num-queues 1 --block-size 4096 --serial spinblk-4k
 run_vm scripts/vm-test.sh --readonly --num-queues 1
 # spinblk --nvme inside a guest with an emulated NVMe controller.
 run_vm scripts/nvme-vm-test.sh
-echo "vm tests: ${vm_passed} passed, ${vm_failed} failed"
+echo "vm-tests: ${vm_passed} passed, ${vm_failed} failed"
 [ "$vm_failed" -eq 0 ]

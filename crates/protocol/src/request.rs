@@ -577,7 +577,17 @@ mod tests {
         descs: &[(u64, u32, u16)],
         limits: &DeviceLimits,
     ) -> Result<BlkRequest, Refused> {
-        let vq = MockSplitQueue::new(mem, 16);
+        parse_chain_in_ring(mem, 16, descs, limits)
+    }
+
+    /// As `parse_chain`, on a ring of `ring_len` descriptors.
+    fn parse_chain_in_ring(
+        mem: &GuestMemoryMmap,
+        ring_len: u16,
+        descs: &[(u64, u32, u16)],
+        limits: &DeviceLimits,
+    ) -> Result<BlkRequest, Refused> {
+        let vq = MockSplitQueue::new(mem, ring_len);
         let raw: Vec<RawDescriptor> = descs
             .iter()
             .enumerate()
@@ -961,28 +971,7 @@ mod tests {
         let mut descs = vec![(HDR, 16, R)];
         descs.extend((0..SEG_MAX as u64 + 1).map(|i| (DATA + i * 512, 512, W)));
         descs.push((STATUS, 1, W));
-        let vq_len = 256;
-        let vq = MockSplitQueue::new(&m, vq_len);
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, flags))| {
-                let next = if i + 1 < descs.len() {
-                    VRING_DESC_F_NEXT as u16
-                } else {
-                    0
-                };
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags | next, i as u16 + 1))
-            })
-            .collect();
-        vq.build_desc_chain(&raw).expect("chain");
-        let mut q: Queue = vq.create_queue().expect("queue");
-        let chain = q.iter(&m).expect("iter").next().expect("chain");
-        let mut iov = [IoVec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; MAX_IOVECS];
-        let e = BlkRequest::parse(chain, &m, &limits(), &mut iov).expect_err("refused");
+        let e = parse_chain_in_ring(&m, 256, &descs, &limits()).expect_err("refused");
         assert_eq!(e.error, ParseError::TooManySegments);
     }
 

@@ -4,11 +4,16 @@
 //! carry host iovecs and a caller-chosen tag.
 #![deny(missing_docs)]
 
+mod bounce;
 mod io;
 mod malloc;
 mod memory;
 mod null;
 mod nvme;
+mod ring;
+mod sys;
+#[cfg(test)]
+mod testing;
 mod uring;
 
 pub use io::{Bdev, BdevError, BdevIo, Completion, IoChannel, IoOp, IoStatus, IoVec};

@@ -1,13 +1,20 @@
-//! Helpers shared by the bdevs that execute requests synchronously in `submit`.
+//! Helpers shared by the bdevs' channels: request bookkeeping that never allocates after the
+//! channel opens, range checks, and the malloc bdev's memory.
 
 use std::collections::VecDeque;
 
 use crate::{BdevError, BdevIo, Completion, IoVec};
 
-/// Completions of requests that finished inside `submit`, reported on the next poll. Its
+/// A channel's requests in flight (taken by `submit` and not yet reported; at most the channel
+/// depth) and the completions among them already decided, which the next poll reports. Its
 /// capacity is the channel depth, fixed at creation, so pushing never allocates.
+///
+/// A channel that executes requests in `submit` only [`push`](Self::push)es; a kernel-backed
+/// one also [`start`](Self::start)s requests and reports the kernel's completions itself
+/// ([`finished`](Self::finished)).
 pub(crate) struct CompletionRing {
     done: VecDeque<Completion>,
+    in_flight: usize,
     depth: usize,
 }
 
@@ -15,29 +22,90 @@ impl CompletionRing {
     pub(crate) fn new(depth: usize) -> Self {
         CompletionRing {
             done: VecDeque::with_capacity(depth),
+            in_flight: 0,
             depth,
         }
     }
 
+    /// Whether `depth` requests are in flight.
     pub(crate) fn is_full(&self) -> bool {
-        self.done.len() >= self.depth
+        self.in_flight >= self.depth
     }
 
+    /// Takes a request decided in `submit`: its completion waits for the next poll.
     pub(crate) fn push(&mut self, c: Completion) {
         debug_assert!(!self.is_full());
         self.done.push_back(c);
+        self.in_flight += 1;
     }
 
+    /// Takes a request handed to the kernel.
+    pub(crate) fn start(&mut self) {
+        debug_assert!(!self.is_full());
+        self.in_flight += 1;
+    }
+
+    /// A request already in flight was decided without a completion from the kernel: the next
+    /// poll reports it.
+    pub(crate) fn defer(&mut self, c: Completion) {
+        self.done.push_back(c);
+    }
+
+    /// `n` requests handed to the kernel have been reported.
+    pub(crate) fn finished(&mut self, n: usize) {
+        self.in_flight -= n;
+    }
+
+    /// Reports the decided completions to `done`; returns how many.
     pub(crate) fn drain(&mut self, done: &mut dyn FnMut(Completion)) -> usize {
         let n = self.done.len();
         for c in self.done.drain(..) {
             done(c);
         }
+        self.in_flight -= n;
         n
     }
 
+    /// Requests in flight.
     pub(crate) fn len(&self) -> usize {
-        self.done.len()
+        self.in_flight
+    }
+}
+
+/// Which of `n` slots (requests, commands, buffers) indexed `0..n` are free: handed out lowest
+/// first, taken back in any order. Allocates only when made.
+pub(crate) struct FreeList {
+    free: Vec<usize>,
+    n: usize,
+}
+
+impl FreeList {
+    /// All of `0..n` free.
+    pub(crate) fn new(n: usize) -> Self {
+        FreeList {
+            free: (0..n).rev().collect(),
+            n,
+        }
+    }
+
+    /// A free index, or `None` while all are in use.
+    pub(crate) fn take(&mut self) -> Option<usize> {
+        self.free.pop()
+    }
+
+    /// Frees index `i`.
+    pub(crate) fn give(&mut self, i: usize) {
+        self.free.push(i);
+    }
+
+    /// Whether index `i` is free.
+    pub(crate) fn is_free(&self, i: usize) -> bool {
+        self.free.contains(&i)
+    }
+
+    /// How many indices are in use.
+    pub(crate) fn in_use(&self) -> usize {
+        self.n - self.free.len()
     }
 }
 

@@ -4,6 +4,7 @@
 //!
 //! Pure data: nothing here touches a device, so all of it is unit-tested.
 
+use crate::sys::{io, iowr};
 use crate::IoStatus;
 
 /// NVM command set opcode: Flush.
@@ -109,54 +110,16 @@ impl NvmeCmd {
     }
 }
 
-/// Linux `_IOC` encoding: (dir, type, nr, size) -> request number. The direction bits differ on
-/// a few architectures.
-const fn ioc(dir: u32, ty: u8, nr: u8, size: usize) -> u32 {
-    (dir << 30) | ((size as u32) << 16) | ((ty as u32) << 8) | nr as u32
-}
-
-#[cfg(any(
-    target_arch = "powerpc",
-    target_arch = "powerpc64",
-    target_arch = "mips",
-    target_arch = "mips64",
-    target_arch = "sparc",
-    target_arch = "sparc64"
-))]
-mod dir {
-    // Three direction bits at 29..31 there (none = 1, read = 2, write = 4): read|write is
-    // 6 << 29 = 3 << 30, as elsewhere; none is 1 << 29 rather than 0.
-    pub(super) const NONE_SHIFTED: u32 = 1 << 29;
-    pub(super) const READ_WRITE: u32 = 3;
-}
-#[cfg(not(any(
-    target_arch = "powerpc",
-    target_arch = "powerpc64",
-    target_arch = "mips",
-    target_arch = "mips64",
-    target_arch = "sparc",
-    target_arch = "sparc64"
-)))]
-mod dir {
-    pub(super) const NONE_SHIFTED: u32 = 0;
-    pub(super) const READ_WRITE: u32 = 3;
-}
-
-/// `_IOWR('N', nr, T)` with `size_of::<T>()` = `size`.
-const fn nvme_iowr(nr: u8, size: usize) -> u32 {
-    ioc(dir::READ_WRITE, b'N', nr, size)
-}
-
 /// `NVME_IOCTL_ID` = `_IO('N', 0x40)`: returns the namespace ID of the descriptor.
-pub(crate) const NVME_IOCTL_ID: u32 = dir::NONE_SHIFTED | ioc(0, b'N', 0x40, 0);
+pub(crate) const NVME_IOCTL_ID: u32 = io(b'N', 0x40);
 /// `NVME_IOCTL_ADMIN_CMD` = `_IOWR('N', 0x41, struct nvme_admin_cmd)`.
-pub(crate) const NVME_IOCTL_ADMIN_CMD: u32 = nvme_iowr(0x41, NVME_CMD_SIZE);
+pub(crate) const NVME_IOCTL_ADMIN_CMD: u32 = iowr(b'N', 0x41, NVME_CMD_SIZE);
 /// `NVME_URING_CMD_IO` = `_IOWR('N', 0x80, struct nvme_uring_cmd)`: `addr`/`data_len` are one
 /// buffer.
-pub(crate) const NVME_URING_CMD_IO: u32 = nvme_iowr(0x80, NVME_CMD_SIZE);
+pub(crate) const NVME_URING_CMD_IO: u32 = iowr(b'N', 0x80, NVME_CMD_SIZE);
 /// `NVME_URING_CMD_IO_VEC` = `_IOWR('N', 0x81, struct nvme_uring_cmd)`: `addr` is an iovec
 /// array and `data_len` its length.
-pub(crate) const NVME_URING_CMD_IO_VEC: u32 = nvme_iowr(0x81, NVME_CMD_SIZE);
+pub(crate) const NVME_URING_CMD_IO_VEC: u32 = iowr(b'N', 0x81, NVME_CMD_SIZE);
 
 /// One Dataset Management range (`struct nvme_dsm_range`), little-endian on the wire.
 #[repr(C, align(16))]

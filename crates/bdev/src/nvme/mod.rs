@@ -17,7 +17,6 @@
 //! `max_hw_sectors_kb` and `max_segments`) is split into several commands and completes when all
 //! have, failed if any failed.
 
-mod buf;
 mod channel;
 mod cmd;
 mod split;
@@ -32,9 +31,10 @@ use std::time::{Duration, Instant};
 
 use io_uring::{opcode, types};
 
+use crate::bounce::AlignedBuf;
+use crate::sys::{read_sysfs, sysfs_dev};
 use crate::{Bdev, BdevError, IoChannel, IoOp};
 
-use buf::AlignedBuf;
 use channel::{new_ring, ChannelConfig, NvmeChannel};
 use cmd::{
     describe_result, flush_cmd, identify_cmd, pages_limit_bytes, parse_identify_controller,
@@ -597,8 +597,7 @@ struct QueueLimits {
 /// the controller: `/sys/dev/char/M:m` -> `.../nvme/nvme0/ng0n1`, with `.../nvme0/nvme0n1` or,
 /// with native multipath, the per-path `.../nvme0/nvme0c0n1`) and reads its queue limits.
 fn queue_limits(rdev: u64, nsid: u32) -> QueueLimits {
-    let link = format!("/sys/dev/char/{}:{}", libc::major(rdev), libc::minor(rdev));
-    let Some(ctrl_dir) = std::fs::canonicalize(link)
+    let Some(ctrl_dir) = std::fs::canonicalize(sysfs_dev("char", rdev))
         .ok()
         .and_then(|p| p.parent().map(Path::to_path_buf))
     else {
@@ -607,18 +606,13 @@ fn queue_limits(rdev: u64, nsid: u32) -> QueueLimits {
     let Ok(entries) = std::fs::read_dir(&ctrl_dir) else {
         return QueueLimits::default();
     };
-    let read = |p: &Path| {
-        std::fs::read_to_string(p)
-            .ok()
-            .map(|s| s.trim().to_string())
-    };
     let mut candidates: Vec<(String, PathBuf)> = entries
         .flatten()
         .filter_map(|e| {
             let name = e.file_name().to_string_lossy().into_owned();
             let dir = e.path();
             (name.starts_with("nvme")
-                && read(&dir.join("nsid")).and_then(|s| s.parse::<u32>().ok()) == Some(nsid)
+                && read_sysfs(&dir.join("nsid")).and_then(|s| s.parse::<u32>().ok()) == Some(nsid)
                 && dir.join("queue").is_dir())
             .then_some((name, dir))
         })
@@ -631,14 +625,14 @@ fn queue_limits(rdev: u64, nsid: u32) -> QueueLimits {
     let q = dir.join("queue");
     let dev = PathBuf::from("/dev").join(&name);
     QueueLimits {
-        max_hw_bytes: read(&q.join("max_hw_sectors_kb"))
+        max_hw_bytes: read_sysfs(&q.join("max_hw_sectors_kb"))
             .and_then(|s| s.parse::<u64>().ok())
             .map(|kb| kb * 1024)
             .filter(|&b| b > 0),
-        max_segments: read(&q.join("max_segments"))
+        max_segments: read_sysfs(&q.join("max_segments"))
             .and_then(|s| s.parse::<usize>().ok())
             .filter(|&n| n > 0),
-        io_poll: read(&q.join("io_poll")).map(|s| s != "0"),
+        io_poll: read_sysfs(&q.join("io_poll")).map(|s| s != "0"),
         block_device: dev.exists().then_some(dev),
         queue_dir: Some(q),
     }

@@ -1,24 +1,20 @@
 //! A reactor's channel to a [`UringBdev`](super::UringBdev): one io_uring, one slot per request
 //! in flight.
 
-use std::collections::VecDeque;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 
-use io_uring::{opcode, squeue, types, IoUring};
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use super::bounce::{gather, scatter, AlignedBuf, BouncePool, BOUNCE_ALIGN};
-use crate::memory::io_in_range;
+use crate::bounce::{
+    Bounce, BouncePool, StageError, BOUNCE_ALIGN, BOUNCE_SLOTS_MAX, BOUNCE_SLOT_SIZE,
+};
+use crate::memory::{io_in_range, CompletionRing, FreeList};
+use crate::ring::{self, register_fixed_file, ring_depth, RingChannel};
 use crate::{BdevError, BdevIo, Completion, IoChannel, IoOp, IoStatus, IoVec};
 
 /// Most requests one channel holds in flight (io_uring's largest submission queue); larger
 /// depths are clamped.
 pub(crate) const MAX_DEPTH: usize = 32768;
-/// Bytes per bounce buffer: virtio-blk's `size_max` (one segment), so a misaligned request of
-/// one segment always fits.
-pub(crate) const BOUNCE_SLOT_SIZE: usize = 1 << 20;
-/// Most bounce buffers per channel (fewer when the depth is smaller).
-pub(crate) const BOUNCE_SLOTS_MAX: usize = 16;
 /// Most iovecs one `readv`/`writev` takes (`UIO_MAXIOV`); longer lists are bounced.
 const IOV_MAX: usize = 1024;
 /// The fixed-file index of the channel's descriptor in its ring.
@@ -43,16 +39,6 @@ pub(super) struct ChannelConfig {
     pub(super) discard: bool,
     /// Whether write-zeroes is supported.
     pub(super) write_zeroes: bool,
-}
-
-/// Where a request's data is staged, if anywhere.
-enum Bounce {
-    /// Straight to and from the request's iovecs.
-    None,
-    /// Buffer `i` of the channel's pool.
-    Pool(usize),
-    /// A buffer allocated for this request (larger than a pool buffer, or no pool).
-    Owned(AlignedBuf),
 }
 
 /// One request in the kernel's hands. Slots live in a boxed slice that never moves, so `iov`
@@ -90,13 +76,12 @@ pub(super) struct UringChannel {
     /// Registered as fixed file 0 in `ring`; kept open for as long as the ring may use it.
     _file: File,
     cfg: ChannelConfig,
-    depth: usize,
     slots: Box<[Slot]>,
-    free_slots: Vec<usize>,
+    free_slots: FreeList,
     pool: BouncePool,
-    /// Requests decided in `submit` (refused, empty), reported on the next poll.
-    ready: VecDeque<Completion>,
-    in_flight: usize,
+    /// Requests in flight, and those decided in `submit` (refused, empty, no memory to bounce),
+    /// reported on the next poll.
+    pending: CompletionRing,
     /// An SQE was pushed while reaping (a short transfer's remainder): submit it before
     /// returning.
     resubmitted: bool,
@@ -106,9 +91,7 @@ impl UringChannel {
     /// A channel over `file` (which it keeps) that holds up to `depth` requests in flight
     /// (clamped to `1..=MAX_DEPTH`).
     pub(super) fn new(file: File, cfg: ChannelConfig, depth: usize) -> Result<Self, BdevError> {
-        let depth = depth.clamp(1, MAX_DEPTH);
-        // `depth` <= 32768, so the power of two fits a u32 and the kernel's limit.
-        let entries = depth.next_power_of_two() as u32;
+        let (depth, entries) = ring_depth(depth, MAX_DEPTH);
         let ring = IoUring::new(entries).map_err(|e| {
             BdevError::Os(std::io::Error::new(
                 e.kind(),
@@ -118,14 +101,7 @@ impl UringChannel {
                 ),
             ))
         })?;
-        ring.submitter()
-            .register_files(&[file.as_raw_fd()])
-            .map_err(|e| {
-                BdevError::Os(std::io::Error::new(
-                    e.kind(),
-                    format!("cannot register the file with io_uring: {e}"),
-                ))
-            })?;
+        register_fixed_file(&ring, &file, "the file")?;
         let pool_slots = if cfg.mem_align > 1 {
             depth.min(BOUNCE_SLOTS_MAX)
         } else {
@@ -136,12 +112,10 @@ impl UringChannel {
             ring,
             _file: file,
             cfg,
-            depth,
             slots: (0..depth).map(|_| Slot::empty()).collect(),
-            free_slots: (0..depth).rev().collect(),
+            free_slots: FreeList::new(depth),
             pool: BouncePool::new(pool_slots, BOUNCE_SLOT_SIZE)?,
-            ready: VecDeque::with_capacity(depth),
-            in_flight: 0,
+            pending: CompletionRing::new(depth),
             resubmitted: false,
         })
     }
@@ -192,8 +166,8 @@ impl UringChannel {
         let io = slot.io.as_ref()?;
         let remaining = io.len - slot.done;
         let offset = io.offset + slot.done;
-        let (ptr, cnt): (*const IoVec, usize) = match &slot.bounce {
-            Bounce::None => {
+        let (ptr, cnt): (*const IoVec, usize) = match self.pool.buffer(&slot.bounce) {
+            None => {
                 // Skip the iovecs already transferred; resume mid-iovec through `slot.iov`.
                 let iov = io.iovecs();
                 let mut skip = slot.done;
@@ -220,12 +194,7 @@ impl UringChannel {
                     (&slot.iov, 1)
                 }
             }
-            Bounce::Pool(_) | Bounce::Owned(_) => {
-                let base = match &slot.bounce {
-                    Bounce::Pool(i) => self.pool.ptr(*i),
-                    Bounce::Owned(buf) => buf.as_ptr(),
-                    Bounce::None => return None,
-                };
+            Some(base) => {
                 // `done < len` and the buffer holds `len` bytes.
                 slot.iov = IoVec {
                     iov_base: base.wrapping_add(slot.done as usize).cast(),
@@ -260,14 +229,10 @@ impl UringChannel {
     fn release(&mut self, idx: usize) -> Option<BdevIo> {
         let slot = &mut self.slots[idx];
         let io = slot.io.take()?;
-        match std::mem::replace(&mut slot.bounce, Bounce::None) {
-            Bounce::Pool(i) => self.pool.give(i),
-            Bounce::Owned(buf) => drop(buf),
-            Bounce::None => {}
-        }
+        self.pool.release(&mut slot.bounce);
         slot.done = 0;
         slot.rw_flags = 0;
-        self.free_slots.push(idx);
+        self.free_slots.give(idx);
         Some(io)
     }
 
@@ -302,17 +267,10 @@ impl UringChannel {
         }
         if slot.done == io.len {
             if io.op == IoOp::Read {
-                let src = match &slot.bounce {
-                    Bounce::Pool(i) => Some(self.pool.ptr(*i)),
-                    Bounce::Owned(buf) => Some(buf.as_ptr()),
-                    Bounce::None => None,
-                };
-                if let Some(src) = src {
-                    // SAFETY: the bounce buffer holds `len` bytes the kernel has just read; the
-                    // iovecs describe `len` writable bytes of the request (`io_in_range` was
-                    // checked at submit) that live until completion, in other memory.
-                    unsafe { scatter(src, io.iovecs()) };
-                }
+                // SAFETY: the slot's bounce buffer is the one `stage` gave the request, and
+                // holds the `len` bytes the kernel has just read; the iovecs add up to `len`
+                // (`io_in_range` was checked at submit).
+                unsafe { self.pool.copy_out(&slot.bounce, io) };
             }
             return Some(IoStatus::Success);
         }
@@ -332,56 +290,42 @@ impl UringChannel {
 
     /// Slots held by requests in the kernel.
     fn busy_slots(&self) -> usize {
-        self.depth - self.free_slots.len()
+        self.free_slots.in_use()
     }
 }
 
 impl IoChannel for UringChannel {
     fn submit(&mut self, io: BdevIo) -> Result<(), BdevIo> {
-        if self.in_flight >= self.depth {
+        if self.pending.is_full() {
             return Err(io);
         }
         if let Some(status) = self.precheck(&io) {
-            self.ready.push_back(io.complete(status));
-            self.in_flight += 1;
+            self.pending.push(io.complete(status));
             return Ok(());
         }
         if self.ring.submission().is_full() {
             return Err(io);
         }
-        let Some(idx) = self.free_slots.pop() else {
+        let Some(idx) = self.free_slots.take() else {
             return Err(io);
         };
 
         let mut bounce = Bounce::None;
         if matches!(io.op, IoOp::Read | IoOp::Write) && self.needs_bounce(&io) {
-            let len = usize::try_from(io.len).unwrap_or(usize::MAX);
-            let dst = if len <= self.pool.slot_size() && !self.pool.is_empty_pool() {
-                let Some(i) = self.pool.take() else {
+            // SAFETY: `precheck` passed, so the iovec lengths add up to `io.len`
+            // (`io_in_range`).
+            match unsafe { self.pool.stage(&io) } {
+                Ok((staged, _)) => bounce = staged,
+                Err(StageError::NoBuffer) => {
                     // Every pool buffer is lent to a request in flight: try again later.
-                    self.free_slots.push(idx);
+                    self.free_slots.give(idx);
                     return Err(io);
-                };
-                bounce = Bounce::Pool(i);
-                self.pool.ptr(i)
-            } else {
-                // Larger than a pool buffer (or no pool): a buffer of its own, the rare path.
-                let Some(buf) = AlignedBuf::new(len) else {
-                    self.free_slots.push(idx);
-                    self.ready.push_back(io.complete(IoStatus::IoError));
-                    self.in_flight += 1;
+                }
+                Err(StageError::Failed) => {
+                    self.free_slots.give(idx);
+                    self.pending.push(io.complete(IoStatus::IoError));
                     return Ok(());
-                };
-                let dst = buf.as_ptr();
-                bounce = Bounce::Owned(buf);
-                dst
-            };
-            if io.op == IoOp::Write {
-                // SAFETY: `dst` has room for `len` bytes (a pool buffer of at least `len`, or an
-                // allocation of `len`), which is the sum of the iovec lengths (`io_in_range`);
-                // the iovecs are live readable request buffers and none of them is channel
-                // memory.
-                unsafe { gather(io.iovecs(), dst) };
+                }
             }
         }
         let rw_flags = if io.op == IoOp::Write && (io.durable() || self.cfg.all_durable) {
@@ -421,7 +365,7 @@ impl IoChannel for UringChannel {
         };
         match entry {
             Some(entry) if self.push(&entry) => {
-                self.in_flight += 1;
+                self.pending.start();
                 Ok(())
             }
             // Not reached: the queue had room and the slot was just filled. Hand it back
@@ -442,31 +386,10 @@ impl IoChannel for UringChannel {
     }
 
     fn poll_completions(&mut self, done: &mut dyn FnMut(Completion)) -> usize {
-        let mut n = 0;
-        while let Some(c) = self.ready.pop_front() {
-            self.in_flight -= 1;
-            n += 1;
-            done(c);
-        }
-        const BATCH: usize = 32;
-        let mut batch = [(0u64, 0i32); BATCH];
-        loop {
-            let mut got = 0;
-            for cqe in self.ring.completion().take(BATCH) {
-                batch[got] = (cqe.user_data(), cqe.result());
-                got += 1;
-            }
-            for &(user_data, res) in &batch[..got] {
-                if let Some(c) = self.on_cqe(user_data as usize, res) {
-                    self.in_flight -= 1;
-                    n += 1;
-                    done(c);
-                }
-            }
-            if got < BATCH {
-                break;
-            }
-        }
+        let mut n = self.pending.drain(done);
+        let reaped = ring::reap(self, done);
+        self.pending.finished(reaped);
+        n += reaped;
         if self.resubmitted {
             self.resubmitted = false;
             self.flush_submissions();
@@ -475,7 +398,37 @@ impl IoChannel for UringChannel {
     }
 
     fn in_flight(&self) -> usize {
-        self.in_flight
+        self.pending.len()
+    }
+}
+
+impl RingChannel for UringChannel {
+    type Sqe = squeue::Entry;
+    type Cqe = cqueue::Entry;
+
+    fn ring(&mut self) -> &mut IoUring {
+        &mut self.ring
+    }
+
+    fn handle_cqe(&mut self, user_data: u64, res: i32) -> Option<Completion> {
+        self.on_cqe(user_data as usize, res)
+    }
+
+    fn in_kernel(&self) -> usize {
+        self.busy_slots()
+    }
+
+    fn retire(&mut self, user_data: u64) {
+        let _ = self.release(user_data as usize);
+    }
+
+    fn abandon(&mut self) {
+        self.pool.leak();
+        for slot in self.slots.iter_mut() {
+            if let Bounce::Owned(buf) = std::mem::replace(&mut slot.bounce, Bounce::None) {
+                std::mem::forget(buf);
+            }
+        }
     }
 }
 
@@ -483,42 +436,7 @@ impl Drop for UringChannel {
     /// Waits for every request the kernel holds: it may still write into guest memory and into
     /// the bounce buffers freed after this. Their completions are dropped, not reported.
     fn drop(&mut self) {
-        while self.busy_slots() > 0 {
-            match self.ring.submit_and_wait(1) {
-                Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.raw_os_error(),
-                        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
-                    ) => {}
-                Err(_) => {
-                    // Cannot tell when the kernel is done: never free what it may still write.
-                    self.pool.leak();
-                    for slot in self.slots.iter_mut() {
-                        if let Bounce::Owned(buf) =
-                            std::mem::replace(&mut slot.bounce, Bounce::None)
-                        {
-                            std::mem::forget(buf);
-                        }
-                    }
-                    return;
-                }
-            }
-            let mut reaped = [0u64; 32];
-            loop {
-                let mut got = 0;
-                for cqe in self.ring.completion().take(reaped.len()) {
-                    reaped[got] = cqe.user_data();
-                    got += 1;
-                }
-                for &user_data in &reaped[..got] {
-                    let _ = self.release(user_data as usize);
-                }
-                if got < reaped.len() {
-                    break;
-                }
-            }
-        }
+        ring::drain(self);
     }
 }
 
@@ -531,42 +449,8 @@ mod tests {
     use super::super::tests::{disk_dir, filled_file};
     use super::super::{UringBdev, UringOptions};
     use super::*;
+    use crate::testing::{rw, Buf};
     use crate::Bdev;
-
-    /// A page-aligned test buffer.
-    struct Buf {
-        mem: AlignedBuf,
-        len: usize,
-    }
-
-    impl Buf {
-        fn new(len: usize, fill: u8) -> Self {
-            let b = Buf {
-                mem: AlignedBuf::new(len).expect("alloc"),
-                len,
-            };
-            // SAFETY: `len` bytes owned by `b`.
-            unsafe { std::ptr::write_bytes(b.mem.as_ptr(), fill, len) };
-            b
-        }
-        fn bytes(&self) -> &[u8] {
-            // SAFETY: `len` initialised bytes owned by self; the kernel is not using them while
-            // a test looks (every request has completed).
-            unsafe { std::slice::from_raw_parts(self.mem.as_ptr(), self.len) }
-        }
-        fn bytes_mut(&mut self) -> &mut [u8] {
-            // SAFETY: as above, exclusively.
-            unsafe { std::slice::from_raw_parts_mut(self.mem.as_ptr(), self.len) }
-        }
-        /// An iovec over `[start, start + len)`.
-        fn iov(&self, start: usize, len: usize) -> IoVec {
-            assert!(start + len <= self.len);
-            IoVec {
-                iov_base: self.mem.as_ptr().wrapping_add(start).cast(),
-                iov_len: len,
-            }
-        }
-    }
 
     fn pattern(seed: u64, len: usize) -> Vec<u8> {
         let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -578,14 +462,6 @@ mod tests {
                 x as u8
             })
             .collect()
-    }
-
-    /// A request over `iov` (which the test keeps alive until it completes).
-    fn rw(tag: u32, op: IoOp, offset: u64, iov: &[IoVec]) -> BdevIo {
-        let len = iov.iter().map(|v| v.iov_len as u64).sum();
-        // SAFETY: every test keeps the iovec array and its buffers alive until the request's
-        // completion has been reaped (or the channel dropped).
-        unsafe { BdevIo::with_iovecs(tag, op, offset, len, iov.as_ptr(), iov.len()) }
     }
 
     /// Reaps until `n` completions have arrived (10 s at most).

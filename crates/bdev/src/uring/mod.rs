@@ -7,7 +7,6 @@
 //! `fallocate(PUNCH_HOLE | KEEP_SIZE)` and write-zeroes `fallocate(ZERO_RANGE | KEEP_SIZE)`, all
 //! as ring operations.
 
-mod bounce;
 mod channel;
 
 use std::fs::{File, OpenOptions};
@@ -16,10 +15,11 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::bounce::AlignedBuf;
 use crate::malloc::check_geometry;
+use crate::sys::{ior, read_sysfs, sysfs_dev};
 use crate::{Bdev, BdevError, IoChannel, IoOp};
 
-use bounce::AlignedBuf;
 use channel::{ChannelConfig, UringChannel};
 
 /// How [`UringBdev::open`] opens its file or block device.
@@ -310,25 +310,7 @@ impl Bdev for UringBdev {
 }
 
 /// `_IOR(0x12, 114, u64)`: the size of a block device in bytes (not in `libc`).
-#[cfg(any(
-    target_arch = "powerpc",
-    target_arch = "powerpc64",
-    target_arch = "mips",
-    target_arch = "mips64",
-    target_arch = "sparc",
-    target_arch = "sparc64"
-))]
-const BLKGETSIZE64: u32 = 0x4008_1272;
-/// `_IOR(0x12, 114, u64)`: the size of a block device in bytes (not in `libc`).
-#[cfg(not(any(
-    target_arch = "powerpc",
-    target_arch = "powerpc64",
-    target_arch = "mips",
-    target_arch = "mips64",
-    target_arch = "sparc",
-    target_arch = "sparc64"
-)))]
-const BLKGETSIZE64: u32 = 0x8008_1272;
+const BLKGETSIZE64: u32 = ior(0x12, 114, std::mem::size_of::<u64>());
 
 /// A block device's logical block size.
 fn logical_block_size(file: &File) -> io::Result<u32> {
@@ -356,16 +338,14 @@ fn device_size(file: &File) -> io::Result<u64> {
 /// `queue/write_zeroes_max_bytes`; a partition's queue is its disk's). `None` if sysfs cannot
 /// say.
 fn device_writes_zeroes(rdev: u64) -> Option<bool> {
-    let major = ((rdev >> 32) & 0xffff_f000) | ((rdev >> 8) & 0xfff);
-    let minor = ((rdev >> 12) & 0xffff_ff00) | (rdev & 0xff);
-    let base = format!("/sys/dev/block/{major}:{minor}");
+    let dev = sysfs_dev("block", rdev);
     [
-        format!("{base}/queue/write_zeroes_max_bytes"),
-        format!("{base}/../queue/write_zeroes_max_bytes"),
+        dev.join("queue/write_zeroes_max_bytes"),
+        dev.join("../queue/write_zeroes_max_bytes"),
     ]
     .iter()
-    .find_map(|p| std::fs::read_to_string(p).ok())
-    .and_then(|s| s.trim().parse::<u64>().ok())
+    .find_map(|p| read_sysfs(p))
+    .and_then(|s| s.parse::<u64>().ok())
     .map(|max| max > 0)
 }
 

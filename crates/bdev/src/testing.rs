@@ -1,0 +1,53 @@
+//! Helpers for the channel tests.
+
+use crate::bounce::AlignedBuf;
+use crate::{BdevIo, IoOp, IoVec};
+
+/// A page-aligned test buffer.
+pub(crate) struct Buf {
+    mem: AlignedBuf,
+    len: usize,
+}
+
+impl Buf {
+    /// `len` bytes of `fill`.
+    pub(crate) fn new(len: usize, fill: u8) -> Self {
+        let b = Buf {
+            mem: AlignedBuf::new(len).expect("alloc"),
+            len,
+        };
+        // SAFETY: `len` bytes owned by `b`.
+        unsafe { std::ptr::write_bytes(b.mem.as_ptr(), fill, len) };
+        b
+    }
+
+    /// The buffer's bytes; the kernel is not using them while a test looks (every request has
+    /// completed).
+    pub(crate) fn bytes(&self) -> &[u8] {
+        &self.mem.bytes()[..self.len]
+    }
+
+    /// The buffer's bytes, to fill in.
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: `len` initialised bytes owned by self, exclusively; the kernel is not using
+        // them while a test writes (no request over them is in flight).
+        unsafe { std::slice::from_raw_parts_mut(self.mem.as_ptr(), self.len) }
+    }
+
+    /// An iovec over `[start, start + len)`.
+    pub(crate) fn iov(&self, start: usize, len: usize) -> IoVec {
+        assert!(start + len <= self.len);
+        IoVec {
+            iov_base: self.mem.as_ptr().wrapping_add(start).cast(),
+            iov_len: len,
+        }
+    }
+}
+
+/// A request over `iov` (which the test keeps alive until it completes).
+pub(crate) fn rw(tag: u32, op: IoOp, offset: u64, iov: &[IoVec]) -> BdevIo {
+    let len = iov.iter().map(|v| v.iov_len as u64).sum();
+    // SAFETY: every test keeps the iovec array and its buffers alive until the request's
+    // completion has been reaped (or the channel dropped).
+    unsafe { BdevIo::with_iovecs(tag, op, offset, len, iov.as_ptr(), iov.len()) }
+}

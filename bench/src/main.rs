@@ -30,7 +30,7 @@ mod worker;
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
 
@@ -90,6 +90,13 @@ fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Wall-clock time in seconds since the Unix epoch (0 if the clock is before it).
+fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// Sleeps until `t` or until `abort` is set.
@@ -187,7 +194,7 @@ fn run(args: &Args) -> Result<(Report, Target), String> {
         });
     }
 
-    let (results, cpu, spawn_error) = std::thread::scope(|s| {
+    let (results, cpu, window, spawn_error) = std::thread::scope(|s| {
         let mut handles = Vec::with_capacity(nq);
         let mut spawn_error = None;
         for (w, q) in workers.into_iter().zip(queues) {
@@ -204,6 +211,7 @@ fn run(args: &Args) -> Result<(Report, Target), String> {
             }
         }
         let mut cpu = CpuTime::default();
+        let mut window = (0.0, 0.0);
         if spawn_error.is_some() {
             gate.abort();
         } else {
@@ -212,11 +220,13 @@ fn run(args: &Args) -> Result<(Report, Target), String> {
             let measure_from = t0 + ramp;
             sleep_until(measure_from, &abort);
             let cpu0 = CpuTime::now();
+            let wall0 = unix_now();
             sleep_until(measure_from + runtime, &abort);
             cpu = CpuTime::now().since(cpu0);
+            window = (wall0, unix_now());
         }
         let results: Vec<_> = handles.into_iter().map(|h| h.join()).collect();
-        (results, cpu, spawn_error)
+        (results, cpu, window, spawn_error)
     });
 
     let mut read = DirStats::new()?;
@@ -257,6 +267,7 @@ fn run(args: &Args) -> Result<(Report, Target), String> {
         read,
         write,
         cpu,
+        window_unix_s: window,
         errors,
         timeouts,
         first_error,

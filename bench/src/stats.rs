@@ -120,6 +120,10 @@ pub struct Report {
     pub read: DirStats,
     pub write: DirStats,
     pub cpu: CpuTime,
+    /// Wall-clock start and end of the measured window (seconds since the
+    /// Unix epoch), so that other tools can line up their own samples, e.g.
+    /// the target's CPU time, with exactly the window the figures cover.
+    pub window_unix_s: (f64, f64),
     pub errors: u64,
     pub timeouts: u64,
     pub first_error: Option<String>,
@@ -287,6 +291,11 @@ impl Report {
             self.cpu.user_s,
             self.cpu.sys_s,
             self.cpu_pct()
+        );
+        let _ = write!(
+            s,
+            ",\"window_unix_s\":[{:.6},{:.6}]",
+            self.window_unix_s.0, self.window_unix_s.1
         );
         let _ = write!(
             s,

@@ -1,0 +1,573 @@
+#!/usr/bin/env python3
+"""Measurement and reporting helper for bench/compare.sh, bench/scaling.sh and
+bench/file-compare.sh (standard library only).
+
+Subcommands:
+
+  point    run one client invocation, sample the target's CPU time from
+           /proc/PID/stat during the measured window, append one CSV row
+  table    print a CSV as a text table (and optionally a Markdown one)
+  plot     draw PNGs with gnuplot from a compare.sh CSV
+  sysinfo  one line about the machine (cores, CPU model, load average)
+  cpus     the CPUs this process may run on, space separated
+
+The CSV columns are listed in COLUMNS. Everything a table or plot shows comes
+from the CSV, so a table can be re-printed from an old run's CSV.
+"""
+
+import argparse
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+COLUMNS = [
+    "suite", "client", "target", "disk", "workload", "rw", "bs", "iodepth",
+    "queues", "reactors", "mode", "iops", "mib_s", "p50_us", "p99_us",
+    "p999_us", "max_us", "mean_us", "client_cpu_pct", "target_cpu_s",
+    "target_cpu_pct", "iops_per_target_cpu_s", "target_cpu_us_per_io",
+    "tgt_core_other_pct", "tgt_core_steal_pct", "errors", "timeouts", "load1", "status", "note",
+]
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(pid):
+    """utime + stime of the whole process (all threads) in clock ticks."""
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+        data = f.read()
+    # comm (field 2) may hold spaces and parentheses: split after the last ')'.
+    rest = data[data.rindex(")") + 2:].split()
+    # rest[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return int(rest[11]) + int(rest[12])
+
+
+def core_ticks(cores):
+    """(busy, steal) clock ticks summed over the given CPUs from /proc/stat.
+    busy = user + nice + system + irq + softirq (guest time is inside user)."""
+    busy = steal = 0
+    want = {f"cpu{c}" for c in cores}
+    with open("/proc/stat", encoding="ascii") as f:
+        for line in f:
+            parts = line.split()
+            if parts and parts[0] in want:
+                v = [int(x) for x in parts[1:9]]
+                busy += v[0] + v[1] + v[2] + v[5] + v[6]
+                steal += v[7]
+    return busy, steal
+
+
+def load1():
+    with open("/proc/loadavg", encoding="ascii") as f:
+        return float(f.read().split()[0])
+
+
+def parse_spinblk_bench(text):
+    """The JSON object printed by spinblk-bench --json."""
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            r = json.loads(line)
+            lat = r["lat_us"]
+            return {
+                "iops": r["iops"], "mib_s": r["mib_s"], "p50_us": lat["p50"],
+                "p99_us": lat["p99"], "p999_us": lat["p99_9"],
+                "max_us": lat["max"], "mean_us": lat["mean"],
+                "client_cpu_pct": r["cpu"]["pct_one_core"],
+                "errors": r["errors"], "timeouts": r["timeouts"],
+                "fatal": r.get("fatal") or [],
+                "window": tuple(r["window_unix_s"])
+                if r.get("window_unix_s") and r["window_unix_s"][0] > 0 else None,
+            }
+    raise ValueError("no JSON object in spinblk-bench output")
+
+
+TOTAL_RE = re.compile(
+    r"^\s*Total\s*:\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)"
+    r"\s+([\d.]+)\s+([\d.]+)", re.M)
+PCT_RE = re.compile(r"^\s*([\d.]+)%\s*:\s*([\d.]+)us", re.M)
+
+
+def parse_bdevperf(text):
+    """SPDK bdevperf's text report, run with -l (latency summary).
+
+    The "Total" row gives IOPS, MiB/s, Fail/s, TO/s, average/min/max latency.
+    With -l each job prints cumulative-percentage cutoffs; with several jobs
+    (one per client core) the worst job's value is kept.
+    """
+    m = TOTAL_RE.search(text)
+    if not m:
+        raise ValueError("no 'Total' row in bdevperf output")
+    iops, mib_s, fail_s, to_s, avg, _mn, mx = (float(x) for x in m.groups())
+    pct = {}
+    for p, us in PCT_RE.findall(text):
+        p = round(float(p), 5)
+        pct[p] = max(pct.get(p, 0.0), float(us))
+    return {
+        "iops": iops, "mib_s": mib_s, "p50_us": pct.get(50.0, ""),
+        "p99_us": pct.get(99.0, ""), "p999_us": pct.get(99.9, ""),
+        "max_us": mx, "mean_us": avg, "client_cpu_pct": "",
+        "errors": fail_s, "timeouts": to_s, "fatal": [], "window": None,
+    }
+
+
+def fmt(v, digits=1):
+    if v == "" or v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.{digits}f}"
+    return str(v)
+
+
+class Sampler:
+    """Samples the target's CPU time (and its cores' /proc/stat counters)
+    every PERIOD seconds on a thread, with wall-clock timestamps."""
+
+    PERIOD = 0.05
+
+    def __init__(self, pids, cores):
+        self.pids, self.cores = pids, cores
+        self.samples = []  # (unix time, target ticks, (core busy, core steal))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def take(self):
+        try:
+            ticks = sum(cpu_ticks(p) for p in self.pids)
+            core = core_ticks(self.cores) if self.cores else (0, 0)
+        except (OSError, ValueError):
+            return
+        self.samples.append((time.time(), ticks, core))
+
+    def run(self):
+        while not self.stop.is_set():
+            self.take()
+            self.stop.wait(self.PERIOD)
+
+    def window(self, t0, t1):
+        """The first sample at or after t0 and the last at or before t1."""
+        inside = [s for s in self.samples if t0 - 1e-3 <= s[0] <= t1 + 1e-3]
+        if len(inside) < 2:
+            return None
+        return inside[0], inside[-1]
+
+
+def cmd_point(a):
+    """Runs the client command, samples the target's CPU time all along, and
+    appends one row to the CSV with the target's CPU rate over the client's
+    measured window (spinblk-bench --json reports it as window_unix_s; for
+    other clients: launch + sample_from for sample_len seconds)."""
+    pids = [int(p) for p in a.target_pid.split(",") if p]
+    cores = [int(c) for c in a.target_cores.split(",") if c] if a.target_cores else []
+    out = open(a.client_log, "ab") if a.client_log else subprocess.DEVNULL
+    sampler = Sampler(pids, cores)
+    sampler.thread.start()
+    launch = time.time()
+    proc = subprocess.Popen(a.command, stdout=subprocess.PIPE, stderr=out)
+    stdout, _ = proc.communicate()
+    ended = time.time()
+    sampler.stop.set()
+    sampler.thread.join()
+    la = load1()
+    text = stdout.decode("utf-8", "replace")
+    if a.client_log:
+        out.write(stdout)
+        out.close()
+    if a.result_file:
+        with open(a.result_file, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+
+    row = {c: "" for c in COLUMNS}
+    row.update({
+        "suite": a.suite, "client": a.client, "target": a.target,
+        "disk": a.disk, "workload": a.workload, "rw": a.rw, "bs": a.bs,
+        "iodepth": a.iodepth, "queues": a.queues, "reactors": a.reactors,
+        "mode": a.mode, "load1": f"{la:.2f}", "note": a.note,
+    })
+    status = "ok"
+    try:
+        r = (parse_bdevperf if a.parser == "bdevperf" else parse_spinblk_bench)(text)
+        if r["fatal"]:
+            status = "fatal: " + "; ".join(r["fatal"])
+        elif r["timeouts"] not in ("", 0, 0.0):
+            status = "timeouts"
+        elif r["errors"] not in ("", 0, 0.0):
+            status = "errors"
+        elif proc.returncode != 0 and a.parser != "bdevperf":
+            status = f"client exit {proc.returncode}"
+        for k in ("iops", "mib_s", "p50_us", "p99_us", "p999_us", "max_us",
+                  "mean_us", "client_cpu_pct", "errors", "timeouts"):
+            row[k] = fmt(r[k], 1 if k not in ("p50_us", "p99_us", "p999_us", "mean_us") else 2)
+    except (ValueError, KeyError, json.JSONDecodeError) as e:
+        status = f"no result ({e}; client exit {proc.returncode})"
+        r = None
+
+    win = r.get("window") if r else None
+    if not win:
+        win = (launch + a.sample_from, launch + a.sample_from + a.sample_len)
+    picked = sampler.window(*win)
+    if r is not None and picked is not None and \
+            picked[1][0] - picked[0][0] >= 0.5 * (win[1] - win[0]):
+        (t1, k1, c1), (t2, k2, c2) = picked
+        rate = (k2 - k1) / CLK_TCK / (t2 - t1)  # CPU-seconds per second
+        row["target_cpu_pct"] = f"{rate * 100:.1f}"
+        row["target_cpu_s"] = f"{rate * a.runtime:.2f}"
+        if rate > 0:
+            row["iops_per_target_cpu_s"] = f"{r['iops'] / rate:.0f}"
+        if r["iops"] > 0:
+            row["target_cpu_us_per_io"] = f"{rate / r['iops'] * 1e6:.2f}"
+        if cores:
+            # What else ran on the target's cores (other tenants, the kernel
+            # on behalf of others, interrupts), and what the hypervisor stole
+            # from them, in % of those cores' wall time.
+            span = CLK_TCK * (t2 - t1) * len(cores)
+            other = (c2[0] - c1[0] - (k2 - k1)) / span * 100
+            row["tgt_core_other_pct"] = f"{max(other, 0.0):.0f}"
+            row["tgt_core_steal_pct"] = f"{(c2[1] - c1[1]) / span * 100:.0f}"
+    elif status == "ok":
+        status = "target CPU not sampled over the window (target gone?)"
+    if status == "ok" and ended - launch > a.runtime + a.sample_from + 10:
+        status = f"ok (client took {ended - launch:.0f}s)"
+    row["status"] = status
+
+    new = not os.path.exists(a.csv) or os.path.getsize(a.csv) == 0
+    with open(a.csv, "a", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        if new:
+            w.writeheader()
+        w.writerow(row)
+    print(f"  {a.target:<12} {a.workload:<22} IOPS={row['iops']:>10} "
+          f"p50={row['p50_us']:>8} p99={row['p99_us']:>9} us  "
+          f"target CPU={row['target_cpu_pct']:>6}%  client CPU={row['client_cpu_pct']:>6}%  "
+          f"others on target core={row['tgt_core_other_pct']:>3}%  "
+          f"load={row['load1']}  {status}", file=sys.stderr, flush=True)
+    return 0
+
+
+def read_csv(path):
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def num(s):
+    try:
+        return float(s)
+    except (TypeError, ValueError):
+        return None
+
+
+def render(headers, rows, markdown):
+    """rows: list of lists of strings; None in a row = separator (text only)."""
+    widths = [len(h) for h in headers]
+    for r in rows:
+        if r is None:
+            continue
+        for i, c in enumerate(r):
+            widths[i] = max(widths[i], len(c))
+    out = []
+    if markdown:
+        out.append("| " + " | ".join(headers) + " |")
+        out.append("|" + "|".join("---" if i < 2 else "---:" for i in range(len(headers))) + "|")
+        for r in rows:
+            if r is not None:
+                out.append("| " + " | ".join(r) + " |")
+    else:
+        def line(cells):
+            return "  ".join(c.ljust(widths[i]) if i < 2 else c.rjust(widths[i])
+                             for i, c in enumerate(cells)).rstrip()
+        out.append(line(headers))
+        out.append("  ".join("-" * w for w in widths))
+        for r in rows:
+            out.append("" if r is None else line(r))
+    return "\n".join(out)
+
+
+def compare_table(rows, markdown):
+    """Rows grouped by (client, workload); targets of one workload adjacent;
+    'vs' is IOPS relative to the first target listed for that workload."""
+    headers = ["workload", "target", "IOPS", "vs", "p50 us", "p99 us",
+               "p99.9 us", "client CPU%", "tgt CPU-s", "tgt CPU%",
+               "IOPS/tgt-CPU-s", "tgt us/IO", "others% tgt core", "steal%", "load1", "status"]
+    groups = {}
+    order = []
+    for r in rows:
+        key = (r["client"], r["workload"])
+        if key not in groups:
+            groups[key] = []
+            order.append(key)
+        groups[key].append(r)
+    out = []
+    multi_client = len({r["client"] for r in rows}) > 1
+    for key in order:
+        g = groups[key]
+        base = num(g[0]["iops"])
+        for r in g:
+            iops = num(r["iops"])
+            vs = f"{iops / base:.2f}x" if iops is not None and base else ""
+            wl = r["workload"] + (f" [{r['client']}]" if multi_client else "")
+            out.append([
+                wl, r["target"], fmt(iops, 0) if iops is not None else "",
+                vs, r["p50_us"], r["p99_us"], r["p999_us"], r["client_cpu_pct"],
+                r["target_cpu_s"], r["target_cpu_pct"], r["iops_per_target_cpu_s"],
+                r["target_cpu_us_per_io"], r.get("tgt_core_other_pct", ""),
+                r.get("tgt_core_steal_pct", ""), r["load1"], r["status"],
+            ])
+        out.append(None)
+    if out and out[-1] is None:
+        out.pop()
+    return render(headers, out, markdown)
+
+
+def scaling_table(rows, markdown):
+    headers = ["reactors", "queues", "IOPS", "p50 us", "p99 us",
+               "client CPU%", "target CPU%", "IOPS/tgt-CPU-s", "others% tgt cores",
+               "steal%", "load1", "status"]
+    out = [[r["reactors"], r["queues"], fmt(num(r["iops"]), 0) if num(r["iops"]) is not None else "",
+            r["p50_us"], r["p99_us"], r["client_cpu_pct"], r["target_cpu_pct"],
+            r["iops_per_target_cpu_s"], r.get("tgt_core_other_pct", ""),
+            r.get("tgt_core_steal_pct", ""), r["load1"], r["status"]] for r in rows]
+    return render(headers, out, markdown)
+
+
+def file_table(rows, markdown):
+    headers = ["workload", "target", "IOPS", "vs", "p50 us", "p99 us",
+               "tgt CPU%", "tgt us CPU/IO", "client CPU%", "others% tgt core",
+               "steal%", "load1", "status"]
+    out = []
+    seen = {}
+    for r in rows:
+        seen.setdefault(r["workload"], []).append(r)
+    for wl, g in seen.items():
+        base = num(g[0]["iops"])
+        for r in g:
+            iops = num(r["iops"])
+            out.append([wl, r["target"], fmt(iops, 0) if iops is not None else "",
+                        f"{iops / base:.2f}x" if iops is not None and base else "",
+                        r["p50_us"], r["p99_us"], r["target_cpu_pct"],
+                        r["target_cpu_us_per_io"], r["client_cpu_pct"],
+                        r.get("tgt_core_other_pct", ""), r.get("tgt_core_steal_pct", ""),
+                        r["load1"], r["status"]])
+        out.append(None)
+    if out and out[-1] is None:
+        out.pop()
+    return render(headers, out, markdown)
+
+
+def cmd_table(a):
+    rows = read_csv(a.csv)
+    if not rows:
+        print("(no results)")
+        return 0
+    kind = {"compare": compare_table, "scaling": scaling_table, "file": file_table}[a.kind]
+    print(kind(rows, False))
+    if a.markdown:
+        with open(a.markdown, "w", encoding="utf-8") as f:
+            f.write(kind(rows, True) + "\n")
+    return 0
+
+
+def gp_str(s):
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def cmd_plot(a):
+    """Three PNGs from a compare.sh CSV: IOPS per workload and target, latency
+    percentiles (p50/p99/p99.9) per workload and target, and IOPS per target
+    CPU-second."""
+    if not shutil.which("gnuplot"):
+        print("benchtool: gnuplot not found, no plots", file=sys.stderr)
+        return 1
+    rows = [r for r in read_csv(a.csv) if num(r["iops"]) is not None]
+    if not rows:
+        print("benchtool: no results to plot", file=sys.stderr)
+        return 1
+    os.makedirs(a.outdir, exist_ok=True)
+    multi_client = len({r["client"] for r in rows}) > 1
+
+    def wl(r):
+        return r["workload"] + (f" ({r['client']})" if multi_client else "")
+
+    workloads, targets = [], []
+    for r in rows:
+        if wl(r) not in workloads:
+            workloads.append(wl(r))
+        if r["target"] not in targets:
+            targets.append(r["target"])
+    by = {(wl(r), r["target"]): r for r in rows}
+
+    def bars(column, fname, scale=1.0):
+        path = os.path.join(a.outdir, fname)
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("workload " + " ".join(gp_str(t) for t in targets) + "\n")
+            for w in workloads:
+                vals = []
+                for t in targets:
+                    v = num(by[(w, t)][column]) if (w, t) in by else None
+                    vals.append("NaN" if v is None else f"{v / scale:.3f}")
+                f.write(gp_str(w) + " " + " ".join(vals) + "\n")
+        return path
+
+    iops_dat = bars("iops", "iops.dat", 1000.0)
+    eff_dat = bars("iops_per_target_cpu_s", "efficiency.dat", 1000.0)
+    # latency.dat: one block per workload (gnuplot "index"), one row per target.
+    lat_dat = os.path.join(a.outdir, "latency.dat")
+    lat_max = 1.0
+    with open(lat_dat, "w", encoding="utf-8") as f:
+        for k, w in enumerate(workloads):
+            if k:
+                f.write("\n\n")
+            f.write(f'# {w}\ntarget "p50" "p99" "p99.9"\n')
+            for t in targets:
+                r = by.get((w, t))
+                vals = [num(r[c]) if r else None for c in ("p50_us", "p99_us", "p999_us")]
+                lat_max = max([lat_max] + [v for v in vals if v is not None])
+                f.write(gp_str(t) + " " +
+                        " ".join("NaN" if v is None else f"{v:.3f}" for v in vals) + "\n")
+
+    title = a.title.replace('"', "'")
+    ncols = len(targets)
+    nw = len(workloads)
+    panels = []
+    for k, w in enumerate(workloads):
+        last = k == nw - 1
+        panels.append(f"""
+set title {gp_str(w)}
+{"set key top right" if last else "unset key"}
+{"set ylabel 'latency (us, log scale)'" if k == 0 else "unset ylabel"}
+plot for [i=2:4] "{lat_dat}" index {k} using i:xtic(1) title columnheader(i)
+""")
+    top = 10 ** (len(str(int(lat_max))))
+    script = f"""
+set terminal pngcairo size 1200,650 noenhanced font ",10"
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.85 border -1
+set boxwidth 0.9
+set grid ytics
+set key top right
+set xtics rotate by -20 left
+set datafile missing "NaN"
+
+set output "{a.outdir}/iops.png"
+set title "{title}: IOPS per workload and target (higher is better)"
+set ylabel "thousand IOPS"
+set format y "%g"
+plot for [i=2:{ncols + 1}] "{iops_dat}" using i:xtic(1) title columnheader(i)
+
+set output "{a.outdir}/efficiency.png"
+set title "{title}: IOPS per target CPU-second (higher is better; a busy-poller burns its whole core)"
+set ylabel "thousand IOPS per CPU-second of the target"
+plot for [i=2:{ncols + 1}] "{eff_dat}" using i:xtic(1) title columnheader(i)
+
+set terminal pngcairo size {max(1200, 110 * nw * max(ncols, 2))},600 noenhanced font ",10"
+set output "{a.outdir}/latency.png"
+set multiplot layout 1,{nw} title "{title}: client-side latency p50 / p99 / p99.9 per workload and target (lower is better)"
+set logscale y
+set yrange [1:{top}]
+set format y "%g"
+set xtics norotate center
+{"".join(panels)}
+unset multiplot
+"""
+    gp = os.path.join(a.outdir, "plots.gp")
+    with open(gp, "w", encoding="utf-8") as f:
+        f.write(script)
+    res = subprocess.run(["gnuplot", gp], capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        print("benchtool: gnuplot failed:\n" + res.stderr, file=sys.stderr)
+        return 1
+    for p in ("iops.png", "latency.png", "efficiency.png"):
+        print(os.path.join(a.outdir, p))
+    return 0
+
+
+def cmd_sysinfo(_a):
+    model = "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    with open("/proc/loadavg", encoding="ascii") as f:
+        la = " ".join(f.read().split()[:3])
+    print(f"cores={os.cpu_count()} allowed={len(os.sched_getaffinity(0))} "
+          f"model='{model}' kernel={os.uname().release} loadavg='{la}'")
+    return 0
+
+
+def cmd_cpus(_a):
+    print(" ".join(str(c) for c in sorted(os.sched_getaffinity(0))))
+    return 0
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    pt = sub.add_parser("point", help="run one client invocation and record it")
+    pt.add_argument("--csv", required=True)
+    pt.add_argument("--suite", default="")
+    pt.add_argument("--client", default="spinblk-bench")
+    pt.add_argument("--parser", choices=["spinblk-bench", "bdevperf"], default="spinblk-bench")
+    pt.add_argument("--result-file", help="parse this file (after the command ends) instead of its stdout")
+    pt.add_argument("--client-log", help="append the client's stdout and stderr here")
+    pt.add_argument("--target", required=True)
+    pt.add_argument("--target-pid", required=True, help="pid(s), comma separated")
+    pt.add_argument("--target-cores", default="",
+                    help="the target's cores, comma separated: report what else ran there")
+    pt.add_argument("--disk", default="")
+    pt.add_argument("--workload", required=True)
+    pt.add_argument("--rw", default="")
+    pt.add_argument("--bs", default="")
+    pt.add_argument("--iodepth", default="")
+    pt.add_argument("--queues", default="")
+    pt.add_argument("--reactors", default="")
+    pt.add_argument("--mode", default="")
+    pt.add_argument("--note", default="")
+    pt.add_argument("--runtime", type=float, required=True,
+                    help="the client's measured seconds (target CPU-s = rate * runtime)")
+    pt.add_argument("--sample-from", type=float, default=0.5,
+                    help="clients that do not report their window (bdevperf): it "
+                    "starts this many seconds after launch")
+    pt.add_argument("--sample-len", type=float, default=1.0,
+                    help="... and lasts this many seconds")
+    pt.add_argument("command", nargs=argparse.REMAINDER)
+    pt.set_defaults(func=cmd_point)
+
+    tb = sub.add_parser("table", help="print a results CSV as a table")
+    tb.add_argument("--kind", choices=["compare", "scaling", "file"], default="compare")
+    tb.add_argument("--markdown", help="also write a Markdown table here")
+    tb.add_argument("csv")
+    tb.set_defaults(func=cmd_table)
+
+    pl = sub.add_parser("plot", help="PNG plots from a compare.sh CSV (gnuplot)")
+    pl.add_argument("--title", default="spinblk compare")
+    pl.add_argument("--outdir", required=True)
+    pl.add_argument("csv")
+    pl.set_defaults(func=cmd_plot)
+
+    si = sub.add_parser("sysinfo", help="cores, CPU model, load average")
+    si.set_defaults(func=cmd_sysinfo)
+    cp = sub.add_parser("cpus", help="allowed CPUs")
+    cp.set_defaults(func=cmd_cpus)
+
+    a = p.parse_args()
+    if a.cmd == "point":
+        if a.command and a.command[0] == "--":
+            a.command = a.command[1:]
+        if not a.command:
+            p.error("point: no client command after --")
+    return a.func(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

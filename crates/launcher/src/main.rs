@@ -208,6 +208,16 @@ fn run(
         .map(|h| (h.core().unwrap_or(usize::MAX), h.clone()))
         .collect();
 
+    // Handlers first: a signal that arrives as soon as a socket exists must still drain and
+    // report, not kill the process.
+    let terminate = Arc::new(AtomicBool::new(false));
+    let dump = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&terminate)).map_err(|e| e.to_string())?;
+    }
+    signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&dump))
+        .map_err(|e| e.to_string())?;
+
     let mut controllers = Vec::new();
     for c in &resolved {
         let bdev = &bdevs[c.bdev];
@@ -254,14 +264,6 @@ fn run(
         );
         controllers.push(controller);
     }
-
-    let terminate = Arc::new(AtomicBool::new(false));
-    let dump = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&terminate)).map_err(|e| e.to_string())?;
-    }
-    signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&dump))
-        .map_err(|e| e.to_string())?;
 
     let interval = cfg.stats_interval.map(Duration::from_secs);
     let mut last_summary = Instant::now();

@@ -411,6 +411,7 @@ impl VirtqPoller {
             stats,
             in_flight,
             used_added,
+            inflight,
             ..
         } = self;
         let mem = mem.as_ref();
@@ -439,12 +440,17 @@ impl VirtqPoller {
                     (VIRTIO_BLK_S_UNSUPP, 1)
                 }
             };
-            let len = if mem.write_obj(status as u8, slot.status_addr).is_ok() {
-                used_len
-            } else {
-                0
-            };
-            let _ = queue.add_used(mem, c.tag as u16, len);
+            let head = c.tag as u16;
+            let status_addr = Some(slot.status_addr);
+            publish_used(
+                queue,
+                mem,
+                inflight.as_ref(),
+                head,
+                status as u8,
+                status_addr,
+                used_len,
+            );
             *used_added = true;
         })
     }
@@ -528,5 +534,185 @@ impl Poller for VirtqPoller {
         } else {
             PollStatus::Idle
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inflight::InflightRegion;
+    use spinblk_bdev::{BdevError, Completion, MallocBdev};
+    use virtio_bindings::virtio_blk::VIRTIO_BLK_T_OUT;
+    use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Bytes, GuestMemoryMmap};
+
+    const RING: u16 = 16;
+    const HDR: u64 = 0x10000;
+    const DATA: u64 = 0x11000;
+    const STATUS: u64 = 0x20000;
+
+    /// A bdev whose channel takes requests and never finishes them (a process about to die).
+    struct StuckBdev;
+    struct StuckChannel(usize);
+    impl Bdev for StuckBdev {
+        fn name(&self) -> &str {
+            "stuck"
+        }
+        fn block_size(&self) -> u32 {
+            512
+        }
+        fn num_blocks(&self) -> u64 {
+            2048
+        }
+        fn supports(&self, _op: spinblk_bdev::IoOp) -> bool {
+            true
+        }
+        fn open_channel(&self, _depth: usize) -> Result<Box<dyn IoChannel>, BdevError> {
+            Ok(Box::new(StuckChannel(0)))
+        }
+    }
+    impl IoChannel for StuckChannel {
+        fn submit(&mut self, _io: BdevIo) -> Result<(), BdevIo> {
+            self.0 += 1;
+            Ok(())
+        }
+        fn poll_completions(&mut self, _done: &mut dyn FnMut(Completion)) -> usize {
+            0
+        }
+        fn in_flight(&self) -> usize {
+            self.0
+        }
+    }
+
+    fn device(bdev: Arc<dyn Bdev>) -> Arc<DeviceInfo> {
+        Arc::new(DeviceInfo {
+            limits: DeviceLimits {
+                capacity: 1 << 20,
+                block_size: 512,
+                read_only: false,
+                discard: true,
+                write_zeroes: true,
+            },
+            serial: [0; ID_BYTES],
+            write_cache: true,
+            bdev,
+        })
+    }
+
+    /// Publishes a one-sector write of `fill` to `sector` as chain `chain` (descriptors
+    /// 3*chain .. 3*chain+2).
+    fn add_write(
+        mem: &GuestMemoryMmap,
+        vq: &MockSplitQueue<GuestMemoryMmap>,
+        chain: u16,
+        sector: u64,
+        fill: u8,
+    ) {
+        let base = u64::from(chain) * 0x1000;
+        let hdr = [VIRTIO_BLK_T_OUT.to_le_bytes(), [0; 4]].concat();
+        mem.write_slice(&hdr, GuestAddress(HDR + base))
+            .expect("header");
+        mem.write_obj(sector.to_le(), GuestAddress(HDR + base + 8))
+            .expect("sector");
+        mem.write_slice(&[fill; 512], GuestAddress(DATA + base))
+            .expect("data");
+        let next = VRING_DESC_F_NEXT as u16;
+        let first = chain * 3;
+        let descs = [
+            RawDescriptor::from(SplitDescriptor::new(HDR + base, 16, next, first + 1)),
+            RawDescriptor::from(SplitDescriptor::new(DATA + base, 512, next, first + 2)),
+            RawDescriptor::from(SplitDescriptor::new(
+                STATUS + base,
+                1,
+                VRING_DESC_F_WRITE as u16,
+                0,
+            )),
+        ];
+        vq.add_desc_chains(&descs, first).expect("chain");
+    }
+
+    fn start(
+        mem: &GuestMemoryMmap,
+        vq: &MockSplitQueue<GuestMemoryMmap>,
+        dev: Arc<DeviceInfo>,
+        region: &Arc<InflightRegion>,
+    ) -> VirtqPoller {
+        let (_tx, ctrl) = crossbeam_channel::unbounded();
+        std::mem::forget(_tx);
+        VirtqPoller::new(QueueStart {
+            size: RING,
+            desc: vq.desc_table_addr(),
+            avail: vq.avail_addr(),
+            used: vq.used_addr(),
+            next_avail: 0,
+            event_idx: false,
+            enabled: true,
+            write_cache: true,
+            call: None,
+            mem: Arc::new(mem.clone()),
+            device: dev,
+            ctrl,
+            inflight: Some(region.queue(0, RING).expect("inflight queue")),
+        })
+        .unwrap_or_else(|e| panic!("queue start: {e}"))
+    }
+
+    #[test]
+    fn completions_clear_inflight_and_a_restart_resubmits_what_was_left() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40000)]).expect("memory");
+        let vq = MockSplitQueue::new(&mem, RING);
+        let (region, _fd) = InflightRegion::create(1, RING).expect("region");
+        let region = Arc::new(region);
+        let malloc: Arc<dyn Bdev> = Arc::new(MallocBdev::new("m", 1 << 20, 512).expect("bdev"));
+
+        // A normal completion: used idx 1, and the region shows nothing in flight.
+        let mut p = start(&mem, &vq, device(Arc::clone(&malloc)), &region);
+        add_write(&mem, &vq, 0, 0, 0xaa);
+        assert_eq!(p.poll(), PollStatus::Busy);
+        assert_eq!(vq.used().idx().load(), 1);
+        assert_eq!(mem.read_obj::<u8>(GuestAddress(STATUS)).expect("status"), 0);
+        let mut check = region.queue(0, RING).expect("queue");
+        let rec = check.recover(1).expect("recover").expect("region in use");
+        assert_eq!(
+            rec.resubmit,
+            Vec::<u16>::new(),
+            "a completed request must not stay in flight"
+        );
+        assert_eq!((rec.used_idx, rec.next_avail), (1, 1));
+        drop(p);
+
+        // A process that dies with a write in flight...
+        let mut dying = start(&mem, &vq, device(Arc::new(StuckBdev)), &region);
+        add_write(&mem, &vq, 1, 8, 0xbb);
+        dying.poll();
+        assert_eq!(vq.used().idx().load(), 1, "nothing completed");
+        drop(dying);
+        // ... and its successor: the write is resubmitted, completed and its data lands.
+        let mut next = start(&mem, &vq, device(Arc::clone(&malloc)), &region);
+        next.poll();
+        assert_eq!(vq.used().idx().load(), 2);
+        assert_eq!(
+            mem.read_obj::<u8>(GuestAddress(STATUS + 0x1000))
+                .expect("status"),
+            0
+        );
+        let mut ch = malloc.open_channel(1).expect("channel");
+        let mut buf = [0u8; 512];
+        let iov = [IoVec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: 512,
+        }];
+        // SAFETY: `buf` outlives the request, which the malloc channel completes at once.
+        let io = unsafe {
+            BdevIo::with_iovecs(0, spinblk_bdev::IoOp::Read, 8 * 512, 512, iov.as_ptr(), 1)
+        };
+        ch.submit(io).expect("room");
+        ch.poll_completions(&mut |c| assert_eq!(c.status, IoStatus::Success));
+        assert_eq!(buf, [0xbb; 512], "the resubmitted write reached the disk");
+        let mut after = region.queue(0, RING).expect("queue");
+        let rec = after.recover(2).expect("recover").expect("region in use");
+        assert_eq!(rec.resubmit, Vec::<u16>::new());
     }
 }

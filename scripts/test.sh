@@ -35,6 +35,11 @@ run_vm scripts/vm-test.sh --num-queues 2 --cpus 0
 run_vm scripts/vm-test.sh --num-queues 2 --cpus 0-1
 run_vm scripts/vm-test.sh --num-queues 1 --block-size 4096 --serial spinblk-4k
 run_vm scripts/vm-test.sh --readonly --num-queues 1
+run_vm scripts/vm-test.sh --bdev file
+run_vm scripts/vm-test.sh --bdev file --no-write-cache --size 64M
+# Restarts under a running guest: SIGKILL and SIGTERM, 5 times each, fio must verify clean.
+run_vm scripts/vm-test.sh --restart kill --restarts 5
+run_vm scripts/vm-test.sh --restart term --restarts 5
 # spinblk --nvme inside a guest with an emulated NVMe controller.
 run_vm scripts/nvme-vm-test.sh
 echo "vm-tests: ${vm_passed} passed, ${vm_failed} failed"

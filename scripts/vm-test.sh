@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # End-to-end test: boot a Debian kernel under QEMU (TCG) with a vhost-user-blk disk served by
 # spinblk (or by qemu-storage-daemon, --target qsd, as a reference), check the disk's properties
-# from inside the guest and run fio with data verification on it.
+# from inside the guest and run fio with data verification on it. With --restart, the target is
+# killed and restarted under the running guest instead (vhost-user reconnect + inflight I/O
+# tracking), and fio must not notice.
 #
 # Usage: scripts/vm-test.sh [options]
 #   --size SIZE          disk size, bytes or with K/M/G/T suffix (binary)   [256M]
@@ -10,8 +12,24 @@
 #   --serial STR         serial the guest must see (spinblk only)           [spinblk-vmtest]
 #   --num-queues N       virtqueues; the guest also gets N vCPUs            [2]
 #   --cpus LIST          spinblk reactor cores                              [0]
-#   --bdev malloc|null   backing bdev; null gets a read job only            [malloc]
+#   --bdev malloc|null|file  backing bdev; null gets a read job only; file is a raw image of
+#                        --size, created sparse in $VMTEST_IMG_DIR (on disk, so O_DIRECT works),
+#                        whose content the host checks afterwards        [malloc; file with --restart]
+#   --no-write-cache     spinblk --no-write-cache: the guest must see a write-through disk
 #   --target spinblk|qsd                                                    [spinblk]
+#   --restart kill|term  restart test: once fio runs in the guest, SIGKILL (kill) or SIGTERM
+#                        (term) the target --restarts times, --restart-interval seconds apart,
+#                        each time while it is serving writes, and start it again at once with
+#                        the same arguments; QEMU reconnects (reconnect=1). Needs a file bdev.
+#                        Meanwhile the guest runs rounds of fio write + verify (crc32c, iodepth
+#                        16, 512-64k blocks, one job per queue, fsync every 32 writes) over
+#                        freshly zeroed regions, then a fresh verify-only pass. Passes if every
+#                        restart is survived (the guest's I/O resumes on the new target and keeps
+#                        going), fio is clean, the guest kernel logs no I/O error and no target
+#                        counts one; the report shows what the guest logged around each restart.
+#   --restarts N         restarts in one run                                 [5]
+#   --restart-interval SECS  seconds between restarts                        [5]
+#   --target-log-level LEVEL  spinblk --log-level: info, debug or trace  [info; debug with --restart]
 #   --timeout SECS       limit for the whole guest run                      [300]
 #   --keep               keep the temp dir with the guest and target logs
 #   --selftest-corrupt   harness self-test: the guest corrupts the disk between the write and
@@ -20,7 +38,9 @@
 #
 # Environment: SPINBLK_BIN (default target/release/spinblk, built with cargo if missing),
 #   VMTEST_KERNEL (default: newest /boot/vmlinuz-*), VMTEST_FILL_PCT (share of the disk fio
-#   writes, default 75).
+#   writes, default 75), VMTEST_IMG_DIR (where --bdev file images go, default target/vmtest-img
+#   in the repo; removed afterwards unless --keep), VMTEST_RESTART_JOB_SIZE (--restart: bytes
+#   each of the guest's fio jobs writes per round, default 32M).
 # Needs root (QEMU shares the host root into the guest for fio) and scripts/install-deps.sh.
 # Exit status: 0 only if the guest reported VMTEST-RESULT PASS and nothing else went wrong.
 set -euo pipefail
@@ -33,12 +53,19 @@ readonly_=0
 serial=spinblk-vmtest
 queues=2
 cpus=0
-bdev=malloc
+bdev=
+no_wc=0
 target=spinblk
+restart=
+restarts=5
+restart_interval=5
+target_log_level=
 vm_timeout=300
 keep=0
 corrupt=0
 fill_pct=${VMTEST_FILL_PCT:-75}
+img_dir=${VMTEST_IMG_DIR:-$repo/target/vmtest-img}
+restart_job_size_arg=${VMTEST_RESTART_JOB_SIZE:-32M}
 
 usage() { sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"; }
 die() { echo "vm-test: error: $*" >&2; exit 2; }
@@ -53,7 +80,12 @@ while [[ $# -gt 0 ]]; do
         --num-queues) need_arg "$@"; queues=$2; shift 2 ;;
         --cpus) need_arg "$@"; cpus=$2; shift 2 ;;
         --bdev) need_arg "$@"; bdev=$2; shift 2 ;;
+        --no-write-cache) no_wc=1; shift ;;
         --target) need_arg "$@"; target=$2; shift 2 ;;
+        --restart) need_arg "$@"; restart=$2; shift 2 ;;
+        --restarts) need_arg "$@"; restarts=$2; shift 2 ;;
+        --restart-interval) need_arg "$@"; restart_interval=$2; shift 2 ;;
+        --target-log-level) need_arg "$@"; target_log_level=$2; shift 2 ;;
         --timeout) need_arg "$@"; vm_timeout=$2; shift 2 ;;
         --keep) keep=1; shift ;;
         --selftest-corrupt) corrupt=1; shift ;;
@@ -81,12 +113,28 @@ size=$(to_bytes "$size_arg")
 ((size >= 1024 * 1024)) || die "--size must be at least 1M"
 ((size % bs == 0)) || die "--size must be a multiple of the block size"
 if ! [[ $queues =~ ^[0-9]+$ ]] || ((queues < 1 || queues > 64)); then die "--num-queues must be 1..64"; fi
-[[ $bdev == malloc || $bdev == null ]] || die "--bdev must be malloc or null"
+[[ -n $bdev ]] || { if [[ -n $restart ]]; then bdev="file"; else bdev="malloc"; fi; }
+[[ $bdev == malloc || $bdev == null || $bdev == file ]] || die "--bdev must be malloc, null or file"
 [[ $target == spinblk || $target == qsd ]] || die "--target must be spinblk or qsd"
+[[ $no_wc == 0 || $target == spinblk ]] || die "--no-write-cache is a spinblk option"
+[[ -z $restart || $restart == kill || $restart == term ]] || die "--restart must be kill or term"
+if ! [[ $restarts =~ ^[0-9]+$ ]] || ((restarts < 1 || restarts > 50)); then die "--restarts must be 1..50"; fi
+if ! [[ $restart_interval =~ ^[0-9]+$ ]] || ((restart_interval < 2 || restart_interval > 60)); then
+    die "--restart-interval must be 2..60 seconds"
+fi
+if [[ -n $restart ]]; then
+    [[ $target == spinblk ]] || die "--restart needs --target spinblk"
+    [[ $bdev == file ]] || die "--restart needs --bdev file (a restarted malloc disk is empty)"
+    [[ $readonly_ == 0 ]] || die "--restart needs a writable disk"
+fi
+[[ -n $target_log_level ]] || { if [[ -n $restart ]]; then target_log_level=debug; else target_log_level=info; fi; }
+[[ $target_log_level =~ ^(info|debug|trace)$ ]] || die "--target-log-level must be info, debug or trace"
+restart_job_size=$(to_bytes "$restart_job_size_arg")
+((restart_job_size >= 1024 * 1024)) || die "VMTEST_RESTART_JOB_SIZE must be at least 1M"
 [[ $vm_timeout =~ ^[0-9]+$ ]] || die "--timeout must be a number of seconds"
 if ! [[ $fill_pct =~ ^[0-9]+$ ]] || ((fill_pct < 1 || fill_pct > 100)); then die "VMTEST_FILL_PCT must be 1..100"; fi
 [[ $serial != *$'\n'* ]] || die "--serial must be one line"
-[[ $corrupt == 0 || ($readonly_ == 0 && $bdev == malloc) ]] || die "--selftest-corrupt needs a writable malloc disk"
+[[ $corrupt == 0 || ($readonly_ == 0 && $bdev != null && -z $restart) ]] || die "--selftest-corrupt needs a writable malloc or file disk (and no --restart)"
 [[ $(id -u) == 0 ]] || die "must run as root (QEMU shares / with the guest; see scripts/install-deps.sh)"
 
 for tool in qemu-system-x86_64 busybox fio cpio gzip; do
@@ -103,8 +151,10 @@ kver=${kernel##*/vmlinuz-}
 
 # --- temp dir and cleanup ----------------------------------------------------------------------
 tmp=$(mktemp -d /tmp/spinblk-vmtest.XXXXXX)
+log_cap=$((64 * 1024 * 1024))
 target_pid=
 qemu_pid=
+img=
 # stop_pid PID: TERM, up to 5 s grace, then KILL; reaps it.
 stop_pid() {
     local pid=$1 i
@@ -119,15 +169,20 @@ stop_pid() {
 }
 # shellcheck disable=SC2317
 cleanup() {
-    local rc=$?
+    local rc=$? f
     trap - EXIT INT TERM
     # QEMU first (it is the vhost-user frontend), then the target.
     [[ -n $qemu_pid ]] && stop_pid "$qemu_pid"
     [[ -n $target_pid ]] && stop_pid "$target_pid"
     if ((keep)); then
-        echo "vm-test: logs kept in $tmp"
+        # A flooded target log is cut down to its first 64 MiB.
+        for f in "$tmp"/target*.log; do
+            [[ -f $f ]] && (($(stat -c %s "$f") > log_cap)) && truncate -s "$log_cap" "$f"
+        done
+        echo "vm-test: logs kept in $tmp${img:+, disk image $img}"
     else
         rm -rf "$tmp"
+        [[ -n $img ]] && rm -f "$img"
     fi
     exit "$rc"
 }
@@ -140,18 +195,28 @@ guest_log=$tmp/guest.log
 target_log=$tmp/target.log
 : >"$guest_log"
 : >"$target_log"
+# Every target process's log, in start order (--restart starts several).
+target_logs=("$target_log")
 
 # What fio prints on a verify or I/O error ("crc32c: verify failed at file ...", "verify: bad
 # magic header ...", "err= 5", "fio: pid=..., err=84/...").
 fio_error_re='verify failed|bad magic|bad header|err= *[1-9]|fio: pid=.*err=|io_u error'
 log=
+# guest_brief: the guest log without CRs and without fio's per-job detail (latency tables etc.).
+guest_brief() {
+    tr -d '\r' | grep -avE '^(   |  (read|write|lat|clat|slat|bw|iops|cpu|IO depths|submit|complete|issued|latency|fsync|sync)|     \||fio-3|Starting|Disk stats|  vda:|$)' || true
+}
+what="target=$target bdev=$bdev size=$size bs=$bs readonly=$readonly_ queues=$queues"
+((no_wc)) && what+=" no-write-cache"
+[[ -n $restart ]] && what+=" restart=$restart x$restarts"
 
 # fail_loudly MSG: the one way out on failure, with the evidence.
 fail_loudly() {
+    local f
     echo
     echo "######################################################################"
     echo "### VM-TEST FAIL: $*"
-    echo "### target=$target bdev=$bdev size=$size bs=$bs readonly=$readonly_ queues=$queues"
+    echo "### $what"
     echo "######################################################################"
     if grep -qE '^VMTEST-.* FAIL$' <<<"${log:-}"; then
         echo "--- failed guest checks ---"
@@ -159,12 +224,26 @@ fail_loudly() {
     fi
     if grep -qiE "$fio_error_re" <<<"${log:-}"; then
         echo "--- fio error reports ---"
-        grep -iE "$fio_error_re" <<<"$log" | head -n 20
+        grep -iE "$fio_error_re" <<<"$log" | head -n 20 || true
     fi
-    echo "--- guest log (last 60 lines of $guest_log) ---"
-    tail -n 60 "$guest_log" | tr -d '\r'
-    echo "--- target log (last 30 lines of $target_log) ---"
-    tail -n 30 "$target_log"
+    echo "--- guest log (last 60 lines of $guest_log, without fio's latency tables) ---"
+    guest_brief <"$guest_log" | tail -n 60 || true
+    if ((${#target_logs[@]} == 1)); then
+        echo "--- target log (last 30 lines of $target_log) ---"
+        tail -n 30 "$target_log"
+    else
+        for f in "${target_logs[@]}"; do
+            echo "--- target log $f: $(wc -l <"$f") lines, $(grep -c ' ERROR ' "$f" || true) at ERROR level; first lines, distinct errors, last stats ---"
+            head -n 12 "$f" | grep -v '^stats' | cut -c1-300 || true
+            grep -a ' ERROR \| WARN ' "$f" | sed 's/^\[[^]]*\] *//' | awk '!seen[$0]++' | head -n 5 |
+                sed 's/^/    (distinct) /' || true
+            grep -a 'queue=' "$f" | tail -n 3 | cut -c1-300 || true
+        done
+    fi
+    if [[ -s $tmp/qemu.out ]]; then
+        echo "--- qemu stderr (last 20 lines) ---"
+        tail -n 20 "$tmp/qemu.out"
+    fi
     echo "--- end of logs ---"
     ((keep)) || echo "(rerun with --keep to keep the full logs)"
     exit 1
@@ -175,7 +254,21 @@ fail_loudly() {
 # expected values; the kernel unpacks concatenated archives one after the other.
 base_initrd=$("$repo/scripts/vm/build-initramfs.sh" "$kver" "$repo/target/vm")
 check_serial=0
-[[ $target == spinblk ]] && check_serial=1
+write_cache=
+if [[ $target == spinblk ]]; then
+    check_serial=1
+    if ((no_wc)); then write_cache=write-through; else write_cache=write-back; fi
+fi
+hostdata=0
+[[ $bdev == file && -z $restart ]] && hostdata=1
+mode=normal
+restart_secs=0
+if [[ -n $restart ]]; then
+    mode=restart
+    # fio keeps going at least this long: one interval before each restart, one after the
+    # last, and slack for the restarts themselves.
+    restart_secs=$(((restarts + 1) * restart_interval + 3 * restarts))
+fi
 mkdir -p "$tmp/conf/vmtest"
 cat >"$tmp/conf/vmtest/conf" <<CONF
 VT_SIZE=$size
@@ -184,13 +277,26 @@ VT_RO=$readonly_
 VT_QUEUES=$queues
 VT_BDEV=$bdev
 VT_CHECK_SERIAL=$check_serial
+VT_WRITE_CACHE=$write_cache
 VT_FILL_PCT=$fill_pct
 VT_CORRUPT=$corrupt
+VT_HOSTDATA=$hostdata
+VT_MODE=$mode
+VT_RESTART_SECS=$restart_secs
+VT_RESTART_JOB_SIZE=$restart_job_size
 CONF
 # The serial goes in its own file, byte for byte, so no quoting is involved.
 printf '%s' "$serial" >"$tmp/conf/vmtest/serial"
 (cd "$tmp/conf" && find . | cpio -o -H newc --quiet) | gzip -n >"$tmp/conf.cpio.gz"
 cat "$base_initrd" "$tmp/conf.cpio.gz" >"$tmp/initrd"
+
+# --- disk image (--bdev file) ------------------------------------------------------------------
+# Sparse, on the real disk (not tmpfs: O_DIRECT), all zeroes to start with.
+if [[ $bdev == file ]]; then
+    mkdir -p "$img_dir" || die "cannot create $img_dir"
+    img=$(mktemp "$img_dir/disk.XXXXXX.img")
+    truncate -s "$size" "$img"
+fi
 
 # --- target ------------------------------------------------------------------------------------
 if [[ $target == spinblk ]]; then
@@ -200,21 +306,32 @@ if [[ $target == spinblk ]]; then
         echo "vm-test: building spinblk (cargo build --release -p spinblk)"
         (cd "$repo" && cargo build --release -p spinblk) || fail_loudly "cargo build --release -p spinblk failed"
     fi
+    # Every restart must run the same build, even if target/release is rebuilt meanwhile.
+    if [[ -n $restart ]]; then
+        cp "$bin" "$tmp/spinblk"
+        bin=$tmp/spinblk
+    fi
     # The contract with the target: sizes are passed in bytes.
     target_cmd=("$bin" --socket "$sock")
-    if [[ $bdev == malloc ]]; then target_cmd+=(--malloc "$size"); else target_cmd+=(--null "$size"); fi
+    case $bdev in
+        malloc) target_cmd+=(--malloc "$size") ;;
+        null) target_cmd+=(--null "$size") ;;
+        file) target_cmd+=(--file "$img") ;;
+    esac
     target_cmd+=(--block-size "$bs")
     ((readonly_)) && target_cmd+=(--readonly)
-    target_cmd+=(--serial "$serial" --num-queues "$queues" --cpus "$cpus")
+    ((no_wc)) && target_cmd+=(--no-write-cache)
+    target_cmd+=(--serial "$serial" --num-queues "$queues" --cpus "$cpus" --log-level "$target_log_level")
 else
     # qemu-storage-daemon as the reference target (no serial; GET_ID gives a fixed string).
-    if [[ $bdev == malloc ]]; then
-        img=$tmp/disk.img
-        truncate -s "$size" "$img"
-        blockdev="driver=file,node-name=f,filename=$img"
-    else
-        blockdev="driver=null-co,node-name=f,size=$size,read-zeroes=on"
-    fi
+    case $bdev in
+        malloc)
+            truncate -s "$size" "$tmp/disk.img"
+            blockdev="driver=file,node-name=f,filename=$tmp/disk.img"
+            ;;
+        file) blockdev="driver=file,node-name=f,filename=$img,cache.direct=on" ;;
+        null) blockdev="driver=null-co,node-name=f,size=$size,read-zeroes=on" ;;
+    esac
     ((readonly_)) && blockdev+=",read-only=on"
     if ((readonly_)); then writable=off; else writable=on; fi
     target_cmd=(qemu-storage-daemon --blockdev "$blockdev"
@@ -242,39 +359,301 @@ fi
 # --- guest -------------------------------------------------------------------------------------
 # -nodefaults: no NIC/VGA/etc.; the serial console goes to the log, nothing to stdio.
 # Guest RAM is a shared memfd so the vhost-user backend can map it.
+# With --restart, QEMU reconnects to the socket by itself, every second, when the target goes.
+chardev="socket,id=vub,path=$sock"
+[[ -n $restart ]] && chardev+=",reconnect=1"
 qemu_cmd=(qemu-system-x86_64
     -machine "q35,accel=tcg" -cpu max -smp "$queues" -m 1G
     -object "memory-backend-memfd,id=mem,size=1G,share=on" -numa "node,memdev=mem"
     -nodefaults -nographic -no-reboot -monitor none -serial "file:$guest_log"
     -kernel "$kernel" -initrd "$tmp/initrd"
     -append "console=ttyS0 panic=-1 quiet loglevel=4"
-    -chardev "socket,id=vub,path=$sock"
+    -chardev "$chardev"
     -device "vhost-user-blk-pci,chardev=vub,num-queues=$queues"
     -fsdev "local,id=r,path=/,security_model=none,readonly=on,multidevs=remap"
     -device "virtio-9p-pci,fsdev=r,mount_tag=hostroot")
 echo "vm-test: guest: kernel $kver, $queues vCPU(s), timeout ${vm_timeout}s"
 start=$SECONDS
-# QEMU runs in the background and this loop watches it: the INT/TERM traps run promptly (the
-# sleeps are short), the run is stopped after --timeout seconds, and it is stopped at once if
-# the target dies (the guest's I/O would otherwise hang until the timeout).
 "${qemu_cmd[@]}" >"$tmp/qemu.out" 2>&1 &
 qemu_pid=$!
 target_died=0
 timed_out=0
-while kill -0 "$qemu_pid" 2>/dev/null; do
+aborted=0
+problems=()
+# check_hopeless: states not worth waiting out the timeout for; records the problem and fails.
+# A target log over 64 MiB (a log flood fills the disk in minutes), or the guest kernel saying
+# a request virtqueue is broken (virtio_ring's BAD_RING: "virtio_blk virtio0: req.0:id 11 is
+# not a head!"; the queue is dead from then on and the guest's I/O on it hangs for good).
+check_hopeless() {
+    local sz line
+    ((aborted)) && return 1
+    sz=$(stat -c %s "$target_log" 2>/dev/null || echo 0)
+    if ((sz > log_cap)); then
+        problems+=("the target log $target_log grew past 64 MiB (a log flood); run stopped")
+        aborted=1
+        return 1
+    fi
+    line=$(grep -m1 -aE 'virtio_blk virtio[0-9]+: req\.[0-9]+:' "$guest_log" | tr -d '\r' || true)
+    if [[ -n $line ]]; then
+        problems+=("the guest kernel marked a virtqueue broken: '$line'; run stopped")
+        aborted=1
+        return 1
+    fi
+    return 0
+}
+
+# --- restarts (--restart) ----------------------------------------------------------------------
+# now_ms: wall clock in milliseconds.
+now_ms() {
+    local t=${EPOCHREALTIME//[.,]/}
+    echo $((10#$t / 1000))
+}
+# secs MS: "1.234" from milliseconds.
+secs() { printf '%d.%03d' $(($1 / 1000)) $(($1 % 1000)); }
+# stat_field NAME LINE: the value of NAME=... in a spinblk stats line.
+stat_field() { sed -n "s/.* $1=\([0-9]*\).*/\1/p" <<<"$2"; }
+# target_stats: SIGUSR1 the running target (spinblk prints its statistics table) and print
+# "read_ops write_ops io_errors" of the controller's total row; fails if no table came.
+target_stats() {
+    local n0 n i line
+    n0=$(grep -c 'queue=total' "$target_log" || true)
+    kill -USR1 "$target_pid" 2>/dev/null || return 1
+    for ((i = 0; i < 40; i++)); do
+        n=$(grep -c 'queue=total' "$target_log" || true)
+        ((n > n0)) && break
+        sleep 0.05
+    done
+    ((n > n0)) || return 1
+    line=$(grep 'queue=total' "$target_log" | tail -n1 || true)
+    echo "$(stat_field read_ops "$line") $(stat_field write_ops "$line") $(stat_field io_errors "$line")"
+}
+# start_target N: start restart number N (log target.N.log); ready once it prints its
+# "serving" line (the socket is bound then; a killed target's stale socket file is still
+# there, so the file's existence says nothing). Sets target_pid and target_log.
+start_target() {
+    local i
+    target_log=$tmp/target.$1.log
+    target_logs+=("$target_log")
+    "${target_cmd[@]}" >"$target_log" 2>&1 &
+    target_pid=$!
+    for ((i = 0; i < 200; i++)); do
+        if grep -q ': serving ' "$target_log"; then
+            target_ready_ms=$(now_ms)
+            # spinblk installs its SIGUSR1 handler just after that line (target_stats would
+            # kill it before); QEMU takes up to a second to reconnect anyway.
+            sleep 0.2
+            return 0
+        fi
+        kill -0 "$target_pid" 2>/dev/null || return 1
+        sleep 0.05
+    done
+    return 1
+}
+# guest_alive: QEMU runs, the overall timeout has not passed, nothing hopeless happened; else
+# records why not.
+guest_alive() {
+    check_hopeless || return 1
+    if ! kill -0 "$qemu_pid" 2>/dev/null; then
+        problems+=("QEMU exited during the restarts")
+        return 1
+    fi
+    if ((SECONDS - start >= vm_timeout)); then
+        timed_out=1
+        return 1
+    fi
+    return 0
+}
+kills_done=0
+kills_survived=0
+target_ready_ms=0
+kill_lines=()   # one report line per restart
+kill_windows=() # "first last" guest log line numbers around each restart
+kill_resumed=() # 1 if the guest's I/O resumed on the new target
+io_errors_seen=0
+# A restart counts as survived once the guest's I/O resumed on the new target AND kept going:
+# writes were flowing again at the next restart, or (after the last one) fio finished its
+# rounds; a virtqueue the guest declares broken, or a hang, stops the run before that.
+confirm_survival() {
+    local k=$1
+    ((k >= 1)) || return 0
+    [[ ${kill_resumed[k - 1]:-0} == 1 ]] || return 0
+    kills_survived=$((kills_survived + 1))
+    kill_lines[k - 1]+="; survived"
+}
+restart_loop() {
+    local sig k t0 due prev_resume=0 a b wa wb flowing i rc gl0 t_kill t_exit t_ready
+    local t_resume resumed st exit_ok r line
+    if [[ $restart == kill ]]; then sig=KILL; else sig=TERM; fi
+    # Wait for fio to start in the guest.
+    until grep -q '^VMTEST-RESTART-FIO-START' "$guest_log"; do
+        guest_alive || return 0
+        if ! kill -0 "$target_pid" 2>/dev/null; then
+            target_died=1
+            return 0
+        fi
+        if grep -q '^VMTEST-RESULT' "$guest_log"; then
+            problems+=("the guest finished without starting the restart fio job")
+            return 0
+        fi
+        sleep 0.2
+    done
+    t0=$(now_ms)
+    echo "vm-test: fio started in the guest $((SECONDS - start))s after QEMU; $restarts x SIG$sig, every ${restart_interval}s"
+    for ((k = 1; k <= restarts; k++)); do
+        due=$((t0 + k * restart_interval * 1000))
+        ((due >= prev_resume + 2000)) || due=$((prev_resume + 2000))
+        while (($(now_ms) < due)); do
+            guest_alive || return 0
+            if ! kill -0 "$target_pid" 2>/dev/null; then
+                target_died=1
+                return 0
+            fi
+            sleep 0.1
+        done
+        if grep -q '^VMTEST-RESTART-FIO-DONE' "$guest_log"; then
+            problems+=("fio finished in the guest before restart $k (only $((k - 1)) of $restarts done; raise VMTEST_RESTART_JOB_SIZE?)")
+            return 0
+        fi
+        # Kill only while the target is serving writes: two snapshots 0.3 s apart (5 s at most).
+        flowing=
+        for ((i = 0; i < 12; i++)); do
+            guest_alive || return 0
+            a=$(target_stats) || a=
+            sleep 0.3
+            b=$(target_stats) || b=
+            read -r _ wa _ <<<"${a:-0 0 0}"
+            read -r _ wb _ <<<"${b:-0 0 0}"
+            if ((wb > wa)); then
+                flowing="+$((wb - wa)) writes in the 0.3 s before"
+                break
+            fi
+        done
+        if [[ -n $flowing ]]; then
+            confirm_survival $((k - 1))
+        else
+            problems+=("restart $k: the target served no writes in the 5 s before it (killed anyway)")
+        fi
+        read -r _ _ st <<<"${b:-0 0 0}"
+        io_errors_seen=$((io_errors_seen + st))
+        gl0=$(wc -l <"$guest_log")
+        t_kill=$(now_ms)
+        exit_ok=1
+        # One group with stderr silenced: bash would otherwise report "Killed" for the job.
+        {
+            kill -"$sig" "$target_pid" || true
+            # A SIGTERMed target completes its in-flight requests first: 15 s at most.
+            for ((i = 0; i < 150; i++)); do
+                kill -0 "$target_pid" || break
+                sleep 0.1
+            done
+            if kill -0 "$target_pid"; then
+                problems+=("restart $k: the target did not exit within 15 s of SIG$sig; killed")
+                kill -KILL "$target_pid" || true
+                exit_ok=0
+            fi
+            wait "$target_pid" && rc=0 || rc=$?
+        } 2>/dev/null
+        t_exit=$(now_ms)
+        kills_done=$k
+        if [[ $sig == KILL && $rc != 137 ]]; then
+            problems+=("restart $k: the SIGKILLed target exited with status $rc, not 137")
+            exit_ok=0
+        elif [[ $sig == TERM ]]; then
+            if [[ $rc != 0 ]]; then
+                problems+=("restart $k: the target exited with status $rc after SIGTERM, not 0")
+                exit_ok=0
+            elif ! grep -q 'shut down cleanly' "$target_log"; then
+                problems+=("restart $k: no 'shut down cleanly' from the SIGTERMed target")
+                exit_ok=0
+            fi
+            # Its final table has the totals of its whole life.
+            st=$(stat_field io_errors "$(grep 'queue=total' "$target_log" | tail -n1 || true)")
+            io_errors_seen=$((io_errors_seen + ${st:-0}))
+        fi
+        line="restart $k: SIG$sig at fio+$(secs $((t_kill - t0)))s (${flowing:-no writes seen}); exit status $rc after $(secs $((t_exit - t_kill)))s"
+        if ! start_target "$k"; then
+            kill_lines+=("$line; the new target did not come up")
+            kill_windows+=("$gl0 $(wc -l <"$guest_log")")
+            kill_resumed+=(0)
+            problems+=("restart $k: the new target did not come up (see $target_log)")
+            target_died=1
+            return 0
+        fi
+        t_ready=$target_ready_ms
+        line+="; new target ready $(secs $((t_ready - t_exit)))s later"
+        # Resumed: QEMU reconnected and the guest's I/O flows through the new target (30 s at
+        # most; QEMU retries the socket every second).
+        resumed=0
+        for ((i = 0; i < 60; i++)); do
+            guest_alive || break
+            kill -0 "$target_pid" 2>/dev/null || break
+            r=$(target_stats) || r="0 0 0"
+            read -r a b _ <<<"$r"
+            if ((a + b > 0)); then
+                resumed=1
+                break
+            fi
+            sleep 0.5
+        done
+        t_resume=$(now_ms)
+        prev_resume=$t_resume
+        kill_windows+=("$gl0 $(wc -l <"$guest_log")")
+        if ((resumed && exit_ok)); then
+            kill_lines+=("$line; guest I/O resumed $(secs $((t_resume - t_kill)))s after the kill")
+            kill_resumed+=(1)
+        else
+            if ((resumed)); then
+                kill_lines+=("$line; guest I/O resumed")
+            elif ((aborted)); then
+                kill_lines+=("$line; run stopped before the guest's I/O was seen on the new target")
+            else
+                kill_lines+=("$line; guest I/O did NOT resume")
+            fi
+            kill_resumed+=(0)
+        fi
+        ((aborted || timed_out)) && return 0
+        if ! kill -0 "$qemu_pid" 2>/dev/null; then
+            return 0
+        fi
+        if ! kill -0 "$target_pid" 2>/dev/null; then
+            target_died=1
+            return 0
+        fi
+        if ((!resumed)); then
+            problems+=("restart $k: the guest's I/O did not resume on the new target within 30 s; run stopped")
+            aborted=1
+            return 0
+        fi
+    done
+}
+
+# QEMU runs in the background and this loop watches it: the INT/TERM traps run promptly (the
+# sleeps are short), the run is stopped after --timeout seconds, and it is stopped at once if
+# the target dies (the guest's I/O would otherwise hang until the timeout).
+[[ -n $restart ]] && restart_loop
+while ((!target_died && !timed_out)) && kill -0 "$qemu_pid" 2>/dev/null; do
+    check_hopeless || break
     if ! kill -0 "$target_pid" 2>/dev/null; then
         target_died=1
-        sleep 2 # let the guest log what it can
-        stop_pid "$qemu_pid"
         break
     fi
     if ((SECONDS - start >= vm_timeout)); then
         timed_out=1
-        stop_pid "$qemu_pid"
         break
     fi
     sleep 0.5
 done
+if ((target_died || aborted)); then
+    sleep 2 # let the guest log what it can
+    stop_pid "$qemu_pid"
+    # A target that floods its log or serves a broken queue goes too (it prints its totals).
+    if ((aborted)) && [[ -n $target_pid ]]; then
+        stop_pid "$target_pid"
+        target_pid=
+    fi
+elif ((timed_out)); then
+    stop_pid "$qemu_pid"
+fi
 wait "$qemu_pid" && qrc=0 || qrc=$?
 qemu_pid=
 elapsed=$((SECONDS - start))
@@ -283,18 +662,53 @@ elapsed=$((SECONDS - start))
 log=$(tr -d '\r' <"$guest_log")
 echo "vm-test: guest ran ${elapsed}s (qemu exit status $qrc)"
 echo "--- guest checks ---"
-grep -E '^VMTEST-(BOOTED|CHECK|INFO)' <<<"$log" || true
+grep -E '^VMTEST-(BOOTED|CHECK|INFO|HOSTDATA|RESTART)' <<<"$log" || true
 echo "--- fio ---"
 # Per fio run: its markers, job status lines, bandwidth lines, and anything error-like.
 awk '
     /^VMTEST-FIO-BEGIN/ { infio = 1; print; next }
     /multiple writers may overwrite/ { next }  # warning for numjobs>1, but the regions are disjoint
     /^VMTEST-FIO-END/ { infio = 0; print; next }
+    /^VMTEST-/ { next }
     infio && (/err=|IOPS=|Run status|READ:|WRITE:|verify|[Ee]rror|fail|bad /) { print }
 ' <<<"$log"
+if grep -q '^VMTEST-DMESG-BEGIN' <<<"$log"; then
+    echo "--- guest kernel log (dmesg | grep -iE 'blk|vda|I/O error|virtio') ---"
+    sed -n '/^VMTEST-DMESG-BEGIN/,/^VMTEST-DMESG-END/{/^VMTEST-DMESG/d;p}' <<<"$log"
+fi
 
-problems=()
-if ((target_died)); then
+if [[ -n $restart ]]; then
+    [[ $restart == kill ]] && sig=KILL || sig=TERM
+    # The last restart is survived if fio then finished its rounds (their verdict is below).
+    if ((kills_done > 0 && !aborted)) && grep -q '^VMTEST-RESTART-FIO-DONE' <<<"$log"; then
+        confirm_survival "$kills_done"
+    fi
+    echo "--- restarts (SIG$sig), each with what the guest printed from just before it until its I/O resumed ---"
+    echo "    (VMTEST-MON: guest uptime, requests in flight reads/writes, completed reads/writes)"
+    for ((k = 0; k < ${#kill_lines[@]}; k++)); do
+        echo "${kill_lines[k]}"
+        read -r gl0 gl1 <<<"${kill_windows[k]}"
+        sed -n "$((gl0 > 2 ? gl0 - 2 : 1)),$((gl1 + 1))p" "$guest_log" | guest_brief |
+            sed 's/^/    guest| /' | head -n 20 || true
+    done
+    # The last target's own error count: ask it, or read the totals it printed on exit.
+    if [[ -n $target_pid ]] && kill -0 "$target_pid" 2>/dev/null && r=$(target_stats); then
+        read -r _ _ st <<<"$r"
+    else
+        st=$(stat_field io_errors "$(grep -a 'queue=total' "$target_log" | tail -n1 || true)")
+    fi
+    io_errors_seen=$((io_errors_seen + ${st:-0}))
+    rounds=$(grep -c '^VMTEST-FIO-END restart-round-.* ok$' <<<"$log" || true)
+    echo "vm-test: restarts: $kills_done of $restarts SIG$sig done, $kills_survived survived; fio rounds passed: $rounds; I/O errors the targets counted: $io_errors_seen"
+    ((kills_done == restarts)) || problems+=("only $kills_done of $restarts restarts were done")
+    ((kills_survived == kills_done)) || problems+=("the guest survived $kills_survived of $kills_done restarts")
+    ((io_errors_seen == 0)) || problems+=("the targets counted $io_errors_seen I/O errors")
+    grep -q '^VMTEST-RESTART-FIO-DONE' <<<"$log" || problems+=("the restart fio job did not finish")
+fi
+
+if ((aborted)); then
+    : # the reason is already in problems
+elif ((target_died)); then
     problems+=("target died while the guest was running; QEMU was stopped")
 elif ((timed_out)); then
     problems+=("guest timed out after ${vm_timeout}s")
@@ -302,8 +716,14 @@ elif ((qrc != 0)); then
     problems+=("qemu exited with status $qrc")
 fi
 if [[ -s $tmp/qemu.out ]]; then
-    echo "--- qemu stderr ---"
-    cat "$tmp/qemu.out"
+    if [[ -n $restart ]]; then
+        # QEMU 7.2 says this for every restart: GET_VRING_BASE cannot reach a dead backend.
+        echo "--- qemu stderr (expected per restart: 'Failed to set msg fds.', 'vhost VQ N ring restore failed: -22') ---"
+        sort "$tmp/qemu.out" | uniq -c | sort -rn | head -n 20
+    else
+        echo "--- qemu stderr ---"
+        head -n 40 "$tmp/qemu.out"
+    fi
 fi
 grep -q '^VMTEST-RESULT PASS$' <<<"$log" || problems+=("guest did not report VMTEST-RESULT PASS")
 if grep -qE '^VMTEST-(CHECK|FIO-END) .* FAIL$' <<<"$log"; then
@@ -313,8 +733,23 @@ fi
 if grep -qiE "$fio_error_re" <<<"$log"; then
     problems+=("fio reported a verify or I/O error")
 fi
+# The guest wrote a block the host must find in the image file, byte for byte.
+if ((hostdata)) && [[ $readonly_ == 0 ]]; then
+    hd=$(grep -m1 '^VMTEST-HOSTDATA ' <<<"$log" || true)
+    if [[ -z $hd ]]; then
+        ((size < 8 * 1024 * 1024)) || problems+=("the guest reported no VMTEST-HOSTDATA block")
+    else
+        read -r _ hoff hlen hmd5 <<<"$hd"
+        got=$(dd if="$img" bs=65536 skip="$hoff" count=$((hlen / 65536)) iflag=skip_bytes 2>/dev/null | md5sum | cut -d' ' -f1)
+        if [[ $got == "$hmd5" ]]; then
+            echo "vm-test: host check: the image file holds the guest's block at offset $hoff ($hlen bytes, md5 $got)"
+        else
+            problems+=("the image file has md5 $got at offset $hoff, the guest wrote $hmd5")
+        fi
+    fi
+fi
 # The target must have survived the guest (a crash would be hidden if the guest had finished).
-if ! kill -0 "$target_pid" 2>/dev/null; then
+if [[ -n $target_pid ]] && ! kill -0 "$target_pid" 2>/dev/null; then
     wait "$target_pid" && trc=0 || trc=$?
     target_pid=
     problems+=("target exited during the test (status $trc)")
@@ -323,5 +758,5 @@ if ((${#problems[@]})); then
     msg=$(printf '%s; ' "${problems[@]}")
     fail_loudly "${msg%; }"
 fi
-echo "vm-test: PASS (target=$target bdev=$bdev size=$size bs=$bs readonly=$readonly_ queues=$queues, ${elapsed}s)"
+echo "vm-test: PASS ($what, ${elapsed}s)"
 exit 0

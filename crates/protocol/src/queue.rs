@@ -10,6 +10,7 @@ use std::sync::atomic::{fence, Ordering};
 use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
+use log::warn;
 use spinblk_bdev::{Bdev, BdevIo, IoChannel, IoStatus, IoVec};
 use spinblk_reactor::{PollStatus, Poller, Tick};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
@@ -145,6 +146,9 @@ pub(crate) struct VirtqPoller {
     inflight: Option<InflightQueue>,
     /// Heads a previous backend left in flight, resubmitted before anything new is popped.
     resubmit: VecDeque<u16>,
+    /// The driver published an avail index more than a ring ahead: no more requests are taken
+    /// from this queue until it is reset (in-flight ones still complete).
+    broken: bool,
 }
 
 impl VirtqPoller {
@@ -214,6 +218,7 @@ impl VirtqPoller {
             stats: QueueStats::default(),
             inflight,
             resubmit,
+            broken: false,
         })
     }
 
@@ -283,6 +288,9 @@ impl VirtqPoller {
         let size = self.slots.len();
         // One clock read per pass, and none on idle passes.
         let mut now = None;
+        if self.driver_is_broken() {
+            return false;
+        }
         while popped < size && self.backlog.is_empty() {
             let mem = Arc::clone(&self.mem);
             let mem = mem.as_ref();
@@ -307,6 +315,21 @@ impl VirtqPoller {
             popped += 1;
         }
         popped > 0
+    }
+
+    /// Checks the avail index once per pass: a driver more than a ring ahead of us is broken
+    /// (virtio 1.2, 2.7.13). Reported once; the queue then takes nothing more from it.
+    fn driver_is_broken(&mut self) -> bool {
+        if !self.broken && self.resubmit.is_empty() {
+            let avail = self.queue.avail_idx(self.mem.as_ref(), Ordering::Acquire);
+            let ahead = avail.map(|a| a.0.wrapping_sub(self.queue.next_avail()));
+            if ahead.map_or(true, |n| usize::from(n) > self.slots.len()) {
+                warn!("virtqueue: the driver's avail index is invalid; ignoring this queue until it is reset");
+                self.stats.dropped += 1;
+                self.broken = true;
+            }
+        }
+        self.broken
     }
 
     /// Parses one chain and submits it (or answers it at once).
@@ -714,5 +737,25 @@ mod tests {
         let mut after = region.queue(0, RING).expect("queue");
         let rec = after.recover(2).expect("recover").expect("region in use");
         assert_eq!(rec.resubmit, Vec::<u16>::new());
+    }
+
+    #[test]
+    fn a_driver_that_runs_the_avail_index_past_the_ring_is_ignored_not_obeyed() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 0x40000)]).expect("memory");
+        let vq = MockSplitQueue::new(&mem, RING);
+        let (region, _fd) = InflightRegion::create(1, RING).expect("region");
+        let malloc: Arc<dyn Bdev> = Arc::new(MallocBdev::new("m", 1 << 20, 512).expect("bdev"));
+        let mut p = start(&mem, &vq, device(malloc), &Arc::new(region));
+        add_write(&mem, &vq, 0, 0, 0x11);
+        vq.avail().idx().store(100);
+        for _ in 0..3 {
+            assert_eq!(p.poll(), PollStatus::Idle);
+        }
+        assert_eq!(
+            vq.used().idx().load(),
+            0,
+            "nothing taken from a broken ring"
+        );
+        assert_eq!(p.stats.dropped, 1, "reported once");
     }
 }

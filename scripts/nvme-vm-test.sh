@@ -68,8 +68,6 @@ for ex in nvme_check vhost_verify; do
     [[ -x $repo/target/release/examples/$ex ]] || die "target/release/examples/$ex missing (drop --no-build)"
 done
 spinblk=${SPINBLK_BIN:-$repo/target/release/spinblk}
-# The guest sees the host root through 9p, but with its own tmpfs on /tmp.
-[[ $spinblk == /* && $spinblk != /tmp/* ]] || die "SPINBLK_BIN must be an absolute path outside /tmp"
 spinblk_args=${SPINBLK_NVME_ARGS:-"--nvme @NG@"}
 run_spinblk=0
 spinblk_why=""
@@ -84,10 +82,14 @@ fi
 # --- temp dir, initramfs, disk -----------------------------------------------------------------
 mkdir -p "$repo/target/nvme-vm"
 tmp=$(mktemp -d "$repo/target/nvme-vm/run.XXXXXX")
+# The guest sees the host root through 9p but mounts its own tmpfs on /tmp, so the binaries it
+# runs are staged outside /tmp (the checkout itself may be under /tmp, as CI's clone can be).
+bindir=$(mktemp -d /var/tmp/spinblk-nvme-vm.XXXXXX)
 qemu_pid=
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM
+    rm -rf "$bindir"
     if [[ -n $qemu_pid ]] && kill -0 "$qemu_pid" 2>/dev/null; then
         kill -TERM "$qemu_pid" 2>/dev/null || true
         wait "$qemu_pid" 2>/dev/null || true
@@ -99,12 +101,16 @@ trap cleanup EXIT
 trap 'echo "nvme-vm-test: interrupted" >&2; exit 130' INT
 trap 'echo "nvme-vm-test: terminated" >&2; exit 143' TERM
 
+cp "$repo/target/release/examples/nvme_check" "$repo/target/release/examples/vhost_verify" "$bindir/"
+if ((run_spinblk)); then
+    cp "$spinblk" "$bindir/spinblk"
+fi
 base_initrd=$("$repo/scripts/nvme/build-initramfs.sh" "$kver" "$repo/target/nvme-vm")
 mkdir -p "$tmp/conf/nvmetest"
 cat >"$tmp/conf/nvmetest/conf" <<CONF
-NT_REPO='$repo'
+NT_BIN_DIR='$bindir'
 NT_SPINBLK=$run_spinblk
-NT_SPINBLK_BIN='$spinblk'
+NT_SPINBLK_BIN='$bindir/spinblk'
 NT_SPINBLK_ARGS='$spinblk_args'
 NT_SPINBLK_WHY='$spinblk_why'
 NT_BENCH=$bench

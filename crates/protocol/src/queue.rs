@@ -291,9 +291,10 @@ impl VirtqPoller {
         if self.driver_is_broken() {
             return false;
         }
+        // A new memory table only arrives in handle_ctrl, before this: one clone serves the pass.
+        let mem = Arc::clone(&self.mem);
+        let mem = mem.as_ref();
         while popped < size && self.backlog.is_empty() {
-            let mem = Arc::clone(&self.mem);
-            let mem = mem.as_ref();
             if let Some(head) = self.resubmit.pop_front() {
                 let table = GuestAddress(self.queue.desc_table());
                 self.start_request(

@@ -7,6 +7,9 @@
 #                                names in `seen` are skipped; built-in modules are left out)
 #   is_loadable NAME             NAME is a module file, not built in
 #   unpack_module FILE DEST      copies a module, decompressed (busybox insmod wants plain .ko)
+#   initramfs_key MODULE...      a hash of the kernel version, those modules' files, busybox and
+#                                the files in the `key_files` array: what an archive is built from
+#   reuse_if_current OUT KEY     prints OUT and exits when its stamp says it was built from KEY
 #   pack_initramfs ROOT OUT      adds /dev/console and /dev/null, writes the gzip'd cpio
 # shellcheck shell=bash
 
@@ -60,6 +63,26 @@ unpack_module() {
         *.ko.gz) gzip -dc "$1" >"$2" ;;
         *) die "don't know how to unpack module file $1" ;;
     esac
+}
+
+initramfs_key() {
+    local m f
+    {
+        echo "kver=$kver"
+        for m in "$@"; do
+            f=$(modfile "$m")
+            echo "mod $m $(stat -c '%s %Y' "$f") $f"
+        done
+        stat -c 'busybox %s %Y' "$busybox"
+        cat "${key_files[@]}"
+    } | sha256sum | cut -d' ' -f1
+}
+
+reuse_if_current() {
+    if [[ -f $1 && -f $1.stamp && $(cat "$1.stamp") == "$2" ]]; then
+        echo "$1"
+        exit 0
+    fi
 }
 
 pack_initramfs() {

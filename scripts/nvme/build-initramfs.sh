@@ -47,24 +47,11 @@ for m in "${nvme_modules[@]}"; do
     nvme_order+=("$m")
 done
 
-key=$(
-    {
-        echo "kver=$kver"
-        for m in "${boot_order[@]}" "${nvme_order[@]}"; do
-            f=$(modfile "$m")
-            echo "mod $m $(stat -c '%s %Y' "$f") $f"
-        done
-        stat -c 'busybox %s %Y' "$busybox"
-        cat "$here/build-initramfs.sh" "$here/../lib/initramfs.sh" "$here/init"
-    } | sha256sum | cut -d' ' -f1
-)
+key_files=("$here/build-initramfs.sh" "$here/../lib/initramfs.sh" "$here/init")
+key=$(initramfs_key "${boot_order[@]}" "${nvme_order[@]}")
 mkdir -p "$outdir"
 out=$outdir/initramfs-$kver.cpio.gz
-stamp=$out.stamp
-if [[ -f $out && -f $stamp && $(cat "$stamp") == "$key" ]]; then
-    echo "$out"
-    exit 0
-fi
+reuse_if_current "$out" "$key"
 
 echo "nvme build-initramfs: building $out (boot: ${boot_order[*]}; nvme: ${nvme_order[*]})" >&2
 work=$(mktemp -d "${TMPDIR:-/tmp}/spinblk-nvme-initramfs.XXXXXX")
@@ -85,5 +72,5 @@ for m in "${nvme_order[@]}"; do
 done
 
 pack_initramfs "$root" "$out"
-echo "$key" >"$stamp"
+echo "$key" >"$out.stamp"
 echo "$out"

@@ -31,24 +31,11 @@ for m in "${want_modules[@]}"; do
 done
 
 # Cache key: kernel version, module list with file identities, busybox, and our own inputs.
-key=$(
-    {
-        echo "kver=$kver"
-        for m in "${order[@]}"; do
-            f=$(modfile "$m")
-            echo "mod $m $(stat -c '%s %Y' "$f") $f"
-        done
-        stat -c 'busybox %s %Y' "$busybox"
-        cat "$here/build-initramfs.sh" "$here/../lib/initramfs.sh" "$here/init" "$here"/fio/*.fio
-    } | sha256sum | cut -d' ' -f1
-)
+key_files=("$here/build-initramfs.sh" "$here/../lib/initramfs.sh" "$here/init" "$here"/fio/*.fio)
+key=$(initramfs_key "${order[@]}")
 mkdir -p "$outdir"
 out=$outdir/initramfs-$kver.cpio.gz
-stamp=$out.stamp
-if [[ -f $out && -f $stamp && $(cat "$stamp") == "$key" ]]; then
-    echo "$out"
-    exit 0
-fi
+reuse_if_current "$out" "$key"
 
 echo "build-initramfs: building $out (modules: ${order[*]})" >&2
 work=$(mktemp -d "${TMPDIR:-/tmp}/spinblk-initramfs.XXXXXX")
@@ -69,5 +56,5 @@ for m in "${order[@]}"; do
 done
 
 pack_initramfs "$root" "$out"
-echo "$key" >"$stamp"
+echo "$key" >"$out.stamp"
 echo "$out"

@@ -134,6 +134,12 @@ impl BdevIo {
     }
 }
 
+// SAFETY: a `BdevIo` only carries addresses of buffers (and of the iovec array) that its creator
+// promised, in `with_iovecs`' contract, to keep valid until completion; that promise does not
+// depend on which thread holds the request. Channels are opened on a control thread and moved
+// to the reactor that owns them, requests in them included.
+unsafe impl Send for BdevIo {}
+
 /// Errors from the bdev control plane.
 #[derive(Debug)]
 pub enum BdevError {
@@ -212,8 +218,9 @@ pub trait Bdev: Send + Sync {
     fn num_blocks(&self) -> u64;
     /// Whether the bdev implements `op`.
     fn supports(&self, op: IoOp) -> bool;
-    /// Opens a data-plane channel that can hold `depth` requests in flight. Called on the reactor
-    /// that will own the channel.
+    /// Opens a data-plane channel that can hold `depth` requests in flight. Called on a control
+    /// thread, never on a reactor (opening may be slow: a ring, a bounce pool, a network
+    /// session); the channel is then moved to the reactor that owns it.
     fn open_channel(&self, depth: usize) -> Result<Box<dyn IoChannel>, BdevError>;
 
     /// Capacity in bytes.
@@ -222,8 +229,9 @@ pub trait Bdev: Send + Sync {
     }
 }
 
-/// The data-plane half of a bdev, owned by one reactor and never shared.
-pub trait IoChannel {
+/// The data-plane half of a bdev, owned by one reactor and never shared. It is `Send` only so
+/// that it can be opened off the reactor and moved there once.
+pub trait IoChannel: Send {
     /// Starts `io`. A full channel hands the request back (`Err`) so the caller can retry it on a
     /// later pass; it is never failed for lack of room.
     fn submit(&mut self, io: BdevIo) -> Result<(), BdevIo>;
@@ -234,4 +242,11 @@ pub trait IoChannel {
     fn poll_completions(&mut self, done: &mut dyn FnMut(Completion)) -> usize;
     /// Requests submitted and not yet returned by `poll_completions`.
     fn in_flight(&self) -> usize;
+    /// An fd that becomes readable (an eventfd written by the kernel or by the bdev's own
+    /// threads) whenever a completion is ready, so an idle reactor can sleep on it while
+    /// requests are in flight. `None`: completions are decided in `submit` and reported by the
+    /// next `poll_completions`, so a reactor must not sleep while `in_flight() > 0`.
+    fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
+        None
+    }
 }

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, info, warn};
-use spinblk_reactor::ReactorHandle;
 use vhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
     VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
@@ -24,9 +23,9 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
 use crate::config::{config_space, device_features, WRITEBACK_OFFSET};
-use crate::controller::{lock, ControllerShared};
+use crate::device::{lock, ControllerShared, ControllerSpec};
 use crate::inflight::{queue_region_size, InflightRegion};
-use crate::queue::{DeviceInfo, QueueCtrl, QueueStart, QueueStopped, VirtqPoller};
+use crate::queue::{QueueCtrl, QueueStart, QueueStopped, VirtqPoller};
 use crate::stats::QueueStats;
 
 /// Memory slots offered through CONFIGURE_MEM_SLOTS (QEMU's and libvhost-user's limit).
@@ -56,18 +55,6 @@ struct Vring {
     call: Option<File>,
     enabled: bool,
     running: Option<Sender<QueueCtrl>>,
-}
-
-/// A controller's fixed description, shared by all its connections.
-pub struct ControllerSpec {
-    /// The controller's name (for logs and stats).
-    pub name: String,
-    /// Queues offered (VHOST_USER_GET_QUEUE_NUM and `num_queues` in the config space).
-    pub num_queues: u16,
-    /// The device behind it.
-    pub device: Arc<DeviceInfo>,
-    /// Reactors its queues are spread over, round-robin by queue index.
-    pub reactors: Vec<ReactorHandle>,
 }
 
 /// The vhost-user-blk backend of one connection.

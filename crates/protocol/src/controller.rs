@@ -4,13 +4,14 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use log::{info, warn};
 use vhost::vhost_user::{BackendReqHandler, Error as VhostError, Listener};
 
-use crate::backend::{BlkBackend, ControllerSpec};
+use crate::backend::BlkBackend;
+use crate::device::{lock, ControllerShared, ControllerSpec};
 use crate::stats::QueueStats;
 
 /// Consecutive non-fatal message errors after which a connection is dropped anyway.
@@ -45,15 +46,6 @@ struct Current {
     shared: Arc<ControllerShared>,
 }
 
-/// State a controller's connections share with it (control plane only; reactors never touch
-/// it).
-pub(crate) struct ControllerShared {
-    /// Per-queue statistics of queues that have stopped, across connections.
-    pub finished: Mutex<Vec<QueueStats>>,
-    /// Set by shutdown: no queue may start any more.
-    pub stopping: AtomicBool,
-}
-
 /// Statistics of one virtqueue of a controller.
 #[derive(Debug, Clone)]
 pub struct QueueReport {
@@ -78,13 +70,6 @@ pub struct ControllerReport {
     pub queues: Vec<QueueReport>,
     /// Sum over all queues.
     pub total: QueueStats,
-}
-
-/// Locks a control-plane mutex. A panic while holding one leaves plain data behind; keep
-/// serving.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding a control-plane lock leaves plain data behind; keep serving.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// A running controller.

@@ -6,16 +6,17 @@
 mod backend;
 mod config;
 mod controller;
+mod device;
 mod inflight;
 mod queue;
 mod request;
 mod stats;
 
-pub use backend::{BlkBackend, ControllerSpec};
+pub use backend::BlkBackend;
 pub use config::{config_space, device_features, CONFIG_LEN};
 pub use controller::{Controller, ControllerError, ControllerReport, QueueReport};
+pub use device::{ControllerSpec, DeviceInfo};
 pub use inflight::{queue_region_size, InflightError, InflightQueue, InflightRegion, Recovery};
-pub use queue::DeviceInfo;
 pub use request::{
     BlkRequest, DeviceLimits, HeadChain, ParseError, Refused, RequestKind, ID_BYTES, MAX_IOVECS,
     SECTOR_SIZE, SEG_MAX, SIZE_MAX,

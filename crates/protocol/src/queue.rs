@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::{Receiver, Sender};
 use log::warn;
-use spinblk_bdev::{Bdev, BdevIo, IoChannel, IoStatus, IoVec};
+use spinblk_bdev::{BdevIo, IoChannel, IoStatus, IoVec};
 use spinblk_reactor::{PollStatus, Poller, Tick};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT;
@@ -19,22 +19,10 @@ use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use crate::device::DeviceInfo;
 use crate::inflight::{InflightError, InflightQueue};
-use crate::request::{BlkRequest, DeviceLimits, HeadChain, RequestKind, ID_BYTES, MAX_IOVECS};
+use crate::request::{BlkRequest, HeadChain, RequestKind, ID_BYTES, MAX_IOVECS};
 use crate::stats::QueueStats;
-
-/// What every queue of a controller shares: the bdev and the checks requests must pass.
-pub struct DeviceInfo {
-    /// The block device behind the controller.
-    pub bdev: Arc<dyn Bdev>,
-    /// Capacity, block size, read-only flag and supported range operations.
-    pub limits: DeviceLimits,
-    /// The GET_ID answer, NUL-padded.
-    pub serial: [u8; ID_BYTES],
-    /// Whether the device starts in write-back mode (volatile cache, the guest flushes); in
-    /// write-through mode every write is durable when it completes.
-    pub write_cache: bool,
-}
 
 /// Everything a reactor needs to start polling a virtqueue.
 pub(crate) struct QueueStart {
@@ -565,7 +553,8 @@ impl Poller for VirtqPoller {
 mod tests {
     use super::*;
     use crate::inflight::InflightRegion;
-    use spinblk_bdev::{BdevError, Completion, MallocBdev};
+    use crate::request::DeviceLimits;
+    use spinblk_bdev::{Bdev, BdevError, Completion, MallocBdev};
     use virtio_bindings::virtio_blk::VIRTIO_BLK_T_OUT;
     use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};

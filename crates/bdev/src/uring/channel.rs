@@ -294,6 +294,12 @@ impl UringChannel {
     }
 }
 
+// SAFETY: the raw pointers a channel holds are its own bounce buffers (owned by the channel and
+// freed only in its Drop) and the iovecs of requests it was handed, whose validity `BdevIo`'s
+// contract ties to the request, not to a thread. A channel is opened on a control thread and moved
+// to its reactor once; it is never used from two threads at a time (`&mut self` everywhere).
+unsafe impl Send for UringChannel {}
+
 impl IoChannel for UringChannel {
     fn submit(&mut self, io: BdevIo) -> Result<(), BdevIo> {
         if self.pending.is_full() {

@@ -8,14 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use log::{info, warn};
-use vhost::vhost_user::{BackendReqHandler, Error as VhostError, Listener};
+use vhost::vhost_user::Listener;
 
 use crate::backend::BlkBackend;
 use crate::device::{lock, ControllerShared, ControllerSpec};
+use crate::session;
 use crate::stats::QueueStats;
-
-/// Consecutive non-fatal message errors after which a connection is dropped anyway.
-const MAX_CONSECUTIVE_ERRORS: u32 = 64;
 
 /// Why a controller could not start.
 #[derive(Debug)]
@@ -195,38 +193,10 @@ fn accept_loop(listener: Listener, spec: Arc<ControllerSpec>, current: Arc<Curre
         let backend = BlkBackend::new(Arc::clone(&spec), Arc::clone(&current.shared));
         let backend: Connection = Arc::new(Mutex::new(backend));
         *lock(&current.backend) = Some(Arc::clone(&backend));
-        serve(
-            &spec.name,
-            BackendReqHandler::from_stream(stream, Arc::clone(&backend)),
-        );
+        let end = session::serve(&spec.name, stream, &backend);
         // Stop the queues before forgetting the backend, so a concurrent shutdown waits for it.
         lock(&backend).stop_all();
         *lock(&current.backend) = None;
-        info!("{}: frontend disconnected", spec.name);
-    }
-}
-
-/// Handles messages until the frontend goes away.
-fn serve(name: &str, mut handler: BackendReqHandler<Mutex<BlkBackend>>) {
-    let mut errors = 0;
-    loop {
-        match handler.handle_request() {
-            Ok(()) => errors = 0,
-            Err(
-                VhostError::Disconnected | VhostError::PartialMessage | VhostError::SocketBroken(_),
-            ) => return,
-            Err(VhostError::SocketError(e)) if e.kind() != std::io::ErrorKind::Interrupted => {
-                return
-            }
-            Err(e) => {
-                // The library has already answered (NACK) where the frontend expects a reply.
-                warn!("{name}: vhost-user request failed: {e}");
-                errors += 1;
-                if errors >= MAX_CONSECUTIVE_ERRORS {
-                    warn!("{name}: too many errors, dropping the connection");
-                    return;
-                }
-            }
-        }
+        info!("{}: frontend disconnected ({})", spec.name, end);
     }
 }

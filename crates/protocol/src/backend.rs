@@ -32,7 +32,7 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
 use crate::config::{config_space, device_features, WRITEBACK_OFFSET};
-use crate::device::{lock, ControllerShared, ControllerSpec};
+use crate::device::{lock, Coalescing, ControllerShared, ControllerSpec};
 use crate::inflight::{queue_region_size, InflightRegion};
 use crate::log::DirtyLog;
 use crate::memory::GuestMemory;
@@ -443,6 +443,7 @@ impl BlkBackend {
             ctrl: ctrl_rx,
             inflight,
             log: self.queue_log(v),
+            coalescing: *lock(&self.shared.coalescing),
         })
         .map_err(|e| {
             warn!("{}: queue {index} not started: {e}", self.spec.name);
@@ -525,6 +526,14 @@ impl BlkBackend {
             if let Err(e) = self.stop_queue(i) {
                 warn!("{}: queue {i} did not stop cleanly: {e}", self.spec.name);
             }
+        }
+    }
+
+    /// Applies new interrupt coalescing settings to the running queues (queues started later
+    /// read them from the controller).
+    pub(crate) fn set_coalescing(&self, c: Coalescing) {
+        for q in self.vrings.iter().filter_map(|v| v.running.as_ref()) {
+            let _ = q.ctrl.send(QueueCtrl::Coalescing(c));
         }
     }
 

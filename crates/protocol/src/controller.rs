@@ -11,7 +11,7 @@ use log::{info, warn};
 use vhost::vhost_user::Listener;
 
 use crate::backend::BlkBackend;
-use crate::device::{lock, ControllerShared, ControllerSpec};
+use crate::device::{lock, Coalescing, ControllerShared, ControllerSpec};
 use crate::session;
 use crate::stats::QueueStats;
 
@@ -88,6 +88,7 @@ impl Controller {
         let shared = Arc::new(ControllerShared {
             finished: Mutex::new(vec![QueueStats::default(); usize::from(spec.num_queues)]),
             stopping: AtomicBool::new(false),
+            coalescing: Mutex::new(Coalescing::default()),
         });
         let current = Arc::new(Current {
             backend: Mutex::new(None),
@@ -155,6 +156,23 @@ impl Controller {
             queues,
             total,
         }
+    }
+
+    /// Guest interrupt coalescing for this controller's queues, now and for queues that start
+    /// later (SPDK's `vhost_controller_set_coalescing`; `delay_base_us` 0 turns it off).
+    pub fn set_coalescing(&self, delay_base_us: u32, iops_threshold: u32) -> Result<(), String> {
+        let c = Coalescing::checked(delay_base_us, iops_threshold)?;
+        *lock(&self.current.shared.coalescing) = c;
+        let backend = lock(&self.current.backend).clone();
+        if let Some(b) = backend {
+            lock(&b).set_coalescing(c);
+        }
+        Ok(())
+    }
+
+    /// The current interrupt coalescing settings.
+    pub fn coalescing(&self) -> Coalescing {
+        *lock(&self.current.shared.coalescing)
     }
 
     /// Stops taking new requests and waits for in-flight ones to complete. The frontend stays

@@ -20,7 +20,7 @@ mod stats;
 pub use backend::BlkBackend;
 pub use config::{config_space, device_features, CONFIG_LEN};
 pub use controller::{Controller, ControllerError, ControllerReport, QueueReport};
-pub use device::{ControllerSpec, DeviceInfo};
+pub use device::{Coalescing, ControllerSpec, DeviceInfo};
 pub use inflight::{queue_region_size, InflightError, InflightQueue, InflightRegion, Recovery};
 pub use log::{DirtyLog, LogError, LOG_PAGE};
 pub use memory::GuestMemory;

@@ -65,6 +65,17 @@ impl Tick {
         self.0.saturating_sub(earlier.0)
     }
 
+    /// The raw tick count (for deadlines kept as plain integers).
+    #[inline]
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+
+    /// Ticks per microsecond (at least 1), for turning configured delays into deadlines.
+    pub fn per_micro() -> u64 {
+        ((1000.0 / ns_per_tick()) as u64).max(1)
+    }
+
     /// Converts a tick count to nanoseconds.
     pub fn to_nanos(ticks: u64) -> u64 {
         (ticks as f64 * ns_per_tick()) as u64

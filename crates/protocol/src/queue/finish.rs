@@ -135,6 +135,7 @@ impl VirtqPoller {
             return;
         };
         let new = self.ring.next_used();
+        let completed = u64::from(new.wrapping_sub(old));
         if let Some(l) = &self.log {
             l.log.mark(l.used_gpa + 2, 2);
         }
@@ -142,6 +143,6 @@ impl VirtqPoller {
             let ring = &self.ring;
             inf.after_publish(old, new, |i| ring.used_head(i));
         }
-        self.notify_guest();
+        self.notify_guest(completed);
     }
 }

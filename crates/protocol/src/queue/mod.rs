@@ -23,7 +23,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, Sender};
 use spinblk_bdev::IoChannel;
 
-use crate::device::DeviceInfo;
+use crate::device::{Coalescing, DeviceInfo};
 use crate::inflight::{InflightError, InflightQueue};
 use crate::log::DirtyLog;
 use crate::memory::GuestMemory;
@@ -50,6 +50,8 @@ pub(crate) struct QueueStart {
     pub inflight: Option<InflightQueue>,
     /// Dirty logging, when the frontend is migrating the VM.
     pub log: Option<QueueLog>,
+    /// Guest interrupt coalescing settings.
+    pub coalescing: Coalescing,
 }
 
 /// Dirty logging for one queue: the shared bitmap and the guest address the frontend wants
@@ -75,6 +77,8 @@ pub(crate) enum QueueCtrl {
     Stop(Sender<QueueStopped>),
     /// Copy of the statistics.
     Stats(Sender<QueueStats>),
+    /// New interrupt coalescing settings.
+    Coalescing(Coalescing),
     /// Start, stop or move dirty logging; acknowledged once the queue logs to the new place.
     Log(Option<QueueLog>, Sender<()>),
 }

@@ -10,6 +10,7 @@ use crossbeam_channel::{Receiver, Sender};
 use spinblk_bdev::{BdevIo, Completion, IoChannel, IoVec};
 use spinblk_reactor::{PollStatus, Poller, Tick};
 
+use super::notify::Coalescer;
 use super::{QueueCtrl, QueueLog, QueueStart, QueueStartError, QueueStopped};
 use crate::device::DeviceInfo;
 use crate::inflight::InflightQueue;
@@ -101,6 +102,8 @@ pub(crate) struct VirtqPoller {
     pub(super) broken: bool,
     /// Dirty logging while the frontend migrates the VM (one branch per request when off).
     pub(super) log: Option<QueueLog>,
+    /// Guest interrupt coalescing.
+    pub(super) coalescer: Coalescer,
 }
 
 // SAFETY: the raw pointers a poller holds (ring parts, iovecs and status bytes) point into guest
@@ -164,6 +167,11 @@ impl VirtqPoller {
             resubmit,
             broken: false,
             log: s.log,
+            coalescer: {
+                let mut c = Coalescer::default();
+                c.configure(s.coalescing);
+                c
+            },
         })
     }
 
@@ -189,6 +197,7 @@ impl VirtqPoller {
             QueueCtrl::Stats(reply) => {
                 let _ = reply.send(self.stats.clone());
             }
+            QueueCtrl::Coalescing(c) => self.coalescer.configure(c),
             QueueCtrl::Log(log, ack) => {
                 self.log = log;
                 let _ = ack.send(());
@@ -243,6 +252,9 @@ impl Poller for VirtqPoller {
         self.channel.flush_submissions();
         busy |= self.reap() > 0;
         self.publish();
+        if self.coalescer.pending {
+            self.flush_coalesced();
+        }
         if self.in_flight == 0 {
             if let Some(reply) = self.stop_reply.take() {
                 let _ = reply.send(QueueStopped {

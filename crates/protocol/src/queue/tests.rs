@@ -142,6 +142,7 @@ fn start(
         ctrl,
         inflight: region.map(|r| r.queue(0, RING).expect("inflight queue")),
         log: None,
+        coalescing: Default::default(),
     })
     .unwrap_or_else(|e| panic!("queue start: {e}"));
     (p, tx)

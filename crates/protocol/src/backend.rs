@@ -393,8 +393,13 @@ impl BlkBackend {
             return Err(invalid("the target is shutting down"));
         }
         let v = &self.vrings[index];
-        if v.running.is_some() || !v.addr_set || v.size == 0 {
+        if v.running.is_some() {
             return Ok(());
+        }
+        if !v.addr_set || v.size == 0 {
+            // Every frontend describes a ring (SET_VRING_NUM, SET_VRING_ADDR) before kicking
+            // it; a kick for a ring whose description was refused cannot start anything.
+            return Err(invalid("ring size or addresses not set"));
         }
         let addrs = self
             .ring_addrs(v)

@@ -119,7 +119,13 @@ impl InflightRegion {
     ) -> Result<Self, InflightError> {
         let need = check_geometry(num_queues, queue_size)?;
         let file_len = file.metadata().map_err(InflightError::Os)?.len();
-        if mmap_size < need || offset.checked_add(need).is_none_or(|end| end > file_len) {
+        // The frontend's claimed size must fit the geometry and the file (a region it says is
+        // larger than its file is inconsistent, even if the part we map would fit).
+        if mmap_size < need
+            || offset
+                .checked_add(mmap_size)
+                .is_none_or(|end| end > file_len)
+        {
             return Err(InflightError::TooSmall);
         }
         let len = usize::try_from(need).map_err(|_| InflightError::TooSmall)?;

@@ -125,6 +125,12 @@ impl GuestMemory {
         })
     }
 
+    /// Faults repaired in this table's regions so far (the frontend shrank a file under us);
+    /// nothing to read (0) when every region is sealed, the usual case.
+    pub(crate) fn repaired_faults(&self) -> u64 {
+        self._guards.iter().map(|g| g.hits()).sum()
+    }
+
     /// One past the highest guest address in the table (0 when empty).
     pub fn end_addr(&self) -> u64 {
         self.regions

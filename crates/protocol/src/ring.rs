@@ -20,6 +20,8 @@ use crate::memory::GuestMemory;
 
 /// Largest ring the target accepts (QEMU's vhost-user-blk and SPDK allow at most 1024).
 pub const MAX_QUEUE_SIZE: u16 = 1024;
+/// Largest indirect table followed (entries): bounds the work one chain can cause.
+pub const MAX_INDIRECT: u32 = 4096;
 
 const DESC_SIZE: u64 = 16;
 
@@ -197,6 +199,11 @@ impl SplitRing {
         self.next_used
     }
 
+    /// The used index the driver can see now.
+    pub fn published_used(&self) -> u16 {
+        self.published_used
+    }
+
     /// Sets both indices (start of a queue, restart recovery).
     pub fn set_indices(&mut self, next_avail: u16, next_used: u16) {
         self.next_avail = next_avail;
@@ -268,6 +275,18 @@ impl SplitRing {
             elem.add(1).write_volatile(len.to_le());
         }
         self.next_used = self.next_used.wrapping_add(1);
+    }
+
+    /// Rewrites the length of the (not yet published) used element at index `idx`.
+    pub fn set_used_len(&mut self, idx: u16, len: u32) {
+        let slot = usize::from(idx & (self.size - 1));
+        // SAFETY: inside the used ring (checked by `remap`), 4-byte aligned.
+        unsafe {
+            self.used
+                .add(8 + 8 * slot)
+                .cast::<u32>()
+                .write_volatile(len.to_le())
+        };
     }
 
     /// Byte offset of used slot for used index `idx`, from the start of the used ring (dirty
@@ -398,7 +417,7 @@ impl Iterator for Chain<'_> {
                 return self.fail(ChainError::NestedIndirect);
             }
             let entries = desc.len / 16;
-            if !desc.len.is_multiple_of(16) || entries == 0 {
+            if !desc.len.is_multiple_of(16) || entries == 0 || entries > MAX_INDIRECT {
                 return self.fail(ChainError::BadIndirectTable);
             }
             let Some(table) = self.mem.host(desc.addr, u64::from(desc.len)) else {
@@ -406,6 +425,8 @@ impl Iterator for Chain<'_> {
             };
             self.table = table;
             self.table_len = entries;
+            // An indirect table is walked at most once through (its own length bounds a loop).
+            self.ttl = entries;
             self.in_indirect = true;
             self.next = Some(0);
             return self.next();

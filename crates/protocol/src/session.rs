@@ -213,8 +213,11 @@ pub fn serve(name: &str, mut stream: UnixStream, backend: &Mutex<BlkBackend>) ->
         let need_reply = msg.hdr.flags & FLAG_NEED_REPLY != 0;
         let (reply, reply_ack) = {
             let mut b = lock(backend);
+            // Whether acks are on is decided by the state before this message (a reset turns
+            // REPLY_ACK off, yet its own ack is still owed).
+            let reply_ack = b.reply_ack_negotiated();
             let reply = dispatch(&mut b, raw_code, msg.payload, msg.files);
-            (reply, b.reply_ack_negotiated())
+            (reply, reply_ack || b.reply_ack_negotiated())
         };
         let outcome = match reply {
             Reply::Ack(ok) => {

@@ -56,6 +56,7 @@ impl VirtqPoller {
                     return;
                 };
                 slot.busy = false;
+                slot.finished_pass = self.pass;
                 let slot = *slot;
                 if slot.kind == RequestKind::Read {
                     data_iovecs = usize::from(slot.iovcnt);
@@ -117,6 +118,39 @@ impl VirtqPoller {
         l.log.mark(l.used_gpa + self.ring.used_elem_offset(idx), 8);
     }
 
+    /// If the frontend shrank a guest memory file under us since the last pass (a repaired
+    /// SIGBUS), every request the bdev finished in this pass may have copied from or into
+    /// the zero pages put there instead: they end with IOERR (status and used length are
+    /// rewritten before the used index makes them visible), and the queue takes nothing more.
+    /// Checked once per pass, and only when there is something to publish.
+    fn fail_requests_on_vanished_memory(&mut self) {
+        let repaired = self.mem.repaired_faults()
+            + self
+                .retired
+                .iter()
+                .map(|r| r.mem.repaired_faults())
+                .sum::<u64>();
+        if repaired <= self.repaired_seen {
+            return;
+        }
+        self.repaired_seen = repaired;
+        self.broken = true;
+        let mut i = self.ring.published_used();
+        while i != self.ring.next_used() {
+            let head = self.ring.used_head(i);
+            if let Some(slot) = self.slots.get(usize::from(head)) {
+                if slot.finished_pass == self.pass {
+                    // SAFETY: the status byte of a request finished in this pass, in a table
+                    // that is still mapped (retired tables are released only after this).
+                    unsafe { slot.status.host.write_volatile(VIRTIO_BLK_S_IOERR as u8) };
+                    self.ring.set_used_len(i, 1);
+                    self.stats.io_errors += 1;
+                }
+            }
+            i = i.wrapping_add(1);
+        }
+    }
+
     /// The guest address of a host address in the current or a retired memory table.
     fn guest_addr(&self, host: *const u8) -> Option<u64> {
         self.mem
@@ -131,6 +165,7 @@ impl VirtqPoller {
             return;
         }
         self.used_pending = false;
+        self.fail_requests_on_vanished_memory();
         let Some(old) = self.ring.publish_used() else {
             return;
         };

@@ -37,6 +37,8 @@ pub(super) struct Slot {
     pub submitted: Option<Tick>,
     /// Generation of the memory table the request was parsed with.
     pub table: u32,
+    /// The pass in which the bdev's completion was finished.
+    pub finished_pass: u64,
 }
 
 impl Default for Slot {
@@ -53,6 +55,7 @@ impl Default for Slot {
             iovcnt: 0,
             submitted: None,
             table: 0,
+            finished_pass: 0,
         }
     }
 }
@@ -104,6 +107,10 @@ pub(crate) struct VirtqPoller {
     pub(super) log: Option<QueueLog>,
     /// Guest interrupt coalescing.
     pub(super) coalescer: Coalescer,
+    /// Passes so far (numbers the requests each pass finished).
+    pub(super) pass: u64,
+    /// Faults repaired in guest memory (see `sigbus.rs`) already accounted for.
+    pub(super) repaired_seen: u64,
 }
 
 // SAFETY: the raw pointers a poller holds (ring parts, iovecs and status bytes) point into guest
@@ -172,6 +179,8 @@ impl VirtqPoller {
                 c.configure(s.coalescing);
                 c
             },
+            pass: 1,
+            repaired_seen: 0,
         })
     }
 
@@ -225,23 +234,27 @@ impl VirtqPoller {
         Ok(())
     }
 
-    /// A request parsed with table `generation` is done with it.
+    /// A request parsed with table `generation` is done with it. A retired table nobody uses
+    /// any more is dropped at the end of the pass (`drop_unused_tables`), after everything
+    /// this pass wrote through it.
     pub(super) fn release_table(&mut self, generation: u32) {
         if generation == self.generation {
             self.users -= 1;
-            return;
+        } else if let Some(r) = self.retired.iter_mut().find(|r| r.generation == generation) {
+            r.users -= 1;
         }
-        if let Some(i) = self.retired.iter().position(|r| r.generation == generation) {
-            self.retired[i].users -= 1;
-            if self.retired[i].users == 0 {
-                self.retired.swap_remove(i);
-            }
+    }
+
+    fn drop_unused_tables(&mut self) {
+        if !self.retired.is_empty() {
+            self.retired.retain(|r| r.users > 0);
         }
     }
 }
 
 impl Poller for VirtqPoller {
     fn poll(&mut self) -> PollStatus {
+        self.pass += 1;
         let mut busy = self.handle_ctrl();
         // The backlog holds requests already taken from the ring: always push them on, even
         // while disabled or stopping, or a stop would wait for them forever.
@@ -252,6 +265,7 @@ impl Poller for VirtqPoller {
         self.channel.flush_submissions();
         busy |= self.reap() > 0;
         self.publish();
+        self.drop_unused_tables();
         if self.coalescer.pending {
             self.flush_coalesced();
         }

@@ -26,6 +26,7 @@ impl VirtqPoller {
             iovcnt: req.iovcnt as u16,
             submitted: Some(now),
             table: self.generation,
+            finished_pass: 0,
         };
         self.in_flight += 1;
         self.users += 1;

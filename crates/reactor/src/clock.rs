@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 /// A point in time, in clock ticks. Only differences between ticks read on the same thread
 /// (reactors are pinned) are meaningful.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Tick(u64);
+pub struct Tick(pub(crate) u64);
 
 fn origin() -> Instant {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
@@ -68,6 +68,27 @@ impl Tick {
     /// Converts a tick count to nanoseconds.
     pub fn to_nanos(ticks: u64) -> u64 {
         (ticks as f64 * ns_per_tick()) as u64
+    }
+
+    /// Converts nanoseconds to a tick count (the inverse of [`Tick::to_nanos`]).
+    pub fn from_nanos(ns: u64) -> u64 {
+        (ns as f64 / ns_per_tick()) as u64
+    }
+
+    /// A tick count as a [`Duration`].
+    pub fn to_duration(ticks: u64) -> Duration {
+        Duration::from_nanos(Tick::to_nanos(ticks))
+    }
+
+    /// A [`Duration`] as a tick count (saturating).
+    pub fn from_duration(d: Duration) -> u64 {
+        Tick::from_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// `ticks` later than `self` (saturating).
+    #[inline]
+    pub fn plus(self, ticks: u64) -> Tick {
+        Tick(self.0.saturating_add(ticks))
     }
 }
 

@@ -5,10 +5,12 @@
 #![deny(missing_docs)]
 
 mod clock;
+mod policy;
 mod pool;
 mod reactor;
 
 pub use clock::Tick;
+pub use policy::{IdleConfig, IdlePolicy, WindowChange};
 pub use pool::{parse_cpu_list, CpuListError, ReactorPool, ReactorPoolError};
 pub use reactor::{
     PollStatus, Poller, Reactor, ReactorGone, ReactorHandle, ReactorMsg, ReactorStats,

@@ -211,7 +211,9 @@ impl BlkBackend {
         let (tx, rx) = crossbeam_channel::bounded(1);
         reactor
             .send(move |r| {
-                let result = VirtqPoller::new(start).map(|p| r.add_poller(Box::new(p)));
+                let result = VirtqPoller::new(start).map(|p| {
+                    r.add_poller(Box::new(p));
+                });
                 let _ = tx.send(result.map_err(|e| e.to_string()));
             })
             .map_err(|_| VhostError::BackendInternalError)?;

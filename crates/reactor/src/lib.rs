@@ -93,6 +93,8 @@ mod clock;
 mod policy;
 mod pool;
 mod reactor;
+#[cfg(test)]
+mod sleep_tests;
 mod sys;
 
 pub use clock::Tick;

@@ -103,6 +103,7 @@ fn spawn(
     let thread = std::thread::Builder::new()
         .name(format!("reactor{id}"))
         .spawn(move || {
+            crate::sys::set_timer_slack_min();
             if let Some(core) = core {
                 if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
                     let _ = ready_tx.send(Err(std::io::Error::other(format!(

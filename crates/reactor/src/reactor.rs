@@ -801,6 +801,9 @@ impl Reactor {
         while i < self.timers.len() {
             let t = &mut self.timers[i];
             if now.0 >= t.due {
+                // The next run is due a period after this one starts, not after the pass
+                // started: a pass stretched by a preemption must not make it run early.
+                let started = Tick::now();
                 t.run_count += 1;
                 match t.poller.poll() {
                     PollStatus::Idle => {}
@@ -816,7 +819,7 @@ impl Reactor {
                         continue;
                     }
                 }
-                t.due = now.plus(t.period).0;
+                t.due = started.plus(t.period).0;
             }
             next = next.min(t.due);
             i += 1;

@@ -37,33 +37,65 @@ fn stats(h: &ReactorHandle) -> ReactorStats {
         .expect("reactor answers")
 }
 
-/// CPU time the thread `tid` of this process has used.
+/// Time thread `tid` of this process has spent on a CPU, from
+/// /proc/self/task/<tid>/schedstat.
 fn thread_cpu(tid: i32) -> Duration {
     let path = format!("/proc/self/task/{tid}/schedstat");
-    if let Ok(s) = std::fs::read_to_string(&path) {
-        if let Some(ns) = s.split_whitespace().next().and_then(|f| f.parse().ok()) {
-            return Duration::from_nanos(ns);
-        }
-    }
-    // Fallback: utime + stime in clock ticks (fields 14 and 15, after the parenthesised name).
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).expect("stat");
-    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
-    let f: Vec<u64> = rest
+    let s = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let ns = s
         .split_whitespace()
-        .map(|x| x.parse().unwrap_or(0))
-        .collect();
-    // SAFETY: sysconf has no memory effects.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    Duration::from_nanos((f[11] + f[12]) * 1_000_000_000 / hz)
+        .next()
+        .and_then(|f| f.parse().ok())
+        .expect("on-cpu time");
+    Duration::from_nanos(ns)
 }
 
-/// The share of one core thread `tid` uses over `wall`.
-fn cpu_share(tid: i32, wall: Duration) -> f64 {
-    let c0 = thread_cpu(tid);
-    let t0 = Instant::now();
-    std::thread::sleep(wall);
-    let used = thread_cpu(tid).saturating_sub(c0);
-    used.as_secs_f64() / t0.elapsed().as_secs_f64()
+/// Whether thread `tid` of this process is runnable (on a CPU or waiting for one) now.
+fn thread_runnable(tid: i32) -> bool {
+    let path = format!("/proc/self/task/{tid}/stat");
+    let s = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    let state = s[s.rfind(')').expect("comm") + 1..].trim_start();
+    state.starts_with('R')
+}
+
+/// A reactor thread's CPU use over a window: `share` of the wall time on a CPU, and `demand`,
+/// the share of ~1 ms samples that found it runnable (on a CPU or waiting for one). On this
+/// shared machine a spinning thread may get 5% of a core, but it is runnable all the time
+/// whatever the load, so `demand` tells spinning from sleeping where `share` cannot.
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    share: f64,
+    demand: f64,
+}
+
+fn measure(tid: i32, wall: Duration) -> Cpu {
+    let (c0, t0) = (thread_cpu(tid), Instant::now());
+    let (mut samples, mut runnable) = (0u32, 0u32);
+    while t0.elapsed() < wall {
+        samples += 1;
+        runnable += u32::from(thread_runnable(tid));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let (c1, t1) = (thread_cpu(tid), t0.elapsed());
+    Cpu {
+        share: c1.saturating_sub(c0).as_secs_f64() / t1.as_secs_f64(),
+        demand: f64::from(runnable) / f64::from(samples.max(1)),
+    }
+}
+
+/// Asserts `m` is a sleeping reactor's: under 5% of a core, and not runnable all the time (a
+/// spinning one is, at 95-100% of samples; a sleeping one woken 100 times a second was seen
+/// at up to 29% when each wake-up waited on a crowded run queue).
+fn assert_sleeps(what: &str, m: Cpu) {
+    assert!(m.share < 0.05, "{what}: {m:?}");
+    assert!(m.demand < 0.8, "{what}: {m:?}");
+}
+
+/// Asserts `m` is a spinning reactor's: runnable (on a CPU or waiting for one) nearly all the
+/// time, and on a CPU some of it.
+fn assert_spins(what: &str, m: Cpu) {
+    assert!(m.demand > 0.8, "{what}: {m:?}");
+    assert!(m.share > 0.0, "{what}: {m:?}");
 }
 
 /// A poller with no work that lets the reactor sleep, counting its arm/disarm calls.
@@ -263,12 +295,11 @@ fn a_poller_that_cannot_sleep_keeps_the_reactor_awake() {
         )
         .expect("pollers added");
     let tid = base.tid;
-    let share = cpu_share(tid, Duration::from_millis(300));
+    let cpu = measure(tid, Duration::from_millis(300));
     let st = pool.shutdown().pop().expect("stats");
     println!(
-        "insomniac poller: cpu {:.0}%, sleeps {}, aborts {}",
-        share * 100.0,
-        st.sleeps,
+        "insomniac poller: {cpu:?}, sleeps {}, aborts {}",
+        st.sleeps - base.sleeps,
         st.sleep_aborts
     );
     assert_eq!(st.sleeps, base.sleeps, "never slept");
@@ -284,7 +315,7 @@ fn a_poller_that_cannot_sleep_keeps_the_reactor_awake() {
         insomniac.wakes.load(Ordering::SeqCst),
     );
     assert!(ip > 0 && ip == iw, "insomniac asked {ip} times, woken {iw}");
-    assert!(share > 0.2, "a reactor that cannot sleep spins: {share}");
+    assert_spins("a reactor that cannot sleep", cpu);
 }
 
 /// Work is signalled by setting `work` and writing the eventfd; the poller notes when it saw it.
@@ -376,6 +407,7 @@ fn a_watched_eventfd_wakes_a_sleeping_reactor() {
         after.wakeups >= before.wakeups + 20,
         "woken by the fd each time"
     );
+    assert!(lat[0] < Duration::from_millis(1), "{lat:?}");
     assert!(lat[lat.len() / 2] < Duration::from_millis(5), "{lat:?}");
     assert!(lat[lat.len() - 1] < Duration::from_millis(500), "{lat:?}");
 
@@ -428,40 +460,43 @@ impl Poller for Spinner {
     }
 }
 
-fn timed_runs(mode: PollMode, other: Option<Box<dyn Poller + Send>>) -> (Vec<Instant>, u64) {
+/// Runs a 10 ms timed poller (beside `other`) until it ran 10 times (5 s at most); returns
+/// the run times, the time it was added and the sleeps meanwhile.
+fn timed_runs(
+    mode: PollMode,
+    other: Option<Box<dyn Poller + Send>>,
+) -> (Vec<Instant>, Instant, u64) {
     let period = Duration::from_millis(10);
     let (pool, h) = one_reactor(config(mode));
     let runs = Arc::new(Mutex::new(Vec::new()));
     let t = Ticker {
         runs: Arc::clone(&runs),
     };
-    let start = Instant::now();
-    let base = h
+    let (base, added) = h
         .call_timeout(
             move |r| {
                 if let Some(p) = other {
                     r.add_poller(p);
                 }
+                let added = Instant::now();
                 r.add_timed_poller(period, Box::new(t));
-                r.stats().sleeps
+                (r.stats().sleeps, added)
             },
             Duration::from_secs(5),
         )
         .expect("added");
-    std::thread::sleep(Duration::from_millis(300));
+    wait_until("10 runs", Duration::from_secs(5), || {
+        runs.lock().expect("lock").len() >= 10
+    });
     let st = pool.shutdown().pop().expect("stats");
     let runs = runs.lock().expect("lock").clone();
-    let first = runs.first().copied().unwrap_or(start);
-    assert!(
-        first.duration_since(start) >= Duration::from_millis(9),
-        "first run one period after it was added"
-    );
-    (runs, st.sleeps - base)
+    (runs, added, st.sleeps - base)
 }
 
 #[test]
 fn timed_pollers_run_at_about_their_period() {
     let _g = timing();
+    let period = Duration::from_millis(10);
     for (mode, other) in [
         (PollMode::Adaptive, None),
         (
@@ -469,22 +504,28 @@ fn timed_pollers_run_at_about_their_period() {
             Some(Box::new(Spinner) as Box<dyn Poller + Send>),
         ),
     ] {
-        let (runs, sleeps) = timed_runs(mode, other);
+        let (runs, added, sleeps) = timed_runs(mode, other);
+        let n = runs.len();
+        let first = runs[0].duration_since(added);
         let gaps: Vec<Duration> = runs.windows(2).map(|w| w[1] - w[0]).collect();
         let min = gaps.iter().min().copied().unwrap_or_default();
+        let span = runs[n - 1].duration_since(added);
+        let mean = span / n as u32;
         println!(
-            "{mode}: timed poller (10 ms) ran {} times in 300 ms, min gap {min:?}, {sleeps} sleeps",
-            runs.len()
+            "{mode}: timed poller (10 ms): {n} runs in {span:?}, first after {first:?}, \
+             min gap {min:?}, mean period {mean:?}, {sleeps} sleeps"
         );
-        assert!(
-            (15..=31).contains(&runs.len()),
-            "{mode}: {} runs",
-            runs.len()
-        );
-        assert!(min >= Duration::from_micros(9_500), "{mode}: ran early");
+        // Never early, never more often than its period (TSC vs Instant: 5% slack).
+        assert!(first >= period.mul_f64(0.95), "{mode}: first run early");
+        assert!(min >= period.mul_f64(0.95), "{mode}: ran early");
         if mode == PollMode::Adaptive {
-            assert!(sleeps >= 15, "slept between runs: {sleeps}");
+            // A sleeping reactor is woken by its timeout (10.1 ms on an idle machine; up to
+            // 22 ms seen at a load average of 21 on 2 cores).
+            assert!(mean < period * 4, "{mode}: mean period {mean:?}");
+            assert!(sleeps as usize >= n - 1, "slept between runs: {sleeps}");
         } else {
+            // A spinning reactor on a loaded machine is at the scheduler's mercy: only that it
+            // ran (10 times within 5 s) is asserted for timing.
             assert_eq!(sleeps, 0, "busy mode with a poller spins");
         }
     }
@@ -549,12 +590,20 @@ fn a_steady_load_never_sleeps_and_an_idle_reactor_does() {
         st.sleeps - base,
         st.sleep_aborts
     );
-    assert!(done > 1_000, "the load ran: {done}");
+    assert!(done > 100, "the load ran: {done}");
     assert_eq!(st.sleeps, base, "a steady load never sleeps");
-    std::thread::sleep(Duration::from_millis(100));
-    let idle = stats(&h);
-    assert!(idle.sleeps > st.sleeps, "idle now, so it sleeps");
-    assert!(idle.sleep > Duration::from_millis(50), "{:?}", idle.sleep);
+    // Idle now, so it sleeps (a thread that just spun may wait a while for a CPU here).
+    let mut idle = stats(&h);
+    let t = Instant::now();
+    while idle.sleep < st.sleep + Duration::from_millis(50) {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "not sleeping: {idle:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+        idle = stats(&h);
+    }
+    assert!(idle.sleeps > st.sleeps);
     // Busy, idle and sleep time cover the reactor's life, and nothing twice.
     let life = born.elapsed();
     let accounted = idle.busy + idle.idle + idle.sleep;
@@ -591,57 +640,62 @@ fn cpu_use_follows_the_poll_mode() {
         )
         .expect("added");
     std::thread::sleep(Duration::from_millis(50));
-    let adaptive = cpu_share(tid, wall);
+    let adaptive = measure(tid, wall);
     let st = stats(&h);
 
     // The same reactor switched to busy at run time.
     pool.set_poll_mode(PollMode::Busy).expect("alive");
     std::thread::sleep(Duration::from_millis(20));
-    let busy = cpu_share(tid, wall);
+    let before_busy = stats(&h);
+    let busy = measure(tid, wall);
     let st_busy = stats(&h);
 
     // And back.
     pool.set_poll_mode(PollMode::Adaptive).expect("alive");
     std::thread::sleep(Duration::from_millis(50));
-    let back = cpu_share(tid, Duration::from_millis(500));
+    let back = measure(tid, Duration::from_millis(500));
     pool.shutdown();
 
     // Busy mode with no pollers at all sleeps on its inbox.
     let (pool, h) = one_reactor(config(PollMode::Busy));
     let tid = stats(&h).tid;
     std::thread::sleep(Duration::from_millis(20));
-    let empty = cpu_share(tid, Duration::from_millis(500));
+    let empty = measure(tid, Duration::from_millis(500));
     let st_empty = stats(&h);
     pool.shutdown();
 
+    let pct = |c: Cpu| {
+        format!(
+            "{:.2}% (runnable {:.0}%)",
+            c.share * 100.0,
+            c.demand * 100.0
+        )
+    };
     println!(
-        "reactor cpu: adaptive idle {:.2}% (sleep {:?} of {wall:?}, {} sleeps, in_interrupt {}), \
-         busy {:.1}% (in_interrupt {}), adaptive again {:.2}%, busy without pollers {:.2}% \
-         (in_interrupt {})",
-        adaptive * 100.0,
+        "reactor cpu: adaptive idle {} (sleep {:?}, {} sleeps, in_interrupt {}), busy {} \
+         (in_interrupt {}), adaptive again {}, busy without pollers {} (in_interrupt {})",
+        pct(adaptive),
         st.sleep,
         st.sleeps,
         st.in_interrupt,
-        busy * 100.0,
+        pct(busy),
         st_busy.in_interrupt,
-        back * 100.0,
-        empty * 100.0,
+        pct(back),
+        pct(empty),
         st_empty.in_interrupt
     );
-    assert!(
-        adaptive < 0.05,
-        "an idle adaptive reactor sleeps: {adaptive}"
-    );
+    assert_sleeps("an idle adaptive reactor", adaptive);
     assert!(st.in_interrupt, "and reports it");
     assert!(
         st.sleep > Duration::from_millis(500),
         "sleep accounted: {:?}",
         st.sleep
     );
-    assert!(busy > 0.3, "busy mode spins: {busy}");
+    assert_spins("busy mode", busy);
+    assert_eq!(st_busy.sleeps, before_busy.sleeps, "busy mode never sleeps");
     assert!(!st_busy.in_interrupt);
     assert_eq!(st_busy.poll_mode, PollMode::Busy);
-    assert!(back < 0.05, "switching back makes it sleep again: {back}");
-    assert!(empty < 0.05, "no pollers: sleeps on its inbox: {empty}");
+    assert_sleeps("switched back to adaptive", back);
+    assert_sleeps("no pollers", empty);
     assert!(st_empty.in_interrupt, "and is in its sleeping regime");
 }

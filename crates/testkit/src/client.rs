@@ -213,6 +213,7 @@ pub struct Queue<'a> {
     buf: *mut u8,
     limits: Limits,
     next_tag: usize,
+    timeout: Duration,
     _slot: PhantomData<&'a mut [u8]>,
 }
 
@@ -234,8 +235,14 @@ impl<'a> Queue<'a> {
             buf,
             limits,
             next_tag: index << 32,
+            timeout: IO_TIMEOUT,
             _slot: PhantomData,
         }
+    }
+
+    /// How long each request may take before the helpers panic (default [`IO_TIMEOUT`]).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
     }
 
     fn check_bounds(at: usize, len: usize) {
@@ -354,7 +361,7 @@ impl<'a> Queue<'a> {
         let mut got = 0;
         let mut completions: Vec<MaybeUninit<Completion>> = Vec::with_capacity(tags.len());
         completions.resize_with(tags.len(), MaybeUninit::uninit);
-        let deadline = Instant::now() + IO_TIMEOUT;
+        let deadline = Instant::now() + self.timeout;
         while got < tags.len() {
             let mut timeout = deadline.saturating_duration_since(Instant::now());
             let want = tags.len() - got;
@@ -367,7 +374,7 @@ impl<'a> Queue<'a> {
                          (errno {:?}); is the target answering?",
                         self.index,
                         tags.len(),
-                        IO_TIMEOUT,
+                        self.timeout,
                         e.errno()
                     )
                 });

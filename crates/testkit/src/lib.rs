@@ -7,6 +7,7 @@
 //!   requests, the well-behaved frontend every test compares against.
 //! * [`pattern`], [`pattern_at`], [`Rng`], [`assert_bytes_eq`], [`assert_zeroes`]: data.
 //! * [`TempDir`], [`wait_for_path`], [`ProcessFootprint`]: small test utilities.
+//! * [`vhost`]: a raw, scriptable vhost-user front-end (the hostile-frontend suite's).
 //!
 //! Setting `SPINBLK_TEST_TARGET=qemu-storage-daemon` makes [`Target::start`] run
 //! qemu-storage-daemon instead, as a reference to tell test bugs from target bugs.
@@ -17,6 +18,7 @@ mod data;
 mod launch;
 mod process;
 mod tempdir;
+pub mod vhost;
 
 pub use client::{
     connect_only, Client, ClientConfig, ConnectError, Limits, Queue, IO_TIMEOUT, SLOT_LEN,

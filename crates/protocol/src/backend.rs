@@ -593,8 +593,16 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn reset_device(&mut self) -> VhostResult<()> {
+        // Rings and the virtio state go back to their initial state; what was negotiated for
+        // the connection itself stays (QEMU sends RESET_OWNER when the guest resets the device
+        // and goes on using REPLY_ACK and the memory table it set up).
         self.stop_all();
-        *self = BlkBackend::new(Arc::clone(&self.spec), Arc::clone(&self.shared));
+        let fresh = BlkBackend::new(Arc::clone(&self.spec), Arc::clone(&self.shared));
+        self.acked_features = fresh.acked_features;
+        self.writeback = fresh.writeback;
+        self.vrings = (0..self.spec.num_queues)
+            .map(|_| Vring::default())
+            .collect();
         Ok(())
     }
 

@@ -16,8 +16,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use log::{debug, info, warn};
+use spinblk_reactor::{PollerId, ReactorHandle};
 use vhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
     VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
@@ -64,7 +65,45 @@ struct MappedRegion {
 /// A queue running on a reactor: how to reach it.
 #[derive(Clone)]
 pub(crate) struct RunningQueue {
-    pub ctrl: Sender<QueueCtrl>,
+    reactor: ReactorHandle,
+    id: PollerId,
+}
+
+impl RunningQueue {
+    /// Delivers `msg` to the queue as a reactor message. If the queue has ended meanwhile the
+    /// message is dropped (and any reply channel in it disconnects).
+    pub(crate) fn send(&self, msg: QueueCtrl) -> bool {
+        let id = self.id;
+        self.reactor
+            .send(move |r| {
+                if let Some(p) = r.poller_mut::<VirtqPoller>(id) {
+                    p.handle(msg);
+                }
+            })
+            .is_ok()
+    }
+
+    /// Hands the queue a new kick fd and moves the reactor's watch to it.
+    fn replace_kick(&self, kick: Option<File>) -> bool {
+        let id = self.id;
+        self.reactor
+            .send(move |r| {
+                let new_fd = kick.as_ref().map(AsRawFd::as_raw_fd);
+                let Some(p) = r.poller_mut::<VirtqPoller>(id) else {
+                    return;
+                };
+                let old = p.replace_kick(kick);
+                if let Some(old) = &old {
+                    r.unwatch_fd(id, old.as_raw_fd());
+                }
+                if let Some(fd) = new_fd {
+                    if let Err(e) = r.watch_fd(id, fd) {
+                        warn!("cannot watch a kick fd: {e}");
+                    }
+                }
+            })
+            .is_ok()
+    }
 }
 
 /// A vring as the frontend has described it so far.
@@ -216,7 +255,7 @@ impl BlkBackend {
             .filter_map(|v| v.running.as_ref().map(|q| (q, self.queue_log(v))))
             .filter_map(|(q, log)| {
                 let (tx, rx) = crossbeam_channel::bounded(1);
-                q.ctrl.send(QueueCtrl::Log(log, tx)).ok().map(|_| rx)
+                q.send(QueueCtrl::Log(log, tx)).then_some(rx)
             })
             .collect();
         for rx in acks {
@@ -314,10 +353,8 @@ impl BlkBackend {
             .filter_map(|v| v.running.as_ref())
             .filter_map(|q| {
                 let (tx, rx) = crossbeam_channel::bounded(1);
-                q.ctrl
-                    .send(QueueCtrl::Memory(Arc::clone(&mem), tx))
-                    .ok()
-                    .map(|_| rx)
+                q.send(QueueCtrl::Memory(Arc::clone(&mem), tx))
+                    .then_some(rx)
             })
             .collect();
         for rx in acks {
@@ -433,7 +470,10 @@ impl BlkBackend {
             })?),
             None => None,
         };
-        let (ctrl_tx, ctrl_rx) = crossbeam_channel::unbounded();
+        let kick = match &v.kick {
+            Some(f) => Some(f.try_clone().map_err(VhostError::ReqHandlerError)?),
+            None => None,
+        };
         let poller = VirtqPoller::new(QueueStart {
             size: v.size,
             addrs,
@@ -445,7 +485,7 @@ impl BlkBackend {
             mem: Arc::clone(&self.mem),
             device: Arc::clone(&self.spec.device),
             channel,
-            ctrl: ctrl_rx,
+            kick,
             inflight,
             log: self.queue_log(v),
             coalescing: *lock(&self.shared.coalescing),
@@ -463,34 +503,51 @@ impl BlkBackend {
         let state = Arc::new(AtomicU8::new(PENDING));
         let (tx, rx) = crossbeam_channel::bounded(1);
         let reactor_state = Arc::clone(&state);
+        let name = self.spec.name.clone();
         reactor
             .send(move |r| {
                 if reactor_state
                     .compare_exchange(PENDING, STARTED, Ordering::SeqCst, Ordering::SeqCst)
                     .is_ok()
                 {
-                    r.add_poller(Box::new(poller));
+                    let fds = poller.wake_fds();
+                    let id = r.add_poller(Box::new(poller));
+                    for fd in fds {
+                        if let Err(e) = r.watch_fd(id, fd) {
+                            // The queue still works; this reactor just cannot sleep on it.
+                            warn!("{name}: queue {index}: cannot watch fd {fd}: {e}");
+                        }
+                    }
+                    let _ = tx.send(id);
                 }
-                let _ = tx.send(());
             })
             .map_err(|_| VhostError::BackendInternalError)?;
-        let started = rx.recv_timeout(REACTOR_ACK_TIMEOUT).is_ok()
-            || state
-                .compare_exchange(PENDING, CANCELLED, Ordering::SeqCst, Ordering::SeqCst)
-                .is_err();
-        if !started {
-            warn!(
-                "{}: queue {index}: reactor did not answer; start cancelled",
-                self.spec.name
-            );
-            return Err(VhostError::BackendInternalError);
-        }
+        let id = match rx.recv_timeout(REACTOR_ACK_TIMEOUT) {
+            Ok(id) => id,
+            Err(_) => {
+                if state
+                    .compare_exchange(PENDING, CANCELLED, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    warn!(
+                        "{}: queue {index}: reactor did not answer; start cancelled",
+                        self.spec.name
+                    );
+                    return Err(VhostError::BackendInternalError);
+                }
+                // The reactor took it just now: its id is on the way.
+                rx.recv().map_err(|_| VhostError::BackendInternalError)?
+            }
+        };
         debug!(
             "{}: queue {index} started on reactor {}",
             self.spec.name,
             reactor.id()
         );
-        self.vrings[index].running = Some(RunningQueue { ctrl: ctrl_tx });
+        self.vrings[index].running = Some(RunningQueue {
+            reactor: reactor.clone(),
+            id,
+        });
         Ok(())
     }
 
@@ -501,9 +558,9 @@ impl BlkBackend {
             return Ok(self.vrings[index].base);
         };
         let (tx, rx) = crossbeam_channel::bounded(1);
-        q.ctrl
-            .send(QueueCtrl::Stop(tx))
-            .map_err(|_| VhostError::BackendInternalError)?;
+        if !q.send(QueueCtrl::Stop(tx)) {
+            return Err(VhostError::BackendInternalError);
+        }
         let t0 = Instant::now();
         let stopped: QueueStopped = rx.recv_timeout(STOP_TIMEOUT).map_err(|_| {
             warn!(
@@ -538,7 +595,7 @@ impl BlkBackend {
     /// read them from the controller).
     pub(crate) fn set_coalescing(&self, c: Coalescing) {
         for q in self.vrings.iter().filter_map(|v| v.running.as_ref()) {
-            let _ = q.ctrl.send(QueueCtrl::Coalescing(c));
+            q.send(QueueCtrl::Coalescing(c));
         }
     }
 
@@ -566,7 +623,7 @@ pub(crate) fn gather_stats(queues: &[(usize, RunningQueue)], per_queue: &mut [Qu
         .iter()
         .filter_map(|(i, q)| {
             let (tx, rx) = crossbeam_channel::bounded(1);
-            q.ctrl.send(QueueCtrl::Stats(tx)).ok().map(|_| (*i, rx))
+            q.send(QueueCtrl::Stats(tx)).then_some((*i, rx))
         })
         .collect();
     let deadline = Instant::now() + STATS_TIMEOUT;
@@ -718,8 +775,19 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         if let Some(f) = &fd {
             check_eventfd(f)?;
         }
-        // Receiving the kick fd is what starts the ring (vhost-user spec, "Ring states").
-        self.vrings[usize::from(index)].kick = fd;
+        // Receiving the kick fd is what starts the ring (vhost-user spec, "Ring states"); a
+        // running ring just moves to the new fd.
+        let v = &mut self.vrings[usize::from(index)];
+        if let Some(q) = &v.running {
+            let copy = match &fd {
+                Some(f) => Some(f.try_clone().map_err(VhostError::ReqHandlerError)?),
+                None => None,
+            };
+            q.replace_kick(copy);
+            v.kick = fd;
+            return Ok(());
+        }
+        v.kick = fd;
         self.start_queue(usize::from(index))
     }
 
@@ -735,7 +803,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         };
         let v = &mut self.vrings[usize::from(index)];
         if let Some(q) = &v.running {
-            let _ = q.ctrl.send(QueueCtrl::Call(copy));
+            q.send(QueueCtrl::Call(copy));
         }
         v.call = fd;
         Ok(())
@@ -768,7 +836,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         let v = self.vring(index)?;
         v.enabled = enable;
         if let Some(q) = &v.running {
-            let _ = q.ctrl.send(QueueCtrl::Enable(enable));
+            q.send(QueueCtrl::Enable(enable));
         }
         Ok(())
     }
@@ -803,7 +871,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
             (WRITEBACK_OFFSET, [wb]) if wce_acked => {
                 self.writeback = *wb != 0;
                 for q in self.vrings.iter().filter_map(|v| v.running.as_ref()) {
-                    let _ = q.ctrl.send(QueueCtrl::WriteCache(self.writeback));
+                    q.send(QueueCtrl::WriteCache(self.writeback));
                 }
                 info!(
                     "{}: write cache {}",

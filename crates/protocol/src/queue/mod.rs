@@ -20,7 +20,7 @@ mod submit;
 use std::fs::File;
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 use spinblk_bdev::IoChannel;
 
 use crate::device::{Coalescing, DeviceInfo};
@@ -45,7 +45,8 @@ pub(crate) struct QueueStart {
     pub mem: Arc<GuestMemory>,
     pub device: Arc<DeviceInfo>,
     pub channel: Box<dyn IoChannel>,
-    pub ctrl: Receiver<QueueCtrl>,
+    /// The kick eventfd (an adaptive reactor sleeps on it), if the frontend gave one.
+    pub kick: Option<File>,
     /// This queue's part of the inflight region, when the frontend set one.
     pub inflight: Option<InflightQueue>,
     /// Dirty logging, when the frontend is migrating the VM.
@@ -62,7 +63,8 @@ pub(crate) struct QueueLog {
     pub used_gpa: u64,
 }
 
-/// Messages from the control plane to a running queue.
+/// Messages from the control plane to a running queue (delivered as reactor messages: the
+/// closure finds the poller by id and calls [`VirtqPoller::handle`]).
 pub(crate) enum QueueCtrl {
     /// A new memory table; acknowledged once the queue uses it (`Err` when the ring no longer
     /// fits it, or too many older tables are still held by requests in flight).

@@ -1,0 +1,297 @@
+//! An open RBD image as a [`Bdev`].
+
+use std::ffi::CString;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use spinblk_bdev::{Bdev, BdevError, IoChannel, IoOp};
+
+use crate::channel::RbdChannel;
+use crate::ffi::{self, RadosIoctxT, RbdImageT};
+use crate::{RbdCluster, RbdError};
+
+/// Which image to open and how to present it: SPDK's `bdev_rbd_create` parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RbdImageConfig {
+    /// The bdev's name.
+    pub name: String,
+    /// The pool holding the image.
+    pub pool: String,
+    /// The image.
+    pub image: String,
+    /// Logical block size presented to the guest: 512 or 4096.
+    pub block_size: u32,
+}
+
+impl RbdImageConfig {
+    /// `pool/image` with 512-byte blocks, named `name`.
+    pub fn new(name: &str, pool: &str, image: &str) -> Self {
+        RbdImageConfig {
+            name: name.into(),
+            pool: pool.into(),
+            image: image.into(),
+            block_size: 512,
+        }
+    }
+}
+
+/// The librbd handle of one image, shared by the bdev and its channels.
+pub(crate) struct ImageHandle {
+    pub(crate) image: RbdImageT,
+    ioctx: RadosIoctxT,
+    /// Whether the image has been closed. Held across every control-plane librbd call so that
+    /// none races `close`; the data path never takes it (a channel holds a reference, and
+    /// `close` refuses while one exists).
+    closed: Mutex<bool>,
+    /// Keeps the rados handle alive (shut down after this image's ioctx is destroyed).
+    pub(crate) cluster: RbdCluster,
+    /// `pool/image`, for messages.
+    pub(crate) spec: String,
+}
+
+// SAFETY: librbd's image handle is thread-safe (its own locks serialise state); the raw handles
+// are only released once, in `close_locked`, under `closed`, when no channel holds this struct.
+unsafe impl Send for ImageHandle {}
+// SAFETY: as above.
+unsafe impl Sync for ImageHandle {}
+
+impl ImageHandle {
+    fn lock(&self) -> MutexGuard<'_, bool> {
+        self.closed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the open image (under the close lock).
+    fn with_open<R>(
+        &self,
+        f: impl FnOnce(RbdImageT) -> Result<R, RbdError>,
+    ) -> Result<R, RbdError> {
+        let closed = self.lock();
+        if *closed {
+            return Err(RbdError::Closed);
+        }
+        f(self.image)
+    }
+
+    /// Flushes librbd's cache and closes the image, once; the caller holds the lock.
+    fn close_locked(&self, closed: &mut bool) -> Result<(), RbdError> {
+        if std::mem::replace(closed, true) {
+            return Ok(());
+        }
+        let api = ffi::loaded();
+        // SAFETY: the image is open and no request is in flight on it (no channel exists, and a
+        // channel's Drop waits for its requests).
+        let flushed = unsafe { (api.rbd_flush)(self.image) };
+        // SAFETY: as above; the image is not used after this.
+        let r = unsafe { (api.rbd_close)(self.image) };
+        // SAFETY: the image made from this ioctx is closed.
+        unsafe { (api.rados_ioctx_destroy)(self.ioctx) };
+        if flushed < 0 {
+            return Err(RbdError::call(
+                format!("flush {}", self.spec),
+                flushed.into(),
+            ));
+        }
+        if r < 0 {
+            return Err(RbdError::call(format!("close {}", self.spec), r.into()));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn size(&self) -> Result<u64, RbdError> {
+        self.with_open(|image| {
+            let mut size = 0u64;
+            // SAFETY: open image (under the close lock), valid out-pointer.
+            let r = unsafe { (ffi::loaded().rbd_get_size)(image, &mut size) };
+            if r < 0 {
+                return Err(RbdError::call(
+                    format!("get the size of {}", self.spec),
+                    r.into(),
+                ));
+            }
+            Ok(size)
+        })
+    }
+}
+
+impl Drop for ImageHandle {
+    fn drop(&mut self) {
+        let closed = self.closed.get_mut().unwrap_or_else(|p| p.into_inner());
+        let mut c = *closed;
+        let result = self.close_locked(&mut c);
+        if let Err(e) = result {
+            log::error!("rbd: {e}");
+        }
+    }
+}
+
+/// A Ceph RBD image served as a bdev. Reads, writes, flushes, discards and (where librbd has
+/// `rbd_aio_write_zeroes`) write-zeroes go to librbd's asynchronous API straight from the
+/// request's iovecs; completions come back through each channel's lock-free queue and eventfd.
+pub struct RbdBdev {
+    config: RbdImageConfig,
+    handle: Arc<ImageHandle>,
+    /// The image size in bytes as last read from librbd.
+    size: AtomicU64,
+    write_zeroes: bool,
+}
+
+impl RbdBdev {
+    /// Opens `config.pool/config.image` through `cluster`. Blocks on the network (up to the
+    /// cluster's op timeout): call it on a control thread, never on a reactor.
+    pub fn open(cluster: &RbdCluster, config: RbdImageConfig) -> Result<RbdBdev, RbdError> {
+        let api = ffi::api()?;
+        if config.block_size != 512 && config.block_size != 4096 {
+            return Err(RbdError::Invalid(format!(
+                "block size {} (must be 512 or 4096)",
+                config.block_size
+            )));
+        }
+        let spec = format!("{}/{}", config.pool, config.image);
+        let c_pool = CString::new(config.pool.as_str())
+            .map_err(|_| RbdError::Invalid(format!("pool name with a NUL byte: {spec:?}")))?;
+        let c_image = CString::new(config.image.as_str())
+            .map_err(|_| RbdError::Invalid(format!("image name with a NUL byte: {spec:?}")))?;
+        let mut ioctx = RadosIoctxT::null();
+        // SAFETY: connected handle, NUL-terminated pool name, valid out-pointer.
+        let r =
+            unsafe { (api.rados_ioctx_create)(cluster.inner.handle, c_pool.as_ptr(), &mut ioctx) };
+        if r < 0 {
+            return Err(RbdError::call(
+                format!("open pool {}", config.pool),
+                r.into(),
+            ));
+        }
+        let mut image = RbdImageT::null();
+        // SAFETY: valid ioctx, NUL-terminated image name, valid out-pointer; no snapshot.
+        let r = unsafe { (api.rbd_open)(ioctx, c_image.as_ptr(), &mut image, std::ptr::null()) };
+        if r < 0 {
+            // SAFETY: the ioctx made above; nothing else uses it.
+            unsafe { (api.rados_ioctx_destroy)(ioctx) };
+            return Err(RbdError::call(format!("open image {spec}"), r.into()));
+        }
+        let handle = Arc::new(ImageHandle {
+            image,
+            ioctx,
+            closed: Mutex::new(false),
+            cluster: cluster.clone(),
+            spec,
+        });
+        let size = handle.size()?;
+        if size < u64::from(config.block_size) {
+            return Err(RbdError::Invalid(format!(
+                "image {} is {size} bytes, smaller than one {}-byte block",
+                handle.spec, config.block_size
+            )));
+        }
+        Ok(RbdBdev {
+            write_zeroes: api.rbd_aio_write_zeroes.is_some(),
+            config,
+            handle,
+            size: AtomicU64::new(size),
+        })
+    }
+
+    /// The configuration this bdev was opened with.
+    pub fn config(&self) -> &RbdImageConfig {
+        &self.config
+    }
+
+    /// The cluster connection this image uses.
+    pub fn cluster(&self) -> &RbdCluster {
+        &self.handle.cluster
+    }
+
+    /// Re-reads the image size from librbd (which refreshes its header when another client
+    /// resized the image) and returns it in bytes.
+    pub fn refresh_size(&self) -> Result<u64, RbdError> {
+        let size = self.handle.size()?;
+        self.size.store(size, Ordering::Release);
+        Ok(size)
+    }
+
+    /// Resizes the image to `new_size` bytes (a multiple of the block size; growing or
+    /// shrinking). Blocks on the cluster: control thread only.
+    pub fn resize(&self, new_size: u64) -> Result<(), RbdError> {
+        let bs = u64::from(self.config.block_size);
+        // Block sizes are powers of two.
+        if new_size < bs || new_size & (bs - 1) != 0 {
+            return Err(RbdError::Invalid(format!(
+                "new size {new_size} is not a non-zero multiple of the block size {bs}"
+            )));
+        }
+        self.handle.with_open(|image| {
+            // SAFETY: open image (under the close lock).
+            let r = unsafe { (ffi::loaded().rbd_resize)(image, new_size) };
+            if r < 0 {
+                return Err(RbdError::call(
+                    format!("resize {} to {new_size} bytes", self.handle.spec),
+                    r.into(),
+                ));
+            }
+            Ok(())
+        })?;
+        self.refresh_size().map(|_| ())
+    }
+
+    /// Flushes librbd's write-back cache and closes the image, reporting any error. Fails with
+    /// [`RbdError::Busy`] while I/O channels are open (drop them first: a channel waits for its
+    /// requests when dropped). Idempotent; dropping the bdev does the same and logs errors.
+    pub fn close(&self) -> Result<(), RbdError> {
+        let mut closed = self.handle.lock();
+        let channels = Arc::strong_count(&self.handle) - 1;
+        if channels > 0 && !*closed {
+            return Err(RbdError::Busy { channels });
+        }
+        self.handle.close_locked(&mut closed)
+    }
+
+    /// Opens a channel (the concrete type; [`Bdev::open_channel`] boxes it).
+    pub fn open_rbd_channel(&self, depth: usize) -> Result<RbdChannel, RbdError> {
+        let closed = self.handle.lock();
+        if *closed {
+            return Err(RbdError::Closed);
+        }
+        let handle = Arc::clone(&self.handle);
+        drop(closed);
+        RbdChannel::new(handle, depth.max(1))
+    }
+}
+
+impl Bdev for RbdBdev {
+    fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    fn block_size(&self) -> u32 {
+        self.config.block_size
+    }
+
+    /// Re-reads the size from librbd (a local call: librbd refreshes its header in the
+    /// background when the image changes); the last known size if that fails.
+    fn num_blocks(&self) -> u64 {
+        let size = self
+            .refresh_size()
+            .unwrap_or_else(|_| self.size.load(Ordering::Acquire));
+        size / u64::from(self.config.block_size)
+    }
+
+    fn supports(&self, op: IoOp) -> bool {
+        match op {
+            IoOp::Read | IoOp::Write | IoOp::Flush | IoOp::Discard => true,
+            IoOp::WriteZeroes => self.write_zeroes,
+        }
+    }
+
+    fn open_channel(&self, depth: usize) -> Result<Box<dyn IoChannel>, BdevError> {
+        Ok(Box::new(self.open_rbd_channel(depth)?))
+    }
+}
+
+impl std::fmt::Debug for RbdBdev {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RbdBdev")
+            .field("config", &self.config)
+            .field("size", &self.size.load(Ordering::Relaxed))
+            .finish()
+    }
+}

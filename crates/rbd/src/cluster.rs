@@ -89,14 +89,7 @@ impl RbdCluster {
     pub fn connect(config: &ClusterConfig) -> Result<RbdCluster, RbdError> {
         let api = ffi::api()?;
         let entity = format!("client.{}", config.user);
-        let who = format!(
-            "cluster {} as {entity}{}",
-            config.cluster_name,
-            match &config.config_file {
-                Some(p) => format!(" (config {})", p.display()),
-                None => String::new(),
-            }
-        );
+        let who = format!("cluster {} as {entity}", config.cluster_name);
         let c_cluster = cstring("cluster name", &config.cluster_name)?;
         let c_entity = cstring("user", &entity)?;
         let mut handle = RadosT::null();
@@ -173,7 +166,11 @@ impl RbdCluster {
         // SAFETY: valid, configured handle.
         let r = unsafe { (api.rados_connect)(handle) };
         if r < 0 {
-            return Err(RbdError::call(format!("connect to {who}"), r.into()));
+            let from = match &config.config_file {
+                Some(p) => format!(" (config {})", p.display()),
+                None => String::new(),
+            };
+            return Err(RbdError::call(format!("connect to {who}{from}"), r.into()));
         }
         Ok(RbdCluster {
             inner: Arc::new(inner),

@@ -26,6 +26,14 @@ pub enum RbdError {
     },
     /// The image has been closed.
     Closed,
+    /// librbd did not finish an operation in time (the cluster is unreachable). What it still
+    /// holds (the image handle, the connection) is leaked rather than freed under it.
+    Timeout {
+        /// What was being done.
+        what: String,
+        /// How long it waited.
+        after: std::time::Duration,
+    },
     /// The operating system refused a resource (an eventfd).
     Os(std::io::Error),
 }
@@ -56,9 +64,10 @@ impl fmt::Display for RbdError {
                 "RBD needs Ceph's client libraries (librbd.so.1, librados.so.2; Debian: \
                  apt-get install librbd1): {e}"
             ),
+            // io::Error's Display ends in "(os error N)".
             RbdError::Call { what, errno } => write!(
                 f,
-                "cannot {what}: {} (errno {errno})",
+                "cannot {what}: {}",
                 std::io::Error::from_raw_os_error(*errno)
             ),
             RbdError::Invalid(why) => write!(f, "{why}"),
@@ -66,6 +75,12 @@ impl fmt::Display for RbdError {
                 write!(f, "the image still has {channels} open I/O channel(s)")
             }
             RbdError::Closed => write!(f, "the image is closed"),
+            RbdError::Timeout { what, after } => {
+                write!(
+                    f,
+                    "cannot {what}: no answer from the cluster after {after:?}"
+                )
+            }
             RbdError::Os(e) => write!(f, "{e}"),
         }
     }

@@ -72,13 +72,14 @@ macro_rules! ffi_table {
         }
 
         impl Api {
-            fn load() -> Result<Api, String> {
+            /// Loads the two libraries by file name (SONAME) and resolves every symbol.
+            fn load(rados_name: &str, rbd_name: &str) -> Result<Api, String> {
                 // SAFETY: loading Ceph's client libraries runs their initialisers, which only set
                 // up library-internal state (no conflicting symbols with this program).
-                let rados = unsafe { libloading::Library::new(LIBRADOS) }
+                let rados = unsafe { libloading::Library::new(rados_name) }
                     .map_err(|e| format!("{e}"))?;
                 // SAFETY: as above.
-                let rbd = unsafe { libloading::Library::new(LIBRBD) }
+                let rbd = unsafe { libloading::Library::new(rbd_name) }
                     .map_err(|e| format!("{e}"))?;
                 Ok(Api {
                     $( $rname: {
@@ -145,10 +146,9 @@ ffi_table! {
         rbd fn rbd_version(major: *mut c_int, minor: *mut c_int, extra: *mut c_int) -> ();
         rbd fn rbd_open(io: RadosIoctxT, name: *const c_char, image: *mut RbdImageT,
             snap_name: *const c_char) -> c_int;
-        rbd fn rbd_close(image: RbdImageT) -> c_int;
+        rbd fn rbd_aio_close(image: RbdImageT, c: RbdCompletionT) -> c_int;
         rbd fn rbd_get_size(image: RbdImageT, size: *mut u64) -> c_int;
         rbd fn rbd_resize(image: RbdImageT, size: u64) -> c_int;
-        rbd fn rbd_flush(image: RbdImageT) -> c_int;
         rbd fn rbd_aio_create_completion(cb_arg: *mut c_void, complete_cb: RbdCallback,
             c: *mut RbdCompletionT) -> c_int;
         rbd fn rbd_aio_get_return_value(c: RbdCompletionT) -> isize;
@@ -178,7 +178,7 @@ static API: OnceLock<Result<Api, String>> = OnceLock::new();
 
 /// librados/librbd, loaded on first use; a one-line error when they are not installed.
 pub(crate) fn api() -> Result<&'static Api, RbdError> {
-    API.get_or_init(Api::load)
+    API.get_or_init(|| Api::load(LIBRADOS, LIBRBD))
         .as_ref()
         .map_err(|e| RbdError::Library(e.clone()))
 }
@@ -315,6 +315,18 @@ pub(crate) mod tests {
         );
     }
 
+    /// Without the libraries, RBD is a one-line error naming what is missing.
+    #[test]
+    fn missing_library_is_a_one_line_error() {
+        let Err(e) = Api::load("libspinblk-no-such-rados.so.2", LIBRBD) else {
+            panic!("loaded a library that does not exist");
+        };
+        let msg = RbdError::Library(e).to_string();
+        assert!(!msg.contains('\n'), "{msg}");
+        assert!(msg.contains("libspinblk-no-such-rados.so.2"), "{msg}");
+        assert!(msg.contains("librbd1"), "{msg}");
+    }
+
     #[test]
     fn declarations_cover_every_entry() {
         let decls = c_declarations();
@@ -323,6 +335,6 @@ pub(crate) mod tests {
                      uint64_t, rbd_completion_t) = &rbd_aio_readv;"));
         assert!(decls.iter().any(|(n, d)| *n == "rbd_aio_create_completion"
             && d.contains("(void *, void (*)(rbd_completion_t, void *), rbd_completion_t *)")));
-        assert_eq!(decls.len(), 22);
+        assert_eq!(decls.len(), 21);
     }
 }

@@ -1,13 +1,14 @@
 //! An open RBD image as a [`Bdev`].
 
-use std::ffi::CString;
+use std::ffi::{c_int, c_void, CString};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use spinblk_bdev::{Bdev, BdevError, IoChannel, IoOp};
 
 use crate::channel::RbdChannel;
-use crate::ffi::{self, RadosIoctxT, RbdImageT};
+use crate::ffi::{self, RadosIoctxT, RbdCompletionT, RbdImageT};
 use crate::{RbdCluster, RbdError};
 
 /// Which image to open and how to present it: SPDK's `bdev_rbd_create` parameters.
@@ -72,27 +73,55 @@ impl ImageHandle {
         f(self.image)
     }
 
-    /// Flushes librbd's cache and closes the image, once; the caller holds the lock.
+    /// How long a control-plane librbd call may take before the image is given up: the op
+    /// timeout plus a margin (`None`: no op timeout, wait forever).
+    fn call_timeout(&self) -> Option<Duration> {
+        let t = self.cluster.op_timeout();
+        (!t.is_zero()).then(|| t + Duration::from_secs(10))
+    }
+
+    /// Flushes librbd's cache and closes the image, once; the caller holds the lock. Each step
+    /// is bounded by [`Self::call_timeout`]: librbd's close waits for its header watch to be
+    /// removed, which no op timeout bounds, so with the cluster gone it would block forever.
+    /// On a timeout the image handle, its ioctx and the connection are leaked (librbd still
+    /// uses them) and the error says so.
     fn close_locked(&self, closed: &mut bool) -> Result<(), RbdError> {
         if std::mem::replace(closed, true) {
             return Ok(());
         }
         let api = ffi::loaded();
+        let timeout = self.call_timeout();
+        let give_up = |what: String, after: Duration| {
+            std::mem::forget(self.cluster.clone());
+            RbdError::Timeout { what, after }
+        };
         // SAFETY: the image is open and no request is in flight on it (no channel exists, and a
         // channel's Drop waits for its requests).
-        let flushed = unsafe { (api.rbd_flush)(self.image) };
+        let flushed = aio_wait(timeout, |c| unsafe { (api.rbd_aio_flush)(self.image, c) })?;
+        let flushed = match flushed {
+            Some(r) => r,
+            None => {
+                return Err(give_up(
+                    format!("flush {}", self.spec),
+                    timeout.unwrap_or_default(),
+                ))
+            }
+        };
         // SAFETY: as above; the image is not used after this.
-        let r = unsafe { (api.rbd_close)(self.image) };
+        let r = aio_wait(timeout, |c| unsafe { (api.rbd_aio_close)(self.image, c) })?;
+        let Some(r) = r else {
+            return Err(give_up(
+                format!("close {}", self.spec),
+                timeout.unwrap_or_default(),
+            ));
+        };
         // SAFETY: the image made from this ioctx is closed.
         unsafe { (api.rados_ioctx_destroy)(self.ioctx) };
         if flushed < 0 {
-            return Err(RbdError::call(
-                format!("flush {}", self.spec),
-                flushed.into(),
-            ));
+            return Err(RbdError::call(format!("flush {}", self.spec), flushed));
         }
         if r < 0 {
-            return Err(RbdError::call(format!("close {}", self.spec), r.into()));
+            return Err(RbdError::call(format!("close {}", self.spec), r));
         }
         Ok(())
     }
@@ -110,6 +139,79 @@ impl ImageHandle {
             }
             Ok(size)
         })
+    }
+}
+
+/// Where a control-plane aio call's result lands.
+struct Waiter {
+    result: Mutex<Option<i64>>,
+    cv: Condvar,
+}
+
+/// Completion callback for [`aio_wait`] (a librbd thread).
+unsafe extern "C" fn on_wait_complete(c: RbdCompletionT, arg: *mut c_void) {
+    let api = ffi::loaded();
+    // SAFETY: librbd is finishing `c`; read, then release it (nothing else refers to it).
+    let ret = unsafe { (api.rbd_aio_get_return_value)(c) } as i64;
+    // SAFETY: as above.
+    unsafe { (api.rbd_aio_release)(c) };
+    // SAFETY: `arg` is the reference `aio_wait` gave away with `Arc::into_raw`; taken back once.
+    let waiter = unsafe { Arc::from_raw(arg as *const Waiter) };
+    *waiter.result.lock().unwrap_or_else(|p| p.into_inner()) = Some(ret);
+    waiter.cv.notify_all();
+}
+
+/// Starts one librbd aio call with `start(completion)` and waits for it, up to `timeout`.
+/// `Ok(Some(ret))`: librbd's return value (or `start`'s refusal); `Ok(None)`: it timed out (the
+/// callback may still run later; its state stays alive until then).
+fn aio_wait(
+    timeout: Option<Duration>,
+    start: impl FnOnce(RbdCompletionT) -> c_int,
+) -> Result<Option<i64>, RbdError> {
+    let api = ffi::loaded();
+    let waiter = Arc::new(Waiter {
+        result: Mutex::new(None),
+        cv: Condvar::new(),
+    });
+    let arg = Arc::into_raw(Arc::clone(&waiter))
+        .cast_mut()
+        .cast::<c_void>();
+    let mut c = RbdCompletionT::null();
+    // SAFETY: `arg` stays valid until the callback takes it back; valid out-pointer.
+    let r = unsafe { (api.rbd_aio_create_completion)(arg, Some(on_wait_complete), &mut c) };
+    if r < 0 {
+        // SAFETY: the callback will never run: take back the reference it would have owned.
+        drop(unsafe { Arc::from_raw(arg as *const Waiter) });
+        return Err(RbdError::call("create an rbd completion", r.into()));
+    }
+    let r = start(c);
+    if r < 0 {
+        // SAFETY: librbd refused the call, so the completion and the reference are still ours.
+        unsafe { (api.rbd_aio_release)(c) };
+        // SAFETY: as above.
+        drop(unsafe { Arc::from_raw(arg as *const Waiter) });
+        return Ok(Some(r.into()));
+    }
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut result = waiter.result.lock().unwrap_or_else(|p| p.into_inner());
+    loop {
+        if let Some(r) = *result {
+            return Ok(Some(r));
+        }
+        result = match deadline {
+            None => waiter.cv.wait(result).unwrap_or_else(|p| p.into_inner()),
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(None);
+                }
+                waiter
+                    .cv
+                    .wait_timeout(result, left)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0
+            }
+        };
     }
 }
 

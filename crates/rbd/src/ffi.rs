@@ -29,6 +29,8 @@ pub(crate) struct RbdImageT(pub *mut c_void);
 pub(crate) struct RbdCompletionT(pub *mut c_void);
 /// `rbd_callback_t`.
 pub(crate) type RbdCallback = Option<unsafe extern "C" fn(RbdCompletionT, *mut c_void)>;
+/// `rbd_update_callback_t`.
+pub(crate) type RbdUpdateCallback = Option<unsafe extern "C" fn(*mut c_void)>;
 
 impl RadosT {
     pub(crate) fn null() -> Self {
@@ -149,6 +151,9 @@ ffi_table! {
         rbd fn rbd_aio_close(image: RbdImageT, c: RbdCompletionT) -> c_int;
         rbd fn rbd_get_size(image: RbdImageT, size: *mut u64) -> c_int;
         rbd fn rbd_resize(image: RbdImageT, size: u64) -> c_int;
+        rbd fn rbd_update_watch(image: RbdImageT, handle: *mut u64, watch_cb: RbdUpdateCallback,
+            arg: *mut c_void) -> c_int;
+        rbd fn rbd_update_unwatch(image: RbdImageT, handle: u64) -> c_int;
         rbd fn rbd_aio_create_completion(cb_arg: *mut c_void, complete_cb: RbdCallback,
             c: *mut RbdCompletionT) -> c_int;
         rbd fn rbd_aio_get_return_value(c: RbdCompletionT) -> isize;
@@ -219,6 +224,11 @@ pub(crate) mod tests {
     impl<T: CType> CType for *const T {
         fn c() -> String {
             format!("const {} *", T::c())
+        }
+    }
+    impl<A: CType> CType for Option<unsafe extern "C" fn(A)> {
+        fn c() -> String {
+            format!("void (*)({})", A::c())
         }
     }
     impl<A: CType, B: CType> CType for Option<unsafe extern "C" fn(A, B)> {
@@ -335,6 +345,6 @@ pub(crate) mod tests {
                      uint64_t, rbd_completion_t) = &rbd_aio_readv;"));
         assert!(decls.iter().any(|(n, d)| *n == "rbd_aio_create_completion"
             && d.contains("(void *, void (*)(rbd_completion_t, void *), rbd_completion_t *)")));
-        assert_eq!(decls.len(), 21);
+        assert_eq!(decls.len(), 23);
     }
 }

@@ -1,7 +1,7 @@
 //! An open RBD image as a [`Bdev`].
 
 use std::ffi::{c_int, c_void, CString};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -48,6 +48,39 @@ pub(crate) struct ImageHandle {
     pub(crate) cluster: RbdCluster,
     /// `pool/image`, for messages.
     pub(crate) spec: String,
+    /// What librbd's header-update callback sets (kept alive as long as the handle).
+    watch: Arc<HeaderWatch>,
+    /// The update-watch registration, if librbd accepted it.
+    watch_handle: Option<u64>,
+}
+
+/// Shared with librbd's header-update callback.
+#[derive(Default)]
+struct HeaderWatch {
+    /// Set when librbd reports a header change (a resize by any client, a snapshot, ...);
+    /// cleared by `refresh_size`.
+    changed: AtomicBool,
+    /// Called after `changed` is set.
+    notify: Mutex<Option<ChangeNotifier>>,
+}
+
+/// See [`RbdBdev::set_change_notifier`].
+type ChangeNotifier = Arc<dyn Fn() + Send + Sync>;
+
+/// librbd's header-update callback (a librbd thread).
+unsafe extern "C" fn on_header_update(arg: *mut c_void) {
+    // SAFETY: `arg` is the `HeaderWatch` the image handle keeps alive until it has unregistered
+    // this callback.
+    let watch = unsafe { &*(arg as *const HeaderWatch) };
+    watch.changed.store(true, Ordering::Release);
+    let notify = watch
+        .notify
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some(f) = notify {
+        f();
+    }
 }
 
 // SAFETY: librbd's image handle is thread-safe (its own locks serialise state); the raw handles
@@ -90,6 +123,13 @@ impl ImageHandle {
             return Ok(());
         }
         let api = ffi::loaded();
+        if let Some(h) = self.watch_handle {
+            // SAFETY: the registration made in `open`; after this librbd no longer calls back.
+            let r = unsafe { (api.rbd_update_unwatch)(self.image, h) };
+            if r < 0 {
+                log::warn!("rbd {}: update unwatch: errno {}", self.spec, -r);
+            }
+        }
         let timeout = self.call_timeout();
         let give_up = |what: String, after: Duration| {
             std::mem::forget(self.cluster.clone());
@@ -271,12 +311,31 @@ impl RbdBdev {
             unsafe { (api.rados_ioctx_destroy)(ioctx) };
             return Err(RbdError::call(format!("open image {spec}"), r.into()));
         }
+        // Header changes (a resize by another client) are reported by librbd: register for them
+        // before the first size read so none is missed.
+        let watch = Arc::new(HeaderWatch::default());
+        let mut h = 0u64;
+        // SAFETY: open image; the callback argument stays alive in the handle until close
+        // unregisters it.
+        let r = unsafe {
+            (api.rbd_update_watch)(
+                image,
+                &mut h,
+                Some(on_header_update),
+                Arc::as_ptr(&watch).cast_mut().cast(),
+            )
+        };
+        if r < 0 {
+            log::warn!("rbd {spec}: no header-update watch (errno {}): resizes by other clients are seen only on refresh", -r);
+        }
         let handle = Arc::new(ImageHandle {
             image,
             ioctx,
             closed: Mutex::new(false),
             cluster: cluster.clone(),
             spec,
+            watch,
+            watch_handle: (r >= 0).then_some(h),
         });
         let size = handle.size()?;
         if size < u64::from(config.block_size) {
@@ -303,9 +362,11 @@ impl RbdBdev {
         &self.handle.cluster
     }
 
-    /// Re-reads the image size from librbd (which refreshes its header when another client
-    /// resized the image) and returns it in bytes.
+    /// Re-reads the image size from librbd and returns it in bytes; [`Bdev::num_blocks`] then
+    /// reports it. librbd re-reads the image header first when it has been told of a change,
+    /// which goes to the cluster: call this on a control thread (the object model's rescan).
     pub fn refresh_size(&self) -> Result<u64, RbdError> {
+        self.handle.watch.changed.store(false, Ordering::Release);
         let size = self.handle.size()?;
         self.size.store(size, Ordering::Release);
         Ok(size)
@@ -333,6 +394,25 @@ impl RbdBdev {
             Ok(())
         })?;
         self.refresh_size().map(|_| ())
+    }
+
+    /// Whether librbd reported a change of the image header (a resize by any client, a
+    /// snapshot) since the last [`RbdBdev::refresh_size`].
+    pub fn header_changed(&self) -> bool {
+        self.handle.watch.changed.load(Ordering::Acquire)
+    }
+
+    /// Sets the function librbd's header-update callback calls (on a librbd thread) after
+    /// [`RbdBdev::header_changed`] becomes true: it must be quick and must not call into this
+    /// bdev; send a message to a control thread that then calls [`RbdBdev::refresh_size`] (and
+    /// tells the guest of a new capacity).
+    pub fn set_change_notifier(&self, notify: impl Fn() + Send + Sync + 'static) {
+        *self
+            .handle
+            .watch
+            .notify
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(Arc::new(notify));
     }
 
     /// Flushes librbd's write-back cache and closes the image, reporting any error. Fails with
@@ -368,13 +448,11 @@ impl Bdev for RbdBdev {
         self.config.block_size
     }
 
-    /// Re-reads the size from librbd (a local call: librbd refreshes its header in the
-    /// background when the image changes); the last known size if that fails.
+    /// The size last read from librbd (at open, [`RbdBdev::resize`] or
+    /// [`RbdBdev::refresh_size`]). It never calls librbd: `rbd_get_size` may re-read the image
+    /// header from the cluster, which must not happen wherever this is called from.
     fn num_blocks(&self) -> u64 {
-        let size = self
-            .refresh_size()
-            .unwrap_or_else(|_| self.size.load(Ordering::Acquire));
-        size / u64::from(self.config.block_size)
+        self.size.load(Ordering::Acquire) / u64::from(self.config.block_size)
     }
 
     fn supports(&self, op: IoOp) -> bool {

@@ -340,26 +340,39 @@ fn import_export(env: &Env) {
     println!("    6 MiB imported and read back; 4 writes through the bdev seen by rbd export");
 }
 
-/// Growing the image through the bdev and through the `rbd` CLI is seen by num_blocks().
+/// Growing the image through the bdev is seen at once; growing it with the `rbd` CLI (another
+/// client) is reported by librbd's header watch, and `refresh_size` then reads the new size.
 fn resize(env: &Env) {
     let bdev = env.open("resize", 8);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let tx = std::sync::Mutex::new(tx);
+    bdev.set_change_notifier(move || {
+        let _ = tx.lock().map(|t| t.send(()));
+    });
     bdev.resize(16 * MIB).expect("resize");
     assert_eq!(bdev.num_blocks(), 16 * MIB / 512);
+    while rx.try_recv().is_ok() {}
+    bdev.refresh_size().expect("refresh");
+    assert!(!bdev.header_changed());
+    let t = Instant::now();
     env.cluster.rbd(&[
         "resize",
         "--size",
         "24M",
         &format!("{}/resize", env.cluster.pool),
     ]);
-    // librbd learns of the change through its header watch: poll briefly.
-    let t = Instant::now();
-    while bdev.num_blocks() != 24 * MIB / 512 {
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "external resize not seen"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let cli = t.elapsed();
+    rx.recv_timeout(Duration::from_secs(20))
+        .expect("librbd reports the external resize");
+    let seen = t.elapsed();
+    assert!(bdev.header_changed());
+    assert_eq!(
+        bdev.num_blocks(),
+        16 * MIB / 512,
+        "num_blocks changes only on refresh"
+    );
+    assert_eq!(bdev.refresh_size().expect("refresh"), 24 * MIB);
+    assert_eq!(bdev.num_blocks(), 24 * MIB / 512);
     let mut ch = bdev.open_channel(2).expect("channel");
     let mut reqs = vec![Req::write(24 * MIB - 4096, vec![9; 4096])];
     ok_all(
@@ -367,10 +380,7 @@ fn resize(env: &Env) {
         "write at the new end",
     );
     assert!(matches!(bdev.resize(1000), Err(RbdError::Invalid(_))));
-    println!(
-        "    8 -> 16 MiB (bdev) -> 24 MiB (rbd CLI, seen after {:?})",
-        t.elapsed()
-    );
+    println!("    8 -> 16 MiB (bdev) -> 24 MiB (rbd CLI, {cli:?}; change reported after {seen:?})");
 }
 
 /// A request librbd refuses fails alone: the requests around it succeed.

@@ -430,6 +430,20 @@ fn open_and_close(env: &Env) {
     b4.close().expect("close");
     b4.close().expect("close twice");
     assert!(b4.open_channel(2).is_err(), "channel on a closed image");
+    // No config file given: librados' search finds $CEPH_CONF; a key/value overrides the op
+    // timeout; the connection is a new one (not shared with env.conn).
+    std::env::set_var("CEPH_CONF", env.cluster.conf());
+    let conn = RbdCluster::connect(&ClusterConfig {
+        options: vec![("rados_osd_op_timeout".into(), "7".into())],
+        ..Default::default()
+    })
+    .expect("connect through $CEPH_CONF");
+    std::env::remove_var("CEPH_CONF");
+    assert_eq!(conn.op_timeout(), Duration::from_secs(7));
+    assert_eq!(conn.conf_get("client_mount_timeout").as_deref(), Some("30"));
+    assert!(!conn.same_connection(&env.conn));
+    let b = RbdBdev::open(&conn, cfg("bs4k")).expect("open through the second connection");
+    assert_eq!(b.size_bytes(), 4 * MIB);
 }
 
 fn memory(env: &Env) {

@@ -489,6 +489,7 @@ impl BlkBackend {
             inflight,
             log: self.queue_log(v),
             coalescing: *lock(&self.shared.coalescing),
+            qos: lock(&self.shared.qos).clone(),
         })
         .map_err(|e| {
             warn!("{}: queue {index} not started: {e}", self.spec.name);
@@ -596,6 +597,13 @@ impl BlkBackend {
     pub(crate) fn set_coalescing(&self, c: Coalescing) {
         for q in self.vrings.iter().filter_map(|v| v.running.as_ref()) {
             q.send(QueueCtrl::Coalescing(c));
+        }
+    }
+
+    /// Gives the running queues the bdev's limiter (`None`: no limits).
+    pub(crate) fn set_qos(&self, limiter: Option<Arc<spinblk_bdev::QosLimiter>>) {
+        for q in self.vrings.iter().filter_map(|v| v.running.as_ref()) {
+            q.send(QueueCtrl::Qos(limiter.clone()));
         }
     }
 

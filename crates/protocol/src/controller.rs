@@ -89,6 +89,7 @@ impl Controller {
             finished: Mutex::new(vec![QueueStats::default(); usize::from(spec.num_queues)]),
             stopping: AtomicBool::new(false),
             coalescing: Mutex::new(Coalescing::default()),
+            qos: Mutex::new(None),
         });
         let current = Arc::new(Current {
             backend: Mutex::new(None),
@@ -168,6 +169,17 @@ impl Controller {
             lock(&b).set_coalescing(c);
         }
         Ok(())
+    }
+
+    /// Enforces the bdev's I/O limits (`None`: none) on this controller's queues, now and for
+    /// queues that start later. Every controller of a bdev gets the same limiter, so the limits
+    /// hold for the bdev as a whole.
+    pub fn set_qos(&self, limiter: Option<Arc<spinblk_bdev::QosLimiter>>) {
+        *lock(&self.current.shared.qos) = limiter.clone();
+        let backend = lock(&self.current.backend).clone();
+        if let Some(b) = backend {
+            lock(&b).set_qos(limiter);
+        }
     }
 
     /// The current interrupt coalescing settings.

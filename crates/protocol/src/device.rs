@@ -6,7 +6,7 @@
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use spinblk_bdev::Bdev;
+use spinblk_bdev::{Bdev, QosLimiter};
 use spinblk_reactor::ReactorHandle;
 
 use crate::request::{DeviceLimits, ID_BYTES};
@@ -46,6 +46,8 @@ pub(crate) struct ControllerShared {
     pub stopping: AtomicBool,
     /// Guest interrupt coalescing (vhost_controller_set_coalescing), for queues that start.
     pub coalescing: Mutex<Coalescing>,
+    /// The bdev's I/O limiter, for queues that start (`None`: no limits).
+    pub qos: Mutex<Option<Arc<QosLimiter>>>,
 }
 
 /// Guest interrupt coalescing, with SPDK's `vhost_controller_set_coalescing` meaning: every

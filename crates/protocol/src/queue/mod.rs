@@ -21,7 +21,7 @@ use std::fs::File;
 use std::sync::Arc;
 
 use crossbeam_channel::Sender;
-use spinblk_bdev::IoChannel;
+use spinblk_bdev::{IoChannel, QosLimiter};
 
 use crate::device::{Coalescing, DeviceInfo};
 use crate::inflight::{InflightError, InflightQueue};
@@ -53,6 +53,8 @@ pub(crate) struct QueueStart {
     pub log: Option<QueueLog>,
     /// Guest interrupt coalescing settings.
     pub coalescing: Coalescing,
+    /// The bdev's I/O limits, when it has any.
+    pub qos: Option<Arc<QosLimiter>>,
 }
 
 /// Dirty logging for one queue: the shared bitmap and the guest address the frontend wants
@@ -81,6 +83,8 @@ pub(crate) enum QueueCtrl {
     Stats(Sender<QueueStats>),
     /// New interrupt coalescing settings.
     Coalescing(Coalescing),
+    /// The bdev's limiter (`None`: no limits).
+    Qos(Option<Arc<QosLimiter>>),
     /// Start, stop or move dirty logging; acknowledged once the queue logs to the new place.
     Log(Option<QueueLog>, Sender<()>),
 }

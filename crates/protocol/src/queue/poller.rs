@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::os::fd::{AsRawFd, RawFd};
 
 use crossbeam_channel::Sender;
-use spinblk_bdev::{BdevIo, Completion, IoChannel, IoVec};
+use spinblk_bdev::{BdevIo, Completion, IoChannel, IoVec, QosClient};
 use spinblk_reactor::{PollStatus, Poller, Tick};
 
 use super::notify::Coalescer;
@@ -89,6 +89,10 @@ pub(crate) struct VirtqPoller {
     pub(super) done: Vec<Completion>,
     /// A used element was pushed this pass (the used index needs publishing).
     pub(super) used_pending: bool,
+    /// Requests waiting for the bdev's I/O limits to admit them (oldest first).
+    pub(super) throttled: VecDeque<BdevIo>,
+    /// This queue's share of the bdev's I/O limits, when it has any.
+    pub(super) qos: Option<QosClient>,
     /// Requests the channel handed back (full); retried before new ones are popped.
     pub(super) backlog: VecDeque<BdevIo>,
     pub(super) in_flight: usize,
@@ -168,6 +172,8 @@ impl VirtqPoller {
             iovecs: vec![empty; size * MAX_IOVECS].into_boxed_slice(),
             done: Vec::with_capacity(size),
             used_pending: false,
+            throttled: VecDeque::with_capacity(size),
+            qos: s.qos.map(QosClient::new),
             backlog: VecDeque::with_capacity(size),
             in_flight: 0,
             call: s.call,
@@ -228,6 +234,7 @@ impl VirtqPoller {
                 let _ = reply.send(self.stats.clone());
             }
             QueueCtrl::Coalescing(c) => self.coalescer.configure(c),
+            QueueCtrl::Qos(limiter) => self.qos = limiter.map(QosClient::new),
             QueueCtrl::Log(log, ack) => {
                 self.log = log;
                 let _ = ack.send(());
@@ -279,7 +286,10 @@ impl Poller for VirtqPoller {
         // The backlog holds requests already taken from the ring: always push them on, even
         // while disabled or stopping, or a stop would wait for them forever.
         let mut busy = self.submit_backlog();
-        if self.enabled && self.stop_reply.is_none() {
+        if !self.throttled.is_empty() {
+            busy |= self.admit_throttled();
+        }
+        if self.enabled && self.stop_reply.is_none() && self.throttled.is_empty() {
             busy |= self.pop_requests();
         }
         self.channel.flush_submissions();
@@ -315,6 +325,7 @@ impl Poller for VirtqPoller {
     fn prepare_sleep(&mut self) -> bool {
         let quiet = self.kick.is_some()
             && self.backlog.is_empty()
+            && self.throttled.is_empty()
             && self.resubmit.is_empty()
             && !self.used_pending
             && !self.coalescer.pending

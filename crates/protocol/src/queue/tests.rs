@@ -143,6 +143,7 @@ fn start(
         inflight: region.map(|r| r.queue(0, RING).expect("inflight queue")),
         log: None,
         coalescing: Default::default(),
+        qos: None,
     })
     .unwrap_or_else(|e| panic!("queue start: {e}"));
     (p, ())
@@ -411,4 +412,46 @@ fn sleeping_enables_kicks_and_a_request_that_raced_it_keeps_the_reactor_awake() 
     p.replace_kick(None);
     assert!(!p.prepare_sleep());
     p.wake();
+}
+
+#[test]
+fn requests_over_the_limit_wait_and_are_never_failed() {
+    use spinblk_bdev::{QosLimiter, QosLimits};
+    let mem = memory();
+    let vq = MockSplitQueue::new(&mem, RING);
+    let (mut p, _tx) = start(&mem, &vq, device(malloc()), None);
+    // 50 IOPS: the burst admits one request, the rest wait.
+    let limiter = Arc::new(QosLimiter::new(QosLimits {
+        rw_ios_per_sec: 50,
+        ..Default::default()
+    }));
+    p.handle(QueueCtrl::Qos(Some(Arc::clone(&limiter))));
+    for c in 0..4u16 {
+        add_request(&mem, &vq, c, VIRTIO_BLK_T_OUT, u64::from(c), 3);
+    }
+    p.poll();
+    p.poll();
+    let done = vq.used().idx().load();
+    assert!(done < 4, "throttled: only {done} of 4 done at once");
+    assert_eq!(
+        p.throttled.len() as u16 + done,
+        4,
+        "the rest wait, none failed"
+    );
+    assert!(
+        !p.prepare_sleep(),
+        "a queue with throttled requests stays awake"
+    );
+    p.wake();
+    // Lifting the limit lets them through.
+    p.handle(QueueCtrl::Qos(None));
+    p.poll();
+    assert_eq!(vq.used().idx().load(), 4);
+    assert_eq!(p.stats.io_errors, 0);
+    for c in 0..4u64 {
+        let s: u8 = mem
+            .read_obj(GuestAddress(STATUS + c * 0x1000))
+            .expect("status");
+        assert_eq!(s, 0);
+    }
 }

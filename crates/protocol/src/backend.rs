@@ -38,6 +38,7 @@ use crate::inflight::{queue_region_size, InflightRegion};
 use crate::log::DirtyLog;
 use crate::memory::GuestMemory;
 use crate::queue::{QueueCtrl, QueueLog, QueueStart, QueueStopped, VirtqPoller};
+use crate::request::DeviceLimits;
 use crate::ring::{RingAddrs, SplitRing, MAX_QUEUE_SIZE};
 use crate::sigbus::{check_file, Guard};
 use crate::stats::QueueStats;
@@ -490,6 +491,7 @@ impl BlkBackend {
             log: self.queue_log(v),
             coalescing: *lock(&self.shared.coalescing),
             qos: lock(&self.shared.qos).clone(),
+            capacity: self.shared.capacity.load(Ordering::SeqCst),
         })
         .map_err(|e| {
             warn!("{}: queue {index} not started: {e}", self.spec.name);
@@ -598,6 +600,63 @@ impl BlkBackend {
         for q in self.vrings.iter().filter_map(|v| v.running.as_ref()) {
             q.send(QueueCtrl::Coalescing(c));
         }
+    }
+
+    /// Online resize: every running queue takes the new capacity (acknowledged), then the
+    /// frontend is told the config space changed, over the backend request channel.
+    pub(crate) fn resize(&mut self, capacity: u64) -> VhostResult<()> {
+        let acks: Vec<Receiver<()>> = self
+            .vrings
+            .iter()
+            .filter_map(|v| v.running.as_ref())
+            .filter_map(|q| {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                q.send(QueueCtrl::Capacity(capacity, tx)).then_some(rx)
+            })
+            .collect();
+        for rx in acks {
+            // A queue that has ended meanwhile has nothing to check any more.
+            let _ = rx.recv_timeout(REACTOR_ACK_TIMEOUT);
+        }
+        self.notify_config_change()
+    }
+
+    /// Sends VHOST_USER_BACKEND_CONFIG_CHANGE_MSG on the backend request channel (the `vhost`
+    /// crate's `Backend` cannot send it), waiting for the frontend's ack when REPLY_ACK is on.
+    fn notify_config_change(&mut self) -> VhostResult<()> {
+        use std::io::{Read, Write};
+        const CONFIG_CHANGE_MSG: u32 = 2;
+        const VERSION_1: u32 = 0x1;
+        const NEED_REPLY: u32 = 0x8;
+        let want_ack = self.reply_ack_negotiated();
+        let Some(chan) = self.backend_channel.as_mut() else {
+            info!(
+                "{}: capacity changed; the frontend gave no backend channel to tell it",
+                self.spec.name
+            );
+            return Ok(());
+        };
+        let flags = VERSION_1 | if want_ack { NEED_REPLY } else { 0 };
+        let mut msg = [0u8; 12];
+        msg[..4].copy_from_slice(&CONFIG_CHANGE_MSG.to_le_bytes());
+        msg[4..8].copy_from_slice(&flags.to_le_bytes());
+        chan.write_all(&msg).map_err(VhostError::ReqHandlerError)?;
+        if want_ack {
+            let _ = chan.set_read_timeout(Some(REACTOR_ACK_TIMEOUT));
+            let mut reply = [0u8; 20];
+            let got = chan.read_exact(&mut reply);
+            let _ = chan.set_read_timeout(None);
+            got.map_err(VhostError::ReqHandlerError)?;
+            let value = u64::from_le_bytes(reply[12..20].try_into().unwrap_or([0xff; 8]));
+            if value != 0 {
+                warn!("{}: the frontend refused the config change", self.spec.name);
+            }
+        }
+        info!(
+            "{}: told the frontend the config space changed",
+            self.spec.name
+        );
+        Ok(())
     }
 
     /// Gives the running queues the bdev's limiter (`None`: no limits).
@@ -855,11 +914,11 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         size: u32,
         _flags: VhostUserConfigFlags,
     ) -> VhostResult<Vec<u8>> {
-        let config = config_space(
-            &self.spec.device.limits,
-            self.spec.num_queues,
-            self.writeback,
-        );
+        let limits = DeviceLimits {
+            capacity: self.shared.capacity.load(Ordering::SeqCst),
+            ..self.spec.device.limits
+        };
+        let config = config_space(&limits, self.spec.num_queues, self.writeback);
         // Bytes past the structure read as zero; the caller bounds offset + size to 4 KiB.
         let mut out = vec![0u8; size as usize];
         let start = (offset as usize).min(config.len());
@@ -1029,6 +1088,9 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
 impl BlkBackend {
     /// SET_BACKEND_REQ_FD: the channel for backend-initiated messages (config changes).
     pub(crate) fn set_backend_channel(&mut self, file: File) -> VhostResult<()> {
+        if !fd_kind(&file).starts_with("socket:") {
+            return Err(invalid("the backend request fd must be a socket"));
+        }
         let fd = std::os::fd::OwnedFd::from(file);
         let stream = UnixStream::from(fd);
         self.backend_channel = Some(stream);

@@ -3,7 +3,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -90,6 +90,7 @@ impl Controller {
             stopping: AtomicBool::new(false),
             coalescing: Mutex::new(Coalescing::default()),
             qos: Mutex::new(None),
+            capacity: AtomicU64::new(spec.device.limits.capacity),
         });
         let current = Arc::new(Current {
             backend: Mutex::new(None),
@@ -180,6 +181,27 @@ impl Controller {
         if let Some(b) = backend {
             lock(&b).set_qos(limiter);
         }
+    }
+
+    /// Online resize: the controller serves `capacity` bytes from now on. Running queues accept
+    /// requests up to the new end once they have acknowledged it, and then the frontend is told
+    /// (VHOST_USER_BACKEND_CONFIG_CHANGE_MSG), so the guest re-reads the config space. Whether
+    /// a shrink is allowed is the caller's decision.
+    pub fn resize(&self, capacity: u64) -> Result<(), String> {
+        self.current
+            .shared
+            .capacity
+            .store(capacity, Ordering::SeqCst);
+        let backend = lock(&self.current.backend).clone();
+        match backend {
+            Some(b) => lock(&b).resize(capacity).map_err(|e| e.to_string()),
+            None => Ok(()),
+        }
+    }
+
+    /// The capacity served now, in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.current.shared.capacity.load(Ordering::SeqCst)
     }
 
     /// The current interrupt coalescing settings.

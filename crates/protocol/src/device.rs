@@ -3,7 +3,7 @@
 //! share with it. Both the controller (accept loop) and each connection's backend use these, so
 //! they live here rather than in either.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use spinblk_bdev::{Bdev, QosLimiter};
@@ -48,6 +48,9 @@ pub(crate) struct ControllerShared {
     pub coalescing: Mutex<Coalescing>,
     /// The bdev's I/O limiter, for queues that start (`None`: no limits).
     pub qos: Mutex<Option<Arc<QosLimiter>>>,
+    /// The capacity the controller serves now, in bytes (online resize changes it; starts at
+    /// `DeviceInfo::limits.capacity`).
+    pub capacity: AtomicU64,
 }
 
 /// Guest interrupt coalescing, with SPDK's `vhost_controller_set_coalescing` meaning: every

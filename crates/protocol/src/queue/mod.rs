@@ -55,6 +55,8 @@ pub(crate) struct QueueStart {
     pub coalescing: Coalescing,
     /// The bdev's I/O limits, when it has any.
     pub qos: Option<Arc<QosLimiter>>,
+    /// The capacity served now (bytes; may differ from the device's after a resize).
+    pub capacity: u64,
 }
 
 /// Dirty logging for one queue: the shared bitmap and the guest address the frontend wants
@@ -85,6 +87,9 @@ pub(crate) enum QueueCtrl {
     Coalescing(Coalescing),
     /// The bdev's limiter (`None`: no limits).
     Qos(Option<Arc<QosLimiter>>),
+    /// Online resize: requests are checked against this capacity (bytes) from now on;
+    /// acknowledged.
+    Capacity(u64, Sender<()>),
     /// Start, stop or move dirty logging; acknowledged once the queue logs to the new place.
     Log(Option<QueueLog>, Sender<()>),
 }

@@ -166,7 +166,10 @@ impl VirtqPoller {
             generation: 0,
             users: 0,
             retired: Vec::with_capacity(MAX_RETIRED_TABLES),
-            limits: s.device.limits,
+            limits: DeviceLimits {
+                capacity: s.capacity,
+                ..s.device.limits
+            },
             device: s.device,
             slots: vec![Slot::default(); size].into_boxed_slice(),
             iovecs: vec![empty; size * MAX_IOVECS].into_boxed_slice(),
@@ -235,6 +238,10 @@ impl VirtqPoller {
             }
             QueueCtrl::Coalescing(c) => self.coalescer.configure(c),
             QueueCtrl::Qos(limiter) => self.qos = limiter.map(QosClient::new),
+            QueueCtrl::Capacity(bytes, ack) => {
+                self.limits.capacity = bytes;
+                let _ = ack.send(());
+            }
             QueueCtrl::Log(log, ack) => {
                 self.log = log;
                 let _ = ack.send(());

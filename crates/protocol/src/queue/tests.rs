@@ -144,6 +144,7 @@ fn start(
         log: None,
         coalescing: Default::default(),
         qos: None,
+        capacity: 1 << 20,
     })
     .unwrap_or_else(|e| panic!("queue start: {e}"));
     (p, ())

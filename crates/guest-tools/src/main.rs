@@ -36,9 +36,11 @@ fn usage() -> &'static str {
   --dev PATH           disk (default /dev/vda)
   --no-direct          no O_DIRECT (for a file on tmpfs; tests)
   --stress-mib N       writer/verifier region at the start of the disk (default 64)
-  --mem-mib N          device-written memory buffer and its disk region, after the
-                       stress region (default 64; 0: no memory check)
-  --chunk-kib N        memory check request size (default 1024)
+  --mem-mib N          device-written memory buffer in guest RAM (default 16; 0: no
+                       memory check); its disk region (after the stress region) holds
+                       --mem-versions copies of it
+  --mem-versions N     differently stamped copies on the disk (default 4, at least 2)
+  --chunk-kib N        memory check request size (default 256)
   --threads N          writer/verifier threads (default 4)
   --max-blocks N       most 4 KiB blocks per request (default 16)
   --write-pct N        share of writes (default 50)
@@ -57,6 +59,7 @@ struct Opts {
     direct: bool,
     stress_mib: u64,
     mem_mib: u64,
+    mem_versions: u64,
     chunk_kib: u64,
     threads: usize,
     max_blocks: u64,
@@ -83,8 +86,9 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         dev: "/dev/vda".into(),
         direct: true,
         stress_mib: 64,
-        mem_mib: 64,
-        chunk_kib: 1024,
+        mem_mib: 16,
+        mem_versions: 4,
+        chunk_kib: 256,
         threads: 4,
         max_blocks: 16,
         write_pct: 50,
@@ -123,6 +127,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
             "--dev" => o.dev = val.clone(),
             "--stress-mib" => o.stress_mib = num()?,
             "--mem-mib" => o.mem_mib = num()?,
+            "--mem-versions" => o.mem_versions = num()?,
             "--chunk-kib" => o.chunk_kib = num()?,
             "--threads" => o.threads = num()? as usize,
             "--max-blocks" => o.max_blocks = num()?,
@@ -150,6 +155,9 @@ fn parse(args: &[String]) -> Result<Opts, String> {
     {
         return Err("--chunk-kib must be a multiple of 4 that divides --mem-mib".into());
     }
+    if !(2..=64).contains(&o.mem_versions) {
+        return Err("--mem-versions must be 2..64".into());
+    }
     if o.write_pct > 100 || o.lost_secs == 0 || o.progress_secs == 0 {
         return Err(
             "--write-pct must be 0..100, --lost-secs and --progress-secs at least 1".into(),
@@ -172,16 +180,15 @@ fn run_id() -> u64 {
         .unwrap_or(0x5eed)
 }
 
-fn memcheck_line(rep: &MemReport, since_mark: u64, label: &str) -> (bool, String) {
+fn memcheck_line(rep: &MemReport, chunks: u64, since_mark: u64, label: &str) -> (bool, String) {
     let ok = rep.stale == 0 && rep.other == 0 && rep.pages > 0;
     let mut line = format!(
-        "GIO MEMCHECK {} {label} pages={} stale={} other={} passes={} passes_since_mark={}",
+        "GIO MEMCHECK {} {label} pages={} stale={} other={} chunks={chunks} refills={} refills_since_mark={since_mark}",
         if ok { "ok" } else { "FAIL" },
         rep.pages,
         rep.stale,
         rep.other,
-        rep.passes,
-        since_mark
+        rep.refills,
     );
     if !rep.first.is_empty() {
         line.push_str(&format!(" first: {}", rep.first.join("; ")));
@@ -216,7 +223,7 @@ fn run(o: Opts) -> i32 {
     };
     let stress_blocks = o.stress_mib * MIB / 4096;
     let mem_off = o.stress_mib * MIB;
-    let need = mem_off + o.mem_mib * MIB;
+    let need = mem_off + o.mem_versions * o.mem_mib * MIB;
     if dev.size < need {
         return setup_fail(&format!(
             "{} has {} bytes, the regions need {need}",
@@ -226,8 +233,8 @@ fn run(o: Opts) -> i32 {
     let run = run_id();
     let sh = Shared::new(o.threads, Duration::from_secs(o.lost_secs));
     say(&format!(
-        "GIO START run={run:016x} dev={} size={} direct={} stress=0..{} mem={}..{} threads={} lost_secs={}",
-        o.dev, dev.size, o.direct, mem_off, mem_off, need, o.threads, o.lost_secs
+        "GIO START run={run:016x} dev={} size={} direct={} stress=0..{mem_off} mem_buffer={} MiB mem_disk={mem_off}..{need} ({} versions) threads={} lost_secs={}",
+        o.dev, dev.size, o.direct, o.mem_mib, o.mem_versions, o.threads, o.lost_secs
     ));
     let chunk = (o.chunk_kib * 1024) as usize;
     let mem_cfg = MemCfg {
@@ -238,6 +245,7 @@ fn run(o: Opts) -> i32 {
             (o.mem_mib * 1024 / o.chunk_kib) as usize
         },
         chunk,
+        versions: o.mem_versions,
         run,
         pause: Duration::from_millis(o.mem_pause_ms),
     };
@@ -313,9 +321,9 @@ fn drive<'s>(
     drop(done_tx);
     say(&format!("GIO READY fill_ms={}", t.elapsed().as_millis()));
 
-    let mut mark_passes = 0u64;
+    let mut mark_refills = 0u64;
     let mut memcheck_failed = false;
-    let memcheck = |label: &str, mark_passes: u64| -> bool {
+    let memcheck = |label: &str, mark_refills: u64| -> bool {
         if !mem_on {
             say("GIO MEMCHECK FAIL the memory check is off (--mem-mib 0)");
             return false;
@@ -327,8 +335,8 @@ fn drive<'s>(
         }
         match rx.recv_timeout(sh.lost_after + Duration::from_secs(10)) {
             Ok(rep) => {
-                let since = rep.passes.saturating_sub(mark_passes);
-                let (ok, line) = memcheck_line(&rep, since, label);
+                let since = rep.refills.saturating_sub(mark_refills);
+                let (ok, line) = memcheck_line(&rep, mem_cfg.chunks as u64, since, label);
                 say(&line);
                 ok
             }
@@ -366,7 +374,7 @@ fn drive<'s>(
         match (words.next(), words.next()) {
             (Some("finish"), _) => break,
             (Some("mark"), name) => {
-                mark_passes = sh.mem_passes.load(Relaxed);
+                mark_refills = sh.mem_refills.load(Relaxed);
                 say(&format!(
                     "GIO MARK {} {}",
                     name.unwrap_or("-"),
@@ -374,7 +382,7 @@ fn drive<'s>(
                 ));
             }
             (Some("memcheck"), label) => {
-                if !memcheck(label.unwrap_or("-"), mark_passes) {
+                if !memcheck(label.unwrap_or("-"), mark_refills) {
                     memcheck_failed = true;
                 }
             }
@@ -419,20 +427,20 @@ fn drive<'s>(
             final_ok = false;
         }
     }
-    let mem_ver = match mem_reply {
+    let mem_stopped = match mem_reply {
         Some(rx) => {
             let v = rx
                 .recv_timeout(
                     deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1),
                 )
-                .ok();
-            if v.is_none() {
+                .is_ok();
+            if !v {
                 say("GIO ERROR LOST the memory thread did not stop: its request never completed");
                 final_ok = false;
             }
             v
         }
-        None => None,
+        None => false,
     };
     let tv = Instant::now();
     let mut buf = match dev::AlignedBuf::new(MIB as usize) {
@@ -467,8 +475,8 @@ fn drive<'s>(
         }
     }
     let mut mem_pages = 0;
-    if let Some(ver) = &mem_ver {
-        match mem::verify_disk(dev, sh, mem_cfg, ver) {
+    if mem_stopped {
+        match mem::verify_disk(dev, sh, mem_cfg) {
             Ok((p, bad)) => {
                 mem_pages = p;
                 final_bad += bad;

@@ -1,8 +1,10 @@
-//! The device-written memory check. A large buffer in guest RAM is refilled over and over by
-//! the disk: for each chunk, write a new pass's stamp to the disk region, then read it back
-//! into the buffer with O_DIRECT, so the backend (not the guest CPU) writes the buffer's
-//! pages. After a migration the buffer must hold, chunk by chunk, the pass last read into it:
-//! pages the backend wrote reach the destination only if the backend logged them as dirty.
+//! The device-written memory check. A buffer in guest RAM is refilled over and over by disk
+//! reads with O_DIRECT, so the backend (not the guest CPU) writes its pages. The disk region
+//! holds `versions` differently stamped copies of the buffer, written once at the start; pass
+//! `p` reads version `p % versions` into each chunk. After a migration every chunk of the
+//! buffer must hold the version last read into it: pages the backend wrote reach the
+//! destination only if the backend logged them as dirty, else the destination has an older
+//! copy (a different version, so it shows).
 
 use crate::block::{check, stamp, Verdict, BLOCK, MAGIC_MEM};
 use crate::dev::{AlignedBuf, Dev};
@@ -16,8 +18,8 @@ use std::time::Duration;
 pub enum MemCmd {
     /// Compare the whole buffer with what was read into it.
     Check(Sender<MemReport>),
-    /// Stop; reply with the pass each chunk of the disk region holds.
-    Stop(Sender<Vec<u64>>),
+    /// Stop (the reply says it has).
+    Stop(Sender<()>),
 }
 
 /// The result of a buffer check.
@@ -25,14 +27,14 @@ pub enum MemCmd {
 pub struct MemReport {
     /// Pages compared.
     pub pages: u64,
-    /// Pages holding an older pass than the last one read into them.
+    /// Pages holding another version than the one last read into them.
     pub stale: u64,
     /// Pages with anything else wrong.
     pub other: u64,
     /// The first few bad pages, described.
     pub first: Vec<String>,
-    /// Completed passes over the whole buffer.
-    pub passes: u64,
+    /// Chunks refilled so far.
+    pub refills: u64,
 }
 
 /// Where the memory thread works.
@@ -42,46 +44,54 @@ pub struct MemCfg {
     pub offset: u64,
     /// Chunks (buffer size = chunks * chunk).
     pub chunks: usize,
-    /// Bytes per chunk (one read and one write each).
+    /// Bytes per chunk (one read each).
     pub chunk: usize,
+    /// Versions of the buffer on the disk (at least 2).
+    pub versions: u64,
     /// Run id in every stamp.
     pub run: u64,
     /// Pause after each chunk.
     pub pause: Duration,
 }
 
-fn stamp_chunk(buf: &mut [u8], first_page: u64, pass: u64, run: u64) {
-    for (i, blk) in buf.chunks_exact_mut(BLOCK).enumerate() {
-        stamp(blk, MAGIC_MEM, first_page + i as u64, pass, run);
+impl MemCfg {
+    fn pages_per_chunk(&self) -> u64 {
+        (self.chunk / BLOCK) as u64
+    }
+
+    /// Disk offset of chunk `c` of version `v`.
+    fn disk_off(&self, v: u64, c: usize) -> u64 {
+        self.offset + v * (self.chunks * self.chunk) as u64 + (c * self.chunk) as u64
     }
 }
 
-/// Compares chunk data `buf` (pages from `first_page`) with pass `pass`; adds to `rep`.
-fn check_chunk(buf: &[u8], first_page: u64, pass: u64, run: u64, rep: &mut MemReport) {
+/// Compares chunk data `buf` (pages from `first_page`) with version `v`; adds to `rep`.
+fn check_chunk(buf: &[u8], first_page: u64, v: u64, run: u64, rep: &mut MemReport) {
     for (i, blk) in buf.chunks_exact(BLOCK).enumerate() {
         let page = first_page + i as u64;
         rep.pages += 1;
-        let v = check(blk, MAGIC_MEM, page, pass, run);
-        if v == Verdict::Ok {
-            continue;
-        }
-        match v {
-            Verdict::Stale(_) => rep.stale += 1,
-            _ => rep.other += 1,
-        }
-        if rep.first.len() < 5 {
-            let found = match v {
-                Verdict::Stale(p) => format!("pass {p}"),
-                v => v.name().to_string(),
-            };
+        let verdict = check(blk, MAGIC_MEM, page, v, run);
+        let found = match verdict {
+            Verdict::Ok => continue,
+            // Another version of the right page: an older copy of it.
+            Verdict::Stale(f) | Verdict::Future(f) => {
+                rep.stale += 1;
+                format!("version {f}")
+            }
+            other => {
+                rep.other += 1;
+                other.name().to_string()
+            }
+        };
+        if rep.first.len() < 3 {
             rep.first
-                .push(format!("page {page}: {found}, expected pass {pass}"));
+                .push(format!("page {page} holds {found}, expected version {v}"));
         }
     }
 }
 
-/// Fills the disk region and the buffer with pass 0, then refills the buffer until stopped.
-/// Sends `()` on `ready` after the first fill (or drops it on failure).
+/// Writes every version of the disk region, reads version 0 into the buffer, sends the
+/// result on `ready`, then refills chunk after chunk until stopped.
 pub fn mem_thread(
     dev: Dev,
     sh: &Shared,
@@ -90,45 +100,58 @@ pub fn mem_thread(
     ready: Sender<io::Result<()>>,
 ) {
     let slot = sh.mem_slot();
-    let pages_per_chunk = (cfg.chunk / BLOCK) as u64;
-    let alloc =
-        AlignedBuf::new(cfg.chunks * cfg.chunk).and_then(|b| Ok((b, AlignedBuf::new(cfg.chunk)?)));
-    let (mut big, mut staging) = match alloc {
+    let ppc = cfg.pages_per_chunk();
+    let (mut big, mut staging) = match AlignedBuf::new(cfg.chunks * cfg.chunk)
+        .and_then(|b| Ok((b, AlignedBuf::new(cfg.chunk)?)))
+    {
         Ok(x) => x,
         Err(e) => {
             let _ = ready.send(Err(e));
             return;
         }
     };
-    let mut ver = vec![0u64; cfg.chunks];
-    // One pass of chunk c: a new stamp to the disk, then the disk into the buffer.
-    let mut refill = |c: usize, pass: u64, big: &mut AlignedBuf| -> io::Result<()> {
-        let off = cfg.offset + (c * cfg.chunk) as u64;
-        let first = c as u64 * pages_per_chunk;
-        stamp_chunk(staging.as_mut_slice(), first, pass, cfg.run);
-        let st = staging.as_slice();
-        sh.timed(slot, OpKind::Write, off, cfg.chunk as u64, || {
-            dev.write_at(st, off)
-        })?;
+    for v in 0..cfg.versions {
+        for c in 0..cfg.chunks {
+            for (i, blk) in staging.as_mut_slice().chunks_exact_mut(BLOCK).enumerate() {
+                stamp(blk, MAGIC_MEM, c as u64 * ppc + i as u64, v, cfg.run);
+            }
+            let off = cfg.disk_off(v, c);
+            let st = staging.as_slice();
+            if let Err(e) = sh.timed(slot, OpKind::Write, off, cfg.chunk as u64, || {
+                dev.write_at(st, off)
+            }) {
+                let _ = ready.send(Err(e));
+                return;
+            }
+        }
+    }
+    drop(staging);
+    // Refill chunk c with pass `pass` (version pass % versions).
+    let refill = |c: usize, pass: u64, big: &mut AlignedBuf| -> io::Result<()> {
+        let v = pass % cfg.versions;
+        let off = cfg.disk_off(v, c);
         let dst = &mut big.as_mut_slice()[c * cfg.chunk..(c + 1) * cfg.chunk];
         sh.timed(slot, OpKind::Read, off, cfg.chunk as u64, || {
             dev.read_at(dst, off)
         })?;
-        // Headers only, at once (the guest CPU reading does not dirty the pages): the
-        // device must have put this pass there.
+        // Headers only, at once (the guest CPU reading does not dirty the pages): the device
+        // must have put this version there.
         for (i, blk) in dst.chunks_exact(BLOCK).enumerate() {
-            let w = u64::from_le_bytes(blk[16..24].try_into().unwrap_or_default());
             let idx = u64::from_le_bytes(blk[8..16].try_into().unwrap_or_default());
-            if w != pass || idx != first + i as u64 {
+            let g = u64::from_le_bytes(blk[16..24].try_into().unwrap_or_default());
+            let want = c as u64 * ppc + i as u64;
+            if g != v || idx != want {
                 sh.bad(
                     Bad::Corrupt,
-                    &format!("mem read of chunk {c}: page {} holds page {idx} pass {w}, expected pass {pass}", first + i as u64),
+                    &format!("mem read of chunk {c}: page {want} holds page {idx} version {g}, expected version {v}"),
                 );
                 break;
             }
         }
+        sh.mem_refills.fetch_add(1, Relaxed);
         Ok(())
     };
+    let mut ver = vec![0u64; cfg.chunks];
     for c in 0..cfg.chunks {
         if let Err(e) = refill(c, 0, &mut big) {
             let _ = ready.send(Err(e));
@@ -143,17 +166,17 @@ pub fn mem_thread(
             match rx.try_recv() {
                 Ok(MemCmd::Check(reply)) => {
                     let mut rep = MemReport {
-                        passes: sh.mem_passes.load(Relaxed),
+                        refills: sh.mem_refills.load(Relaxed),
                         ..Default::default()
                     };
-                    for (k, v) in ver.iter().enumerate() {
+                    for (k, p) in ver.iter().enumerate() {
                         let data = &big.as_slice()[k * cfg.chunk..(k + 1) * cfg.chunk];
-                        check_chunk(data, k as u64 * pages_per_chunk, *v, cfg.run, &mut rep);
+                        check_chunk(data, k as u64 * ppc, p % cfg.versions, cfg.run, &mut rep);
                     }
                     let _ = reply.send(rep);
                 }
                 Ok(MemCmd::Stop(reply)) => {
-                    let _ = reply.send(ver);
+                    let _ = reply.send(());
                     return;
                 }
                 Err(TryRecvError::Empty) => {}
@@ -164,18 +187,19 @@ pub fn mem_thread(
                 Err(e) => {
                     sh.bad(Bad::Io, &format!("mem chunk {c} pass {pass}: {e}"));
                     say("GIO NOTE the memory thread stops after an I/O error");
-                    // Wait for Stop so the main thread gets an answer.
+                    // Answer until Stop, so the main thread is not left waiting.
                     while let Ok(cmd) = rx.recv() {
                         match cmd {
                             MemCmd::Check(reply) => {
-                                let _ = reply.send(MemReport {
+                                let rep = MemReport {
                                     other: 1,
                                     first: vec!["the memory thread failed".into()],
                                     ..Default::default()
-                                });
+                                };
+                                let _ = reply.send(rep);
                             }
                             MemCmd::Stop(reply) => {
-                                let _ = reply.send(vec![u64::MAX; cfg.chunks]);
+                                let _ = reply.send(());
                                 return;
                             }
                         }
@@ -191,27 +215,20 @@ pub fn mem_thread(
     }
 }
 
-/// Checks the disk region against `ver` (the pass each chunk holds); returns (pages, bad).
-pub fn verify_disk(dev: &Dev, sh: &Shared, cfg: &MemCfg, ver: &[u64]) -> io::Result<(u64, u64)> {
+/// Checks every version of the disk region; returns (pages, bad).
+pub fn verify_disk(dev: &Dev, sh: &Shared, cfg: &MemCfg) -> io::Result<(u64, u64)> {
     let mut buf = AlignedBuf::new(cfg.chunk)?;
-    let pages_per_chunk = (cfg.chunk / BLOCK) as u64;
+    let ppc = cfg.pages_per_chunk();
     let mut rep = MemReport::default();
-    for (c, v) in ver.iter().enumerate() {
-        if *v == u64::MAX {
-            continue;
+    for v in 0..cfg.versions {
+        for c in 0..cfg.chunks {
+            let off = cfg.disk_off(v, c);
+            let data = buf.as_mut_slice();
+            sh.timed(sh.main_slot(), OpKind::Read, off, cfg.chunk as u64, || {
+                dev.read_at(data, off)
+            })?;
+            check_chunk(buf.as_slice(), c as u64 * ppc, v, cfg.run, &mut rep);
         }
-        let off = cfg.offset + (c * cfg.chunk) as u64;
-        let data = buf.as_mut_slice();
-        sh.timed(sh.main_slot(), OpKind::Read, off, cfg.chunk as u64, || {
-            dev.read_at(data, off)
-        })?;
-        check_chunk(
-            buf.as_slice(),
-            c as u64 * pages_per_chunk,
-            *v,
-            cfg.run,
-            &mut rep,
-        );
     }
     for f in &rep.first {
         say(&format!(
@@ -219,4 +236,30 @@ pub fn verify_disk(dev: &Dev, sh: &Shared, cfg: &MemCfg, ver: &[u64]) -> io::Res
         ));
     }
     Ok((rep.pages, rep.stale + rep.other))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn another_version_is_stale() {
+        let mut buf = vec![0u8; 2 * BLOCK];
+        for (i, blk) in buf.chunks_exact_mut(BLOCK).enumerate() {
+            stamp(blk, MAGIC_MEM, 10 + i as u64, 2, 5);
+        }
+        let mut rep = MemReport::default();
+        check_chunk(&buf, 10, 2, 5, &mut rep);
+        assert_eq!((rep.pages, rep.stale, rep.other), (2, 0, 0));
+        for want in [1, 3] {
+            let mut rep = MemReport::default();
+            check_chunk(&buf, 10, want, 5, &mut rep);
+            assert_eq!((rep.stale, rep.other), (2, 0), "expected version {want}");
+        }
+        buf[5000] ^= 1;
+        let mut rep = MemReport::default();
+        check_chunk(&buf, 10, 2, 5, &mut rep);
+        assert_eq!((rep.stale, rep.other), (0, 1));
+        assert!(rep.first[0].contains("CORRUPT"), "{:?}", rep.first);
+    }
 }

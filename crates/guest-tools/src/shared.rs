@@ -84,6 +84,8 @@ pub struct Shared {
     pub verified: AtomicU64,
     /// Completed passes of the memory thread.
     pub mem_passes: AtomicU64,
+    /// Chunks the memory thread refilled.
+    pub mem_refills: AtomicU64,
     /// Blocks with damaged contents.
     pub corrupt: AtomicU64,
     /// Blocks with an older generation.
@@ -119,6 +121,7 @@ impl Shared {
             flushes: AtomicU64::new(0),
             verified: AtomicU64::new(0),
             mem_passes: AtomicU64::new(0),
+            mem_refills: AtomicU64::new(0),
             corrupt: AtomicU64::new(0),
             stale: AtomicU64::new(0),
             io_errors: AtomicU64::new(0),

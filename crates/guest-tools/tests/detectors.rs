@@ -14,7 +14,7 @@ impl Drop for TempFile {
 fn disk(tag: &str) -> TempFile {
     let p = std::env::temp_dir().join(format!("spinblk-guest-io-{tag}-{}.img", std::process::id()));
     let f = std::fs::File::create(&p).expect("create");
-    f.set_len(24 << 20).expect("set_len");
+    f.set_len(32 << 20).expect("set_len");
     TempFile(p)
 }
 
@@ -27,7 +27,7 @@ fn run(tag: &str, extra: &[&str]) -> (i32, String) {
             "--stress-mib",
             "8",
             "--mem-mib",
-            "8",
+            "4",
             "--threads",
             "2",
             "--auto",

@@ -5,15 +5,16 @@
 #
 # Prints the path of the gzip'd cpio archive. It holds a static busybox, the guest init
 # (scripts/migrate/init), the static spinblk-guest-io binary and the kernel modules
-# virtio_pci and virtio_blk with their dependencies (no 9p: a mounted 9p share blocks
-# migration). Rebuilt only when an input changes (a stamp file records their hash).
+# virtio_pci, virtio_blk and qemu_fw_cfg with their dependencies (no 9p: a mounted 9p share
+# blocks migration). Rebuilt only when an input changes (a stamp file records their hash).
 set -euo pipefail
 
 kver=${1:?usage: build-initramfs.sh KERNEL_VERSION OUT_DIR GUEST_IO_BINARY}
 outdir=${2:?usage: build-initramfs.sh KERNEL_VERSION OUT_DIR GUEST_IO_BINARY}
 gio=${3:?usage: build-initramfs.sh KERNEL_VERSION OUT_DIR GUEST_IO_BINARY}
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-want_modules=(virtio_pci virtio_blk)
+# qemu_fw_cfg: the guest reads the name of the QEMU it runs on (-fw_cfg opt/spinblk/host).
+want_modules=(virtio_pci virtio_blk qemu_fw_cfg)
 
 die() { echo "migrate/build-initramfs: $*" >&2; exit 1; }
 

@@ -22,7 +22,7 @@ mod shared;
 mod stress;
 
 use dev::Dev;
-use mem::{MemCfg, MemCmd, MemReport};
+use mem::{memcheck_line, MemCfg, MemCmd};
 use shared::{say, Shared};
 use std::io::BufRead;
 use std::sync::atomic::Ordering::Relaxed;
@@ -41,6 +41,11 @@ fn usage() -> &'static str {
                        --mem-versions copies of it
   --mem-versions N     differently stamped copies on the disk (default 4, at least 2)
   --chunk-kib N        memory check request size (default 256)
+  --host-file PATH     names the QEMU the guest runs on (QEMU -fw_cfg opt/spinblk/host);
+                       when it changes (a migration switched over), the memory thread
+                       checks its buffer at once, before refilling any of it on the new
+                       host: GIO MEMCHECK ok|FAIL switch:OLD->NEW ... (default
+                       /sys/firmware/qemu_fw_cfg/by_name/opt/spinblk/host/raw, if present)
   --threads N          writer/verifier threads (default 4)
   --max-blocks N       most 4 KiB blocks per request (default 16)
   --write-pct N        share of writes (default 50)
@@ -70,6 +75,7 @@ struct Opts {
     mem_pause_ms: u64,
     auto: Option<u64>,
     auto_inject: Option<u32>,
+    host_file: String,
 }
 
 fn inject_code(s: &str) -> Option<u32> {
@@ -98,6 +104,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         mem_pause_ms: 0,
         auto: None,
         auto_inject: None,
+        host_file: "/sys/firmware/qemu_fw_cfg/by_name/opt/spinblk/host/raw".into(),
     };
     let mut it = args.iter();
     match it.next().map(String::as_str) {
@@ -125,6 +132,7 @@ fn parse(args: &[String]) -> Result<Opts, String> {
         };
         match name {
             "--dev" => o.dev = val.clone(),
+            "--host-file" => o.host_file = val.clone(),
             "--stress-mib" => o.stress_mib = num()?,
             "--mem-mib" => o.mem_mib = num()?,
             "--mem-versions" => o.mem_versions = num()?,
@@ -180,22 +188,6 @@ fn run_id() -> u64 {
         .unwrap_or(0x5eed)
 }
 
-fn memcheck_line(rep: &MemReport, chunks: u64, since_mark: u64, label: &str) -> (bool, String) {
-    let ok = rep.stale == 0 && rep.other == 0 && rep.pages > 0;
-    let mut line = format!(
-        "GIO MEMCHECK {} {label} pages={} stale={} other={} chunks={chunks} refills={} refills_since_mark={since_mark}",
-        if ok { "ok" } else { "FAIL" },
-        rep.pages,
-        rep.stale,
-        rep.other,
-        rep.refills,
-    );
-    if !rep.first.is_empty() {
-        line.push_str(&format!(" first: {}", rep.first.join("; ")));
-    }
-    (ok, line)
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let o = match parse(&args) {
@@ -246,6 +238,7 @@ fn run(o: Opts) -> i32 {
         },
         chunk,
         versions: o.mem_versions,
+        host_file: Some(std::path::PathBuf::from(&o.host_file)).filter(|p| p.exists()),
         run,
         pause: Duration::from_millis(o.mem_pause_ms),
     };
@@ -321,9 +314,8 @@ fn drive<'s>(
     drop(done_tx);
     say(&format!("GIO READY fill_ms={}", t.elapsed().as_millis()));
 
-    let mut mark_refills = 0u64;
     let mut memcheck_failed = false;
-    let memcheck = |label: &str, mark_refills: u64| -> bool {
+    let memcheck = |label: &str| -> bool {
         if !mem_on {
             say("GIO MEMCHECK FAIL the memory check is off (--mem-mib 0)");
             return false;
@@ -335,8 +327,7 @@ fn drive<'s>(
         }
         match rx.recv_timeout(sh.lost_after + Duration::from_secs(10)) {
             Ok(rep) => {
-                let since = rep.refills.saturating_sub(mark_refills);
-                let (ok, line) = memcheck_line(&rep, mem_cfg.chunks as u64, since, label);
+                let (ok, line) = memcheck_line(&rep, sh, mem_cfg.chunks, label);
                 say(&line);
                 ok
             }
@@ -374,7 +365,7 @@ fn drive<'s>(
         match (words.next(), words.next()) {
             (Some("finish"), _) => break,
             (Some("mark"), name) => {
-                mark_refills = sh.mem_refills.load(Relaxed);
+                sh.mark_refills.store(sh.mem_refills.load(Relaxed), Relaxed);
                 say(&format!(
                     "GIO MARK {} {}",
                     name.unwrap_or("-"),
@@ -382,7 +373,7 @@ fn drive<'s>(
                 ));
             }
             (Some("memcheck"), label) => {
-                if !memcheck(label.unwrap_or("-"), mark_refills) {
+                if !memcheck(label.unwrap_or("-")) {
                     memcheck_failed = true;
                 }
             }
@@ -512,6 +503,7 @@ fn drive<'s>(
     if ioerr > 0 {
         code |= 4;
     }
+    let memcheck_failed = memcheck_failed || sh.memcheck_failures.load(Relaxed) > 0;
     if memcheck_failed {
         code |= 8;
     }

@@ -50,6 +50,8 @@ pub struct MemCfg {
     pub versions: u64,
     /// Run id in every stamp.
     pub run: u64,
+    /// A file naming the QEMU the guest runs on: checked before each chunk.
+    pub host_file: Option<std::path::PathBuf>,
     /// Pause after each chunk.
     pub pause: Duration,
 }
@@ -88,6 +90,52 @@ fn check_chunk(buf: &[u8], first_page: u64, v: u64, run: u64, rep: &mut MemRepor
                 .push(format!("page {page} holds {found}, expected version {v}"));
         }
     }
+}
+
+/// The one-line report of a check; true if it passed.
+pub fn memcheck_line(rep: &MemReport, sh: &Shared, chunks: usize, label: &str) -> (bool, String) {
+    let ok = rep.stale == 0 && rep.other == 0 && rep.pages > 0;
+    let since = rep.refills.saturating_sub(sh.mark_refills.load(Relaxed));
+    let mut line = format!(
+        "GIO MEMCHECK {} {label} pages={} stale={} other={} chunks={chunks} refills={} refills_since_mark={since}",
+        if ok { "ok" } else { "FAIL" },
+        rep.pages,
+        rep.stale,
+        rep.other,
+        rep.refills,
+    );
+    if !rep.first.is_empty() {
+        line.push_str(&format!(" first: {}", rep.first.join("; ")));
+    }
+    (ok, line)
+}
+
+fn read_host(path: &std::path::Path) -> Option<String> {
+    let s = std::fs::read(path).ok()?;
+    Some(
+        String::from_utf8_lossy(&s)
+            .trim_matches(|c: char| c == '\0' || c.is_whitespace())
+            .to_string(),
+    )
+}
+
+/// Compares the whole buffer with the versions last read into it.
+fn check_all(big: &AlignedBuf, ver: &[u64], cfg: &MemCfg, sh: &Shared) -> MemReport {
+    let mut rep = MemReport {
+        refills: sh.mem_refills.load(Relaxed),
+        ..Default::default()
+    };
+    for (k, p) in ver.iter().enumerate() {
+        let data = &big.as_slice()[k * cfg.chunk..(k + 1) * cfg.chunk];
+        check_chunk(
+            data,
+            k as u64 * cfg.pages_per_chunk(),
+            p % cfg.versions,
+            cfg.run,
+            &mut rep,
+        );
+    }
+    rep
 }
 
 /// Writes every version of the disk region, reads version 0 into the buffer, sends the
@@ -159,21 +207,31 @@ pub fn mem_thread(
         }
     }
     let _ = ready.send(Ok(()));
+    let mut host = cfg.host_file.as_deref().and_then(read_host);
+    if let Some(h) = &host {
+        say(&format!("GIO HOST {h}"));
+    }
     let mut pass = 0u64;
     loop {
         pass += 1;
         for c in 0..cfg.chunks {
+            // A new host: the VM was migrated. Check before any refill happens here.
+            if let Some(h) = cfg.host_file.as_deref().and_then(read_host) {
+                if host.as_deref() != Some(h.as_str()) {
+                    let from = host.replace(h.clone()).unwrap_or_default();
+                    say(&format!("GIO SWITCH {from}->{h} t={:.1}", sh.secs()));
+                    let rep = check_all(&big, &ver, &cfg, sh);
+                    let (ok, line) =
+                        memcheck_line(&rep, sh, cfg.chunks, &format!("switch:{from}->{h}"));
+                    if !ok {
+                        sh.memcheck_failures.fetch_add(1, Relaxed);
+                    }
+                    say(&line);
+                }
+            }
             match rx.try_recv() {
                 Ok(MemCmd::Check(reply)) => {
-                    let mut rep = MemReport {
-                        refills: sh.mem_refills.load(Relaxed),
-                        ..Default::default()
-                    };
-                    for (k, p) in ver.iter().enumerate() {
-                        let data = &big.as_slice()[k * cfg.chunk..(k + 1) * cfg.chunk];
-                        check_chunk(data, k as u64 * ppc, p % cfg.versions, cfg.run, &mut rep);
-                    }
-                    let _ = reply.send(rep);
+                    let _ = reply.send(check_all(&big, &ver, &cfg, sh));
                 }
                 Ok(MemCmd::Stop(reply)) => {
                     let _ = reply.send(());

@@ -86,6 +86,10 @@ pub struct Shared {
     pub mem_passes: AtomicU64,
     /// Chunks the memory thread refilled.
     pub mem_refills: AtomicU64,
+    /// mem_refills at the last `mark` command.
+    pub mark_refills: AtomicU64,
+    /// Memory checks that failed (the memory thread's own ones at a host switch).
+    pub memcheck_failures: AtomicU64,
     /// Blocks with damaged contents.
     pub corrupt: AtomicU64,
     /// Blocks with an older generation.
@@ -122,6 +126,8 @@ impl Shared {
             verified: AtomicU64::new(0),
             mem_passes: AtomicU64::new(0),
             mem_refills: AtomicU64::new(0),
+            mark_refills: AtomicU64::new(0),
+            memcheck_failures: AtomicU64::new(0),
             corrupt: AtomicU64::new(0),
             stale: AtomicU64::new(0),
             io_errors: AtomicU64::new(0),

@@ -87,3 +87,43 @@ fn bad_options_are_usage_errors() {
         .expect("run");
     assert_eq!(out.status.code(), Some(64));
 }
+
+#[test]
+fn host_switch_triggers_a_memory_check() {
+    let d = disk("switch");
+    let host = TempFile(
+        std::env::temp_dir().join(format!("spinblk-guest-io-host-{}", std::process::id())),
+    );
+    std::fs::write(&host.0, "vm00\n").expect("write host file");
+    let child = Command::new(env!("CARGO_BIN_EXE_spinblk-guest-io"))
+        .args([
+            "run",
+            "--no-direct",
+            "--stress-mib",
+            "8",
+            "--mem-mib",
+            "4",
+            "--threads",
+            "2",
+            "--auto",
+            "3",
+        ])
+        .arg("--dev")
+        .arg(&d.0)
+        .arg("--host-file")
+        .arg(&host.0)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    std::fs::write(&host.0, "vm01\n").expect("rewrite host file");
+    let out = child.wait_with_output().expect("wait");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("GIO HOST vm00"), "{text}");
+    assert!(text.contains("GIO SWITCH vm00->vm01"), "{text}");
+    assert!(
+        text.contains("GIO MEMCHECK ok switch:vm00->vm01 pages=1024 stale=0"),
+        "{text}"
+    );
+}

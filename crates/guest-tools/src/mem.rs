@@ -206,11 +206,12 @@ pub fn mem_thread(
             return;
         }
     }
-    let _ = ready.send(Ok(()));
+    // Before READY, so the host sees it first.
     let mut host = cfg.host_file.as_deref().and_then(read_host);
     if let Some(h) = &host {
         say(&format!("GIO HOST {h}"));
     }
+    let _ = ready.send(Ok(()));
     let mut pass = 0u64;
     loop {
         pass += 1;

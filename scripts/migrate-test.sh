@@ -143,6 +143,7 @@ initrd=$("$repo/scripts/migrate/build-initramfs.sh" "$kver" "$repo/target/migrat
 # Short path: unix socket paths must stay under 108 bytes.
 work=$(mktemp -d /tmp/spinblk-mig.XXXXXX)
 img=
+# shellcheck disable=SC2317 # run by the EXIT trap
 cleanup() {
     local rc=$?
     trap - EXIT INT TERM

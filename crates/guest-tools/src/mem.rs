@@ -92,6 +92,12 @@ fn check_chunk(buf: &[u8], first_page: u64, v: u64, run: u64, rep: &mut MemRepor
     }
 }
 
+/// (page index, version) of a page whose magic and run are right, without the full check.
+fn check_header(blk: &[u8], run: u64) -> Option<(u64, u64)> {
+    let w = |i: usize| u64::from_le_bytes(blk[i * 8..i * 8 + 8].try_into().unwrap_or_default());
+    (w(0) == MAGIC_MEM && w(3) == run).then(|| (w(1), w(2)))
+}
+
 /// The one-line report of a check; true if it passed.
 pub fn memcheck_line(rep: &MemReport, sh: &Shared, chunks: usize, label: &str) -> (bool, String) {
     let ok = rep.stale == 0 && rep.other == 0 && rep.pages > 0;
@@ -183,18 +189,25 @@ pub fn mem_thread(
             dev.read_at(dst, off)
         })?;
         // Headers only, at once (the guest CPU reading does not dirty the pages): the device
-        // must have put this version there.
+        // must have put this version there. A completed read that left an intact older
+        // version in the buffer delivered stale data (its completion arrived, its data did
+        // not); anything else is damage.
         for (i, blk) in dst.chunks_exact(BLOCK).enumerate() {
-            let idx = u64::from_le_bytes(blk[8..16].try_into().unwrap_or_default());
-            let g = u64::from_le_bytes(blk[16..24].try_into().unwrap_or_default());
             let want = c as u64 * ppc + i as u64;
-            if g != v || idx != want {
-                sh.bad(
-                    Bad::Corrupt,
-                    &format!("mem read of chunk {c}: page {want} holds page {idx} version {g}, expected version {v}"),
-                );
-                break;
+            let header = check_header(blk, cfg.run);
+            if header == Some((want, v)) {
+                continue;
             }
+            let what = match header {
+                Some((idx, g)) if idx == want => (Bad::Stale, format!("version {g}")),
+                Some((idx, g)) => (Bad::Corrupt, format!("page {idx} version {g}")),
+                None => (Bad::Corrupt, "no valid stamp".to_string()),
+            };
+            sh.bad(
+                what.0,
+                &format!("mem read of chunk {c} completed but page {want} holds {}, expected version {v}", what.1),
+            );
+            break;
         }
         sh.mem_refills.fetch_add(1, Relaxed);
         Ok(())

@@ -112,28 +112,38 @@ def connect_unix(path, timeout, proc):
 # --- QMP ---------------------------------------------------------------------------------------
 class Qmp:
     def __init__(self, path, proc, timeout=20):
+        self.name = proc.name
         self.sock = connect_unix(path, timeout, proc)
         self.sock.settimeout(30)
         self.f = self.sock.makefile("rwb")
-        greeting = self._read()
+        # QEMU greets once the machine is set up; a vhost-user handshake that never finishes
+        # (a backend that does not serve this connection) keeps it from getting there.
+        hint = " (is it stuck in the vhost-user handshake?)"
+        greeting = self._read("greeting" + hint)
         if "QMP" not in greeting:
             raise Failure(f"unexpected QMP greeting {greeting}")
-        self.cmd("qmp_capabilities")
+        self.cmd("qmp_capabilities", hint=hint)
 
-    def _read(self):
-        line = self.f.readline()
+    def _read(self, what="reply"):
+        try:
+            line = self.f.readline()
+        except OSError as e:
+            raise Failure(f"no QMP {what} from {self.name} within 30 s ({e})") from None
         if not line:
-            raise Failure("QMP connection closed")
+            raise Failure(f"{self.name} closed its QMP connection")
         return json.loads(line)
 
-    def cmd(self, name, args=None):
+    def cmd(self, name, args=None, hint=""):
         msg = {"execute": name}
         if args:
             msg["arguments"] = args
-        self.f.write(json.dumps(msg).encode() + b"\n")
-        self.f.flush()
+        try:
+            self.f.write(json.dumps(msg).encode() + b"\n")
+            self.f.flush()
+        except OSError as e:
+            raise Failure(f"QMP {name} to {self.name}: {e}") from None
         while True:
-            r = self._read()
+            r = self._read(f"reply to {name}{hint}")
             if "event" in r:
                 continue
             if "error" in r:
@@ -212,7 +222,10 @@ class Console:
             self.log.feed(data)
 
     def send(self, line):
-        self.sock.sendall(line.encode() + b"\n")
+        try:
+            self.sock.sendall(line.encode() + b"\n")
+        except OSError as e:
+            raise Failure(f"cannot write to the guest console: {e}") from None
 
     def close(self):
         try:
@@ -523,7 +536,7 @@ def main():
         say(f"MIGRATE-FIGURES total_ms={','.join(map(str, tot))} downtime_ms={','.join(map(str, down))}")
     say(f"backend exit status {backend_rc}")
     notable = [l for l in (t.backend.tail(100000) if t.backend else [])
-               if re.search(r"(?i)error|panic|warn|fail", l)]
+               if not l.startswith("stats ") and re.search(r"(?i)\berror\b|\bwarn|panic|\bfail", l)]
     if notable:
         say(f"backend log: {len(notable)} line(s) with error/warn/panic/fail, the first ones:")
         for l in notable[:8]:

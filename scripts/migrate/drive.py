@@ -260,9 +260,17 @@ class Vm:
         if incoming:
             argv += ["-incoming", incoming]
         self.proc = Proc(self.name, argv, f"{w}/{self.name}.log")
-        # QEMU waits for the console client before it starts (wait=on): no output is lost.
-        self.console = Console(con, self.proc, log)
-        self.qmp = Qmp(self.qmp_path, self.proc)
+        self.console = self.qmp = None
+        try:
+            # QEMU waits for the console client before it starts (wait=on): no output is lost.
+            self.console = Console(con, self.proc, log)
+            self.qmp = Qmp(self.qmp_path, self.proc)
+        except BaseException:
+            # Not handed to the caller yet: stop it here, or it outlives the test.
+            if self.console:
+                self.console.close()
+            self.proc.stop()
+            raise
 
     def status(self):
         return self.qmp.cmd("query-status").get("status")

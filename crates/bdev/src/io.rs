@@ -103,8 +103,12 @@ impl BdevIo {
 
     /// Marks a write as durable (or not): a channel completes a durable write only once its data
     /// would survive a power loss (virtio-blk with the write cache disabled; SCSI's FUA). Kernel-
-    /// backed channels write it with `RWF_DSYNC`; RAM-backed ones ignore it. Other operations
-    /// ignore the flag. Requests start non-durable.
+    /// backed channels write it with `RWF_DSYNC` (NVMe: FUA); RAM-backed ones ignore it. Other
+    /// operations ignore the flag. Requests start non-durable.
+    ///
+    /// The caller (the protocol layer, from virtio-blk's writeback mode) is the only owner of the
+    /// write-cache policy: bdevs have no "every write durable" option of their own, so a guest
+    /// that turns its write cache on gets non-durable writes plus explicit flushes.
     pub fn with_durable(mut self, durable: bool) -> Self {
         self.durable = durable;
         self

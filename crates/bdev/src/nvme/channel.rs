@@ -51,8 +51,6 @@ pub(super) struct ChannelConfig {
     pub(super) max_discard_blocks: u64,
     /// Writes are refused.
     pub(super) read_only: bool,
-    /// Every write is FUA (no write cache on our side).
-    pub(super) all_durable: bool,
     /// Dataset Management is supported.
     pub(super) discard: bool,
     /// Write Zeroes is supported.
@@ -432,7 +430,7 @@ impl IoChannel for NvmeChannel {
         };
         let op = io.op;
         let (offset, len) = (io.offset, io.len);
-        let fua = op == IoOp::Write && (io.durable() || self.cfg.all_durable);
+        let fua = op == IoOp::Write && io.durable();
         let slot = &mut self.slots[idx];
         slot.io = Some(io);
         slot.fua = fua;
@@ -571,7 +569,6 @@ mod tests {
             max_write_zeroes_blocks: 128,
             max_discard_blocks: 1024,
             read_only: false,
-            all_durable: false,
             discard: true,
             write_zeroes: true,
             poll: false,
@@ -722,6 +719,34 @@ mod tests {
         assert_eq!(s.cmd.addr, &ch.cmds[7].range as *const DsmRange as u64);
         assert_eq!(s.cmd.data_len, 16);
         assert_eq!(ch.cmds[7].range, DsmRange::new(8192, 128));
+    }
+
+    /// FUA follows each request's durable flag (the caller owns the write-cache policy); the
+    /// channel has no "every write durable" mode of its own.
+    #[test]
+    fn fua_follows_the_request() {
+        let (_d, mut ch) = channel(cfg(), 8);
+        let src = Buf::new(4096, 0);
+        let one = [src.iov(0, 4096)];
+        for durable in [false, true, false] {
+            ch.submit(rw(1, IoOp::Write, 0, &one).with_durable(durable))
+                .expect("room");
+            let idx = ch.slots.iter().position(|s| s.io.is_some()).expect("slot");
+            let e = entries(&mut ch, idx);
+            assert_eq!(
+                e[0].cmd.cdw12 & (1 << 30) != 0,
+                durable,
+                "durable {durable}"
+            );
+            let got = device_round(&mut ch, |_| 0);
+            assert_eq!(got[0].status, IoStatus::Success);
+        }
+        // Reads never carry FUA, even if marked.
+        ch.submit(rw(2, IoOp::Read, 0, &one).with_durable(true))
+            .expect("room");
+        let idx = ch.slots.iter().position(|s| s.io.is_some()).expect("slot");
+        assert_eq!(entries(&mut ch, idx)[0].cmd.cdw12 & (1 << 30), 0);
+        device_round(&mut ch, |_| 0);
     }
 
     #[test]

@@ -57,20 +57,14 @@ pub struct NvmeOptions {
     /// [`IoStatus::IoError`](crate::IoStatus::IoError); discard and write-zeroes are
     /// unsupported.
     pub read_only: bool,
-    /// Whether the bdev has a volatile write cache (virtio-blk's `CONFIG_WCE`). Off, every
-    /// write carries FUA; on, only writes marked with
-    /// [`BdevIo::with_durable`](crate::BdevIo::with_durable) do, and a flush makes the others
-    /// durable.
-    pub write_cache: bool,
 }
 
 impl Default for NvmeOptions {
-    /// Interrupt-driven completions, read-write, write cache on.
+    /// Interrupt-driven completions, read-write.
     fn default() -> Self {
         NvmeOptions {
             poll: false,
             read_only: false,
-            write_cache: true,
         }
     }
 }
@@ -463,7 +457,6 @@ impl NvmeBdev {
             max_write_zeroes_blocks: self.max_write_zeroes_blocks,
             max_discard_blocks: self.max_discard_blocks,
             read_only: self.options.read_only,
-            all_durable: !self.options.write_cache,
             discard: self.discard,
             write_zeroes: self.write_zeroes,
             poll: self.options.poll,

@@ -33,8 +33,6 @@ pub(super) struct ChannelConfig {
     pub(super) direct: bool,
     /// Opened read-only.
     pub(super) read_only: bool,
-    /// No write cache: every write is `RWF_DSYNC`.
-    pub(super) all_durable: bool,
     /// Whether discard is supported.
     pub(super) discard: bool,
     /// Whether write-zeroes is supported.
@@ -334,7 +332,7 @@ impl IoChannel for UringChannel {
                 }
             }
         }
-        let rw_flags = if io.op == IoOp::Write && (io.durable() || self.cfg.all_durable) {
+        let rw_flags = if io.op == IoOp::Write && io.durable() {
             libc::RWF_DSYNC
         } else {
             0
@@ -722,41 +720,32 @@ mod tests {
         assert_eq!(run(ch.as_mut(), back), IoStatus::Success);
     }
 
+    /// The write-cache policy belongs to the caller: a request marked durable is written with
+    /// `RWF_DSYNC`, one not marked without, whatever the bdev was opened with.
     #[test]
     fn flush_and_durable_writes() {
         let dir = disk_dir();
         let path = filled_file(dir.path(), "fl.img", 64 << 10, 0);
-        for write_cache in [true, false] {
-            let o = UringOptions {
-                write_cache,
-                ..UringOptions::default()
-            };
-            let bdev = UringBdev::open(&path, o).expect("open");
-            let mut ch = bdev
-                .open_channel_with_file(bdev.file.try_clone().expect("dup"), 4)
-                .expect("channel");
-            let src = Buf::new(4096, 0x42 + u8::from(write_cache));
+        let bdev = UringBdev::open(&path, UringOptions::default()).expect("open");
+        let mut ch = bdev
+            .open_channel_with_file(bdev.file.try_clone().expect("dup"), 4)
+            .expect("channel");
+        for (i, durable) in [false, true, false].into_iter().enumerate() {
+            let fill = 0x42 + i as u8;
+            let src = Buf::new(4096, fill);
             let iov = [src.iov(0, 4096)];
-            for durable in [false, true] {
-                ch.submit(rw(1, IoOp::Write, 4096, &iov).with_durable(durable))
-                    .expect("room");
-                let slot = ch.slots.iter().find(|s| s.io.is_some()).expect("slot");
-                let want = if durable || !write_cache {
-                    libc::RWF_DSYNC
-                } else {
-                    0
-                };
-                assert_eq!(slot.rw_flags, want, "durable {durable} cache {write_cache}");
-                assert_eq!(reap(&mut ch, 1)[0].status, IoStatus::Success);
-            }
-            assert_eq!(
-                run(&mut ch, BdevIo::without_data(2, IoOp::Flush, 0, 0)),
-                IoStatus::Success
-            );
-            assert!(file_bytes(&path)[4096..8192]
-                .iter()
-                .all(|&b| b == 0x42 + u8::from(write_cache)));
+            ch.submit(rw(1, IoOp::Write, 4096, &iov).with_durable(durable))
+                .expect("room");
+            let slot = ch.slots.iter().find(|s| s.io.is_some()).expect("slot");
+            let want = if durable { libc::RWF_DSYNC } else { 0 };
+            assert_eq!(slot.rw_flags, want, "durable {durable}");
+            assert_eq!(reap(&mut ch, 1)[0].status, IoStatus::Success);
+            assert!(file_bytes(&path)[4096..8192].iter().all(|&b| b == fill));
         }
+        assert_eq!(
+            run(&mut ch, BdevIo::without_data(2, IoOp::Flush, 0, 0)),
+            IoStatus::Success
+        );
     }
 
     fn allocated_bytes(path: &Path) -> u64 {

@@ -36,21 +36,15 @@ pub struct UringOptions {
     /// Open `O_RDONLY`. Writes fail with [`IoStatus::IoError`](crate::IoStatus::IoError);
     /// discard and write-zeroes are unsupported.
     pub read_only: bool,
-    /// Whether the bdev has a volatile write cache (virtio-blk's `CONFIG_WCE`). Off, every
-    /// write is made durable before it completes (`RWF_DSYNC`); on, only writes marked with
-    /// [`BdevIo::with_durable`](crate::BdevIo::with_durable) are, and a flush makes the others
-    /// durable.
-    pub write_cache: bool,
 }
 
 impl Default for UringOptions {
-    /// Direct I/O, read-write, write cache on, block size from the device.
+    /// Direct I/O, read-write, block size from the device.
     fn default() -> Self {
         UringOptions {
             block_size: None,
             buffered: false,
             read_only: false,
-            write_cache: true,
         }
     }
 }
@@ -257,7 +251,6 @@ impl UringBdev {
             mem_align: self.mem_align,
             direct: !self.options.buffered,
             read_only: self.options.read_only,
-            all_durable: !self.options.write_cache,
             discard: self.discard,
             write_zeroes: self.write_zeroes,
         }

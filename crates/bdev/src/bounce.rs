@@ -39,9 +39,13 @@ impl AlignedBuf {
     }
 
     /// The buffer's bytes.
-    pub(crate) fn bytes(&self) -> &[u8] {
-        // SAFETY: `layout.size()` initialised (zeroed) bytes owned by `self`; callers only look
-        // while no device command is writing into the buffer.
+    ///
+    /// # Safety
+    /// Nothing may write into the buffer while the returned slice lives: no request (kernel or
+    /// device) whose data lands in it may be in flight.
+    pub(crate) unsafe fn bytes(&self) -> &[u8] {
+        // SAFETY: `layout.size()` initialised (zeroed) bytes owned by `self`; the caller
+        // promises that no one writes into them while the slice is alive.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
     }
 }
@@ -288,7 +292,8 @@ mod tests {
         // SAFETY: 5 initialised bytes at the start of the buffer.
         let got = unsafe { std::slice::from_raw_parts(buf.as_ptr(), 5) }.to_vec();
         assert_eq!(got, [1, 2, 3, 4, 5]);
-        assert_eq!(buf.bytes()[..5], [1, 2, 3, 4, 5]);
+        // SAFETY: no request uses the buffer.
+        assert_eq!(unsafe { buf.bytes() }[..5], [1, 2, 3, 4, 5]);
         for fill in [9, 7] {
             // SAFETY: as above, in the other direction.
             unsafe { std::ptr::write_bytes(buf.as_ptr(), fill, 5) };

@@ -1,4 +1,17 @@
 //! The bdev traits and the request/completion types that cross them.
+//!
+//! # Copies into shared memory
+//!
+//! A request's buffers are usually guest memory, which the guest (another process, another
+//! CPU) may read or write while a channel copies: the RAM bdevs' copies, the bounce buffers'
+//! gather and scatter, and null's zero fill use plain `memcpy`/`memset`
+//! (`ptr::copy_nonoverlapping`, `ptr::write_bytes`), not volatile or atomic accesses. In Rust's
+//! memory model a concurrent access by the guest is a data race; the code never forms a Rust
+//! reference into such memory and never reads back what it copied, so the only effect of a racing
+//! guest is torn data in its own buffer — the same practice as vm-memory, which uses `memcpy`
+//! for copies above 8 bytes. The malloc bdev's memory is shared the same way by every channel of
+//! the bdev (a disk written from several queues at once). This is said here once instead of at
+//! every copy.
 
 use std::fmt;
 use std::path::PathBuf;

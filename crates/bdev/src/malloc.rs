@@ -82,13 +82,17 @@ impl IoChannel for MallocChannel {
         let status = if !io_in_range(&io, self.size) {
             IoStatus::IoError
         } else {
-            match io.op {
-                IoOp::Read => self.mem.read_into(io.offset, io.iovecs()),
-                IoOp::Write => self.mem.write_from(io.offset, io.iovecs()),
-                IoOp::Flush => {}
+            let ok = match io.op {
+                IoOp::Read => self.mem.read_into(io.offset, &io),
+                IoOp::Write => self.mem.write_from(io.offset, &io),
+                IoOp::Flush => true,
                 IoOp::Discard | IoOp::WriteZeroes => self.mem.zero(io.offset, io.len),
+            };
+            if ok {
+                IoStatus::Success
+            } else {
+                IoStatus::IoError
             }
-            IoStatus::Success
         };
         self.done.push(io.complete(status));
         Ok(())

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use crate::{BdevError, BdevIo, Completion, IoVec};
+use crate::{BdevError, BdevIo, Completion};
 
 /// A channel's requests in flight (taken by `submit` and not yet reported; at most the channel
 /// depth) and the completions among them already decided, which the next poll reports. Its
@@ -122,8 +122,8 @@ pub(crate) fn io_in_range(io: &BdevIo, size: u64) -> bool {
 }
 
 /// Fills every iovec of a read with zeroes.
-pub(crate) fn zero_iovecs(iov: &[IoVec]) {
-    for v in iov {
+pub(crate) fn zero_iovecs(io: &BdevIo) {
+    for v in io.iovecs() {
         // SAFETY: BdevIo::with_iovecs' contract: each iovec describes a live buffer of iov_len
         // bytes that this request may write.
         unsafe { std::ptr::write_bytes(v.iov_base.cast::<u8>(), 0, v.iov_len) };
@@ -164,43 +164,68 @@ impl AnonMapping {
         })
     }
 
-    /// Copies the device bytes at `offset` into the iovecs.
-    ///
-    /// Callers check `offset + sum(iov) <= len` first (`io_in_range`).
-    pub(crate) fn read_into(&self, offset: u64, iov: &[IoVec]) {
+    /// Whether `[offset, offset + len)` lies inside the mapping; its end if so.
+    fn range_end(&self, offset: u64, len: u64) -> Option<usize> {
+        let end = usize::try_from(offset.checked_add(len)?).ok()?;
+        (end <= self.len).then_some(end)
+    }
+
+    /// Copies the device bytes at `offset` into the request's iovecs. Returns `false`, having
+    /// copied at most part of it, if the request reaches past the mapping (`offset + io.len`,
+    /// or iovecs that add up to more than `io.len`).
+    pub(crate) fn read_into(&self, offset: u64, io: &BdevIo) -> bool {
+        let Some(end) = self.range_end(offset, io.len) else {
+            return false;
+        };
         let mut pos = offset as usize;
-        for v in iov {
-            // SAFETY: pos + iov_len <= self.len (checked by the caller); the destination is a
-            // live request buffer per BdevIo's contract; the two never overlap (guest memory
-            // and this private mapping are distinct mappings).
+        for v in io.iovecs() {
+            if v.iov_len > end - pos {
+                return false;
+            }
+            // SAFETY: pos + iov_len <= end <= self.len (checked above), so the source lies in
+            // the mapping; the destination is a live request buffer of iov_len bytes per
+            // BdevIo's contract; the two never overlap (request buffers are guest memory or the
+            // caller's, never this private mapping).
             unsafe {
                 std::ptr::copy_nonoverlapping(self.ptr.add(pos), v.iov_base.cast(), v.iov_len)
             };
             pos += v.iov_len;
         }
+        true
     }
 
-    /// Copies the iovecs into the device at `offset`.
-    pub(crate) fn write_from(&self, offset: u64, iov: &[IoVec]) {
+    /// Copies the request's iovecs into the device at `offset`; `false` as in
+    /// [`read_into`](Self::read_into).
+    pub(crate) fn write_from(&self, offset: u64, io: &BdevIo) -> bool {
+        let Some(end) = self.range_end(offset, io.len) else {
+            return false;
+        };
         let mut pos = offset as usize;
-        for v in iov {
+        for v in io.iovecs() {
+            if v.iov_len > end - pos {
+                return false;
+            }
             // SAFETY: as in read_into, with the copy reversed.
             unsafe {
                 std::ptr::copy_nonoverlapping(v.iov_base.cast::<u8>(), self.ptr.add(pos), v.iov_len)
             };
             pos += v.iov_len;
         }
+        true
     }
 
-    /// Makes `[offset, offset + len)` read as zeroes, giving whole pages back to the kernel.
-    pub(crate) fn zero(&self, offset: u64, len: u64) {
+    /// Makes `[offset, offset + len)` read as zeroes, giving whole pages back to the kernel;
+    /// `false` (nothing changed) if the range reaches past the mapping.
+    pub(crate) fn zero(&self, offset: u64, len: u64) -> bool {
         const PAGE: usize = 4096;
+        let Some(end) = self.range_end(offset, len) else {
+            return false;
+        };
         let start = offset as usize;
-        let end = start + len as usize;
         let page_start = start.next_multiple_of(PAGE);
         let page_end = end / PAGE * PAGE;
         if page_start < page_end {
-            // SAFETY: [start, end) lies inside the mapping (caller-checked).
+            // SAFETY: [start, end) lies inside the mapping (`range_end`).
             unsafe { std::ptr::write_bytes(self.ptr.add(start), 0, page_start - start) };
             // SAFETY: page-aligned sub-range of our private anonymous mapping; MADV_DONTNEED
             // makes it read back as zeroes and frees its pages.
@@ -223,6 +248,7 @@ impl AnonMapping {
             // SAFETY: [start, end) lies inside the mapping.
             unsafe { std::ptr::write_bytes(self.ptr.add(start), 0, end - start) };
         }
+        true
     }
 }
 
@@ -230,5 +256,36 @@ impl Drop for AnonMapping {
     fn drop(&mut self) {
         // SAFETY: unmapping exactly what `new` mapped; no references into it outlive self.
         unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{rw, Buf};
+    use crate::IoOp;
+
+    /// The mapping checks every access against its own length, whatever the caller checked.
+    #[test]
+    fn mapping_refuses_accesses_past_its_end() {
+        let m = AnonMapping::new(8192).expect("map");
+        let buf = Buf::new(8192, 0x5a);
+        let iov = [buf.iov(0, 4096)];
+        assert!(m.write_from(4096, &rw(1, IoOp::Write, 4096, &iov)));
+        assert!(!m.write_from(4097, &rw(1, IoOp::Write, 4097, &iov)));
+        assert!(!m.read_into(u64::MAX - 10, &rw(1, IoOp::Read, 0, &iov)));
+        // A request whose iovecs add up to more than its length: the length fits, the iovecs
+        // do not; refused before copying past the end.
+        let two = [buf.iov(0, 4096), buf.iov(4096, 4096)];
+        // SAFETY: the buffer outlives the request.
+        let lying = unsafe { BdevIo::with_iovecs(2, IoOp::Read, 4096, 4096, two.as_ptr(), 2) };
+        assert!(!m.read_into(4096, &lying));
+        assert!(m.zero(0, 8192));
+        assert!(!m.zero(4096, 4097));
+        assert!(!m.zero(u64::MAX, 2));
+        let out = Buf::new(4096, 1);
+        let oiov = [out.iov(0, 4096)];
+        assert!(m.read_into(4096, &rw(3, IoOp::Read, 4096, &oiov)));
+        assert!(out.bytes().iter().all(|&b| b == 0));
     }
 }

@@ -58,7 +58,7 @@ impl IoChannel for NullChannel {
             IoStatus::IoError
         } else {
             if io.op == IoOp::Read {
-                zero_iovecs(io.iovecs());
+                zero_iovecs(&io);
             }
             IoStatus::Success
         };

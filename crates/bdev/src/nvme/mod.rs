@@ -299,7 +299,7 @@ impl NvmeBdev {
                 detail,
             })
         })?;
-        let ns = parse_identify_namespace(id.bytes()).ok_or_else(|| {
+        let ns = parse_identify_namespace(&id).ok_or_else(|| {
             nvme_err(NvmeError::Command {
                 what: "identify namespace",
                 detail: "the data names an LBA format that does not exist".to_string(),
@@ -323,7 +323,7 @@ impl NvmeBdev {
                 detail,
             })
         })?;
-        let ctrl = parse_identify_controller(id.bytes()).ok_or_else(|| {
+        let ctrl = parse_identify_controller(&id).ok_or_else(|| {
             nvme_err(NvmeError::Command {
                 what: "identify controller",
                 detail: "short data".to_string(),
@@ -332,7 +332,7 @@ impl NvmeBdev {
         // Optional (NVMe 1.4+): Write Zeroes and Dataset Management limits.
         let nvm = identify(&file, CNS_CSI_CONTROLLER, 0, 0)
             .ok()
-            .and_then(|id| parse_identify_nvm_controller(id.bytes()))
+            .and_then(|id| parse_identify_nvm_controller(&id))
             .unwrap_or_default();
 
         let queue = queue_limits(rdev, nsid);
@@ -553,8 +553,8 @@ fn namespace_id(file: &File) -> io::Result<u32> {
 }
 
 /// Runs an admin Identify (`cns`, `csi`, `nsid`) through `NVME_IOCTL_ADMIN_CMD`; the error says
-/// what the kernel or the device answered.
-fn identify(file: &File, cns: u32, csi: u8, nsid: u32) -> Result<AlignedBuf, String> {
+/// what the kernel or the device answered. Returns the 4096 bytes of Identify data.
+fn identify(file: &File, cns: u32, csi: u8, nsid: u32) -> Result<Vec<u8>, String> {
     let buf = AlignedBuf::new(IDENTIFY_LEN).ok_or_else(|| "out of memory".to_string())?;
     let mut cmd: NvmeCmd = identify_cmd(cns, csi, nsid, buf.as_ptr());
     // SAFETY: the argument is a live `struct nvme_passthru_cmd` (NvmeCmd has its layout, and
@@ -562,7 +562,8 @@ fn identify(file: &File, cns: u32, csi: u8, nsid: u32) -> Result<AlignedBuf, Str
     // to `addr`, which is `buf`, alive and unaliased until the call returns.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), NVME_IOCTL_ADMIN_CMD as _, &mut cmd) };
     match rc {
-        0 => Ok(buf),
+        // SAFETY: the ioctl has returned, so the device is done writing into `buf`.
+        0 => Ok(unsafe { buf.bytes() }.to_vec()),
         rc if rc < 0 => {
             let e = io::Error::last_os_error();
             Err(match e.raw_os_error() {

@@ -240,6 +240,14 @@ pub trait Bdev: Send + Sync {
     /// session); the channel is then moved to the reactor that owns it.
     fn open_channel(&self, depth: usize) -> Result<Box<dyn IoChannel>, BdevError>;
 
+    /// Bytes of memory a channel opened with `depth` reserves, at most (ring, request slots,
+    /// bounce buffers; guest memory excluded): for the per-connection memory budget. Every bdev
+    /// in this crate reports it; the default, 0, means "not reported".
+    fn channel_memory(&self, depth: usize) -> usize {
+        let _ = depth;
+        0
+    }
+
     /// Capacity in bytes.
     fn size_bytes(&self) -> u64 {
         self.num_blocks() * u64::from(self.block_size())

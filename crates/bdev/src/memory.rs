@@ -27,6 +27,11 @@ impl CompletionRing {
         }
     }
 
+    /// Bytes a ring of `depth` reserves.
+    pub(crate) fn footprint(depth: usize) -> usize {
+        depth.max(1) * std::mem::size_of::<Completion>()
+    }
+
     /// Whether `depth` requests are in flight.
     pub(crate) fn is_full(&self) -> bool {
         self.in_flight >= self.depth

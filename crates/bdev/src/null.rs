@@ -36,6 +36,10 @@ impl Bdev for NullBdev {
     fn supports(&self, _op: IoOp) -> bool {
         true
     }
+    /// A completion ring of `depth` entries.
+    fn channel_memory(&self, depth: usize) -> usize {
+        CompletionRing::footprint(depth)
+    }
     fn open_channel(&self, depth: usize) -> Result<Box<dyn IoChannel>, BdevError> {
         Ok(Box::new(NullChannel {
             size: self.size_bytes(),

@@ -5,9 +5,7 @@ use std::fs::File;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use crate::bounce::{
-    Bounce, BouncePool, StageError, BOUNCE_ALIGN, BOUNCE_SLOTS_MAX, BOUNCE_SLOT_SIZE,
-};
+use crate::bounce::{BouncePool, Chunk, BOUNCE_ALIGN, BOUNCE_SLOTS_MAX, BOUNCE_SLOT_SIZE};
 use crate::memory::{io_in_range, CompletionRing, FreeList};
 use crate::ring::{self, register_fixed_file, ring_depth, RingChannel};
 use crate::{BdevError, BdevIo, Completion, IoChannel, IoOp, IoStatus, IoVec};
@@ -15,7 +13,8 @@ use crate::{BdevError, BdevIo, Completion, IoChannel, IoOp, IoStatus, IoVec};
 /// Most requests one channel holds in flight (io_uring's largest submission queue); larger
 /// depths are clamped.
 pub(crate) const MAX_DEPTH: usize = 32768;
-/// Most iovecs one `readv`/`writev` takes (`UIO_MAXIOV`); longer lists are bounced.
+/// Most iovecs one `readv`/`writev` takes (`UIO_MAXIOV`); longer lists go in several transfers
+/// of at most this many.
 const IOV_MAX: usize = 1024;
 /// The fixed-file index of the channel's descriptor in its ring.
 const FD: types::Fixed = types::Fixed(0);
@@ -43,7 +42,8 @@ pub(super) struct ChannelConfig {
 /// can be given to the kernel.
 struct Slot {
     io: Option<BdevIo>,
-    bounce: Bounce,
+    /// The pool buffer and the request's bytes staged in it, for a bounced request.
+    bounce: Option<Chunk>,
     /// The single iovec used for bounced transfers and for resuming inside an iovec after a
     /// short transfer.
     iov: IoVec,
@@ -57,7 +57,7 @@ impl Slot {
     fn empty() -> Self {
         Slot {
             io: None,
-            bounce: Bounce::None,
+            bounce: None,
             iov: IoVec {
                 iov_base: std::ptr::null_mut(),
                 iov_len: 0,
@@ -66,6 +66,31 @@ impl Slot {
             rw_flags: 0,
         }
     }
+}
+
+/// Bytes one channel of `depth` requests reserves when it opens, and never more: the ring
+/// (`entries` = `depth` rounded up to a power of two; 64-byte SQEs plus a 4-byte index each,
+/// twice as many 16-byte CQEs), the request slots, free list and completion ring, and, with
+/// direct I/O (`bounce`), [`BOUNCE_SLOTS_MAX`] 1 MiB bounce buffers (fewer below depth 8).
+///
+/// At depth 1024 (virtio-blk's largest ring): ring 100 KiB, slots and lists 120 KiB, bounce
+/// buffers 8 MiB: about 8.2 MiB with direct I/O, 0.2 MiB buffered (`footprint_at_depth_1024`
+/// checks these figures). The bounce buffers are touched only as misaligned requests use them,
+/// lowest first, so resident memory follows the most misaligned requests ever in flight at once.
+pub(crate) fn footprint(depth: usize, bounce: bool) -> usize {
+    let (depth, entries) = ring_depth(depth, MAX_DEPTH);
+    let entries = entries as usize;
+    let ring = entries * (64 + 4) + 2 * entries * 16;
+    let slots = depth
+        * (std::mem::size_of::<Slot>()
+            + std::mem::size_of::<usize>()
+            + std::mem::size_of::<Completion>());
+    let pool = if bounce {
+        depth.min(BOUNCE_SLOTS_MAX) * BOUNCE_SLOT_SIZE
+    } else {
+        0
+    };
+    ring + slots + pool
 }
 
 /// One io_uring over one file descriptor, owned by one reactor.
@@ -147,24 +172,24 @@ impl UringChannel {
         }
     }
 
-    /// Whether a read or write must go through a bounce buffer.
+    /// Whether a read or write must go through a bounce buffer: an iovec misses the direct-I/O
+    /// alignment. (Buffered channels take any alignment; long iovec lists go in several
+    /// transfers, not through a buffer.)
     fn needs_bounce(&self, io: &BdevIo) -> bool {
-        let iov = io.iovecs();
         let align = self.cfg.mem_align;
-        iov.len() > IOV_MAX
-            || (align > 1
-                && iov.iter().any(|v| {
-                    !(v.iov_base as usize).is_multiple_of(align) || !v.iov_len.is_multiple_of(align)
-                }))
+        align > 1
+            && io.iovecs().iter().any(|v| {
+                !(v.iov_base as usize).is_multiple_of(align) || !v.iov_len.is_multiple_of(align)
+            })
     }
 
-    /// The transfer SQE for what remains of slot `idx`'s read or write.
+    /// The transfer SQE for what remains of slot `idx`'s read or write: of the request (at most
+    /// [`IOV_MAX`] iovecs of it), or of its staged chunk.
     fn rw_entry(&mut self, idx: usize) -> Option<squeue::Entry> {
         let slot = &mut self.slots[idx];
         let io = slot.io.as_ref()?;
-        let remaining = io.len - slot.done;
         let offset = io.offset + slot.done;
-        let (ptr, cnt): (*const IoVec, usize) = match self.pool.buffer(&slot.bounce) {
+        let (ptr, cnt): (*const IoVec, usize) = match slot.bounce {
             None => {
                 // Skip the iovecs already transferred; resume mid-iovec through `slot.iov`.
                 let iov = io.iovecs();
@@ -178,7 +203,7 @@ impl UringChannel {
                     return None;
                 }
                 if skip == 0 {
-                    (iov[i..].as_ptr(), iov.len() - i)
+                    (iov[i..].as_ptr(), (iov.len() - i).min(IOV_MAX))
                 } else {
                     // `skip < iov_len`, so this stays inside the request's buffer.
                     slot.iov = IoVec {
@@ -192,16 +217,20 @@ impl UringChannel {
                     (&slot.iov, 1)
                 }
             }
-            Some(base) => {
-                // `done < len` and the buffer holds `len` bytes.
+            Some(chunk) => {
+                // `start <= done < end` and the buffer holds `end - start` bytes.
                 slot.iov = IoVec {
-                    iov_base: base.wrapping_add(slot.done as usize).cast(),
-                    iov_len: remaining as usize,
+                    iov_base: self
+                        .pool
+                        .ptr(chunk.buf)
+                        .wrapping_add((slot.done - chunk.start) as usize)
+                        .cast(),
+                    iov_len: (chunk.end - slot.done) as usize,
                 };
                 (&slot.iov, 1)
             }
         };
-        // `cnt` <= IOV_MAX: longer lists are bounced into one iovec.
+        // `cnt` <= IOV_MAX.
         let cnt = cnt as u32;
         let entry = match io.op {
             IoOp::Read => opcode::Readv::new(FD, ptr, cnt).offset(offset).build(),
@@ -218,8 +247,9 @@ impl UringChannel {
         // SAFETY: every buffer the entry names stays valid until its completion is reaped: the
         // request's iovec array and buffers by `BdevIo::with_iovecs`' contract (the request is
         // held in its slot until then), the slot's own iovec because slots never move, and
-        // bounce buffers because they are released only on completion and `Drop` waits for
-        // every request before freeing them. The file is registered and kept open by `self`.
+        // bounce buffers because they are restaged or released only after the transfer's
+        // completion and `Drop` waits for every request before freeing them. The file is
+        // registered and kept open by `self`.
         unsafe { self.ring.submission().push(entry).is_ok() }
     }
 
@@ -252,7 +282,9 @@ impl UringChannel {
         Some(io.complete(status))
     }
 
-    /// A read or write CQE: the final status, or `None` when the remainder was resubmitted.
+    /// A read or write CQE: the final status, or `None` when the transfer goes on (the
+    /// remainder of a short or capped transfer, or the next chunk of a bounced request, was
+    /// resubmitted).
     fn on_transfer(&mut self, idx: usize, res: i32) -> Option<IoStatus> {
         let slot = &mut self.slots[idx];
         let io = slot.io.as_ref()?;
@@ -260,19 +292,27 @@ impl UringChannel {
             return Some(IoStatus::IoError);
         }
         slot.done += res as u64;
-        if slot.done > io.len {
+        let target = slot.bounce.map_or(io.len, |c| c.end);
+        if slot.done > target {
             return Some(IoStatus::IoError);
         }
-        if slot.done == io.len {
-            if io.op == IoOp::Read {
-                // SAFETY: the slot's bounce buffer is the one `stage` gave the request, and
-                // holds the `len` bytes the kernel has just read; the iovecs add up to `len`
-                // (`io_in_range` was checked at submit).
-                unsafe { self.pool.copy_out(&slot.bounce, io) };
+        if slot.done == target {
+            if let Some(chunk) = slot.bounce.as_mut() {
+                if io.op == IoOp::Read {
+                    // SAFETY: the chunk is the one staged for this request and its buffer
+                    // holds the chunk's bytes, which the kernel has just read; the iovecs add up
+                    // to `len` (`io_in_range` was checked at submit).
+                    unsafe { self.pool.copy_out(chunk, io) };
+                }
+                if slot.done < io.len {
+                    // SAFETY: as above; the kernel is done with the buffer and done < len.
+                    unsafe { self.pool.stage(chunk, io, slot.done) };
+                }
             }
-            return Some(IoStatus::Success);
-        }
-        if res == 0 {
+            if slot.done == io.len {
+                return Some(IoStatus::Success);
+            }
+        } else if res == 0 {
             // No progress (the file shrank under us, or the device is full): fail rather than
             // loop.
             return Some(IoStatus::IoError);
@@ -314,21 +354,16 @@ impl IoChannel for UringChannel {
             return Err(io);
         };
 
-        let mut bounce = Bounce::None;
+        let mut bounce = None;
         if matches!(io.op, IoOp::Read | IoOp::Write) && self.needs_bounce(&io) {
             // SAFETY: `precheck` passed, so the iovec lengths add up to `io.len`
-            // (`io_in_range`).
-            match unsafe { self.pool.stage(&io) } {
-                Ok((staged, _)) => bounce = staged,
-                Err(StageError::NoBuffer) => {
+            // (`io_in_range`) and `len > 0`; a free buffer is not in the kernel's hands.
+            match unsafe { self.pool.start(&io) } {
+                Some(chunk) => bounce = Some(chunk),
+                None => {
                     // Every pool buffer is lent to a request in flight: try again later.
                     self.free_slots.give(idx);
                     return Err(io);
-                }
-                Err(StageError::Failed) => {
-                    self.free_slots.give(idx);
-                    self.pending.push(io.complete(IoStatus::IoError));
-                    return Ok(());
                 }
             }
         }
@@ -428,11 +463,6 @@ impl RingChannel for UringChannel {
 
     fn abandon(&mut self) {
         self.pool.leak();
-        for slot in self.slots.iter_mut() {
-            if let Bounce::Owned(buf) = std::mem::replace(&mut slot.bounce, Bounce::None) {
-                std::mem::forget(buf);
-            }
-        }
     }
 }
 
@@ -503,6 +533,16 @@ mod tests {
 
     fn file_bytes(path: &Path) -> Vec<u8> {
         std::fs::read(path).expect("read file")
+    }
+
+    #[test]
+    fn footprint_at_depth_1024() {
+        let direct = footprint(1024, true);
+        let buffered = footprint(1024, false);
+        eprintln!("uring channel at depth 1024: {direct} bytes direct, {buffered} buffered");
+        assert!(direct - buffered == 8 << 20, "8 bounce buffers of 1 MiB");
+        assert!(buffered < 230 << 10, "ring + slots: {buffered}");
+        assert!(direct < (8 << 20) + (230 << 10));
     }
 
     #[test]
@@ -612,7 +652,7 @@ mod tests {
         assert_eq!(dst.bytes()[2], 0xee);
         assert_eq!(dst.bytes()[3 + 4096], 0xee);
 
-        // Larger than a pool buffer: bounced through a buffer of its own.
+        // Larger than a pool buffer: moved through it in chunks.
         let big = BOUNCE_SLOT_SIZE + 4096;
         let data = pattern(8, big);
         let mut src = Buf::new(big + 64, 0);
@@ -630,6 +670,121 @@ mod tests {
         );
         assert!(dst.bytes()[8..] == data[..]);
         assert!(file_bytes(&path)[1 << 20..(1 << 20) + big] == data[..]);
+    }
+
+    /// Submits `io` and spins the channel until it completes, allocating nothing itself (the
+    /// test's allocation counter sees only the channel).
+    fn run_quiet(ch: &mut dyn IoChannel, io: BdevIo) -> IoStatus {
+        let mut status = None;
+        if ch.submit(io).is_err() {
+            panic!("channel full");
+        }
+        let start = Instant::now();
+        while status.is_none() {
+            ch.flush_submissions();
+            ch.poll_completions(&mut |c| status = Some(c.status));
+            assert!(start.elapsed() < Duration::from_secs(10), "timed out");
+        }
+        status.unwrap_or(IoStatus::IoError)
+    }
+
+    /// A misaligned request several bounce buffers long moves through one pool buffer, chunk
+    /// by chunk (B1: never a buffer of its own); with every buffer lent out the next one is
+    /// handed back; once the channel has run, such requests allocate nothing.
+    #[test]
+    fn large_misaligned_requests_move_in_chunks_without_allocating() {
+        use crate::testing::allocations;
+        let counted = allocations();
+        drop(std::hint::black_box(Vec::<u8>::with_capacity(64)));
+        assert!(allocations() > counted, "the counter counts");
+        let dir = disk_dir();
+        let size = 16 << 20;
+        let path = filled_file(dir.path(), "chunks.img", size, 0);
+        let bdev = UringBdev::open(&path, opts(512)).expect("open");
+        let depth = 8;
+        let mut ch = bdev.open_channel(depth).expect("channel");
+        let len = 3 * BOUNCE_SLOT_SIZE + 1536;
+        let data = pattern(21, len);
+        let mut src = Buf::new(len + 4096, 0);
+        src.bytes_mut()[3..3 + len].copy_from_slice(&data);
+        // Iovec boundaries inside and across chunks, all misaligned.
+        let cut = BOUNCE_SLOT_SIZE + 77;
+        let wiov = [src.iov(3, cut), src.iov(3 + cut, len - cut)];
+        let at = 4 << 20;
+        let dst = Buf::new(len + 4096, 0xee);
+        let riov = [dst.iov(1, 100), dst.iov(101, len - 100)];
+        for round in 0..2 {
+            let before = allocations();
+            let w = run_quiet(ch.as_mut(), rw(1, IoOp::Write, at, &wiov));
+            let r = run_quiet(ch.as_mut(), rw(2, IoOp::Read, at, &riov));
+            let allocated = allocations() - before;
+            assert_eq!((w, r), (IoStatus::Success, IoStatus::Success));
+            assert!(dst.bytes()[1..1 + len] == data[..], "round {round}");
+            assert_eq!(allocated, 0, "allocations in round {round}");
+        }
+        assert!(file_bytes(&path)[at as usize..at as usize + len] == data[..]);
+        assert_eq!(dst.bytes()[0], 0xee);
+        assert_eq!(dst.bytes()[1 + len], 0xee);
+
+        // Every pool buffer lent to a large misaligned read: the next is handed back, an
+        // aligned one still goes in, and the handed-back one succeeds later.
+        let slabs = depth.min(BOUNCE_SLOTS_MAX);
+        let big = Buf::new(slabs * (len + 4096), 0);
+        let iovs: Vec<[IoVec; 1]> = (0..=slabs)
+            .map(|i| [big.iov((i * (len + 4096) + 1) % (slabs * (len + 4096)), len)])
+            .collect();
+        for (i, iov) in iovs.iter().take(slabs).enumerate() {
+            ch.submit(rw(i as u32, IoOp::Read, at, iov))
+                .expect("a free buffer");
+        }
+        let back = ch
+            .submit(rw(99, IoOp::Read, at, &iovs[slabs]))
+            .expect_err("all buffers lent");
+        assert_eq!(back.tag, 99);
+        let mut done = reap(ch.as_mut(), slabs);
+        done.sort_by_key(|c| c.tag);
+        assert!(done.iter().all(|c| c.status == IoStatus::Success));
+        assert_eq!(run(ch.as_mut(), back), IoStatus::Success);
+    }
+
+    /// More iovecs than one readv/writev takes (IOV_MAX) go in several transfers, in direct
+    /// and buffered mode, with no bounce buffer.
+    #[test]
+    fn more_iovecs_than_iov_max_go_in_several_transfers() {
+        let dir = disk_dir();
+        let path = filled_file(dir.path(), "iovmax.img", 4 << 20, 0);
+        for buffered in [false, true] {
+            let o = UringOptions {
+                buffered,
+                block_size: Some(512),
+                ..UringOptions::default()
+            };
+            let bdev = UringBdev::open(&path, o).expect("open");
+            let seg = bdev.iovec_alignment().max(512);
+            let n = IOV_MAX + IOV_MAX / 2 + 3;
+            let data = pattern(31 + u64::from(buffered), n * seg);
+            let mut src = Buf::new(n * seg, 0);
+            src.bytes_mut().copy_from_slice(&data);
+            let wiov: Vec<IoVec> = (0..n).map(|i| src.iov(i * seg, seg)).collect();
+            let mut ch = bdev
+                .open_channel_with_file(bdev.file.try_clone().expect("dup"), 4)
+                .expect("channel");
+            ch.submit(rw(1, IoOp::Write, 8192, &wiov)).expect("room");
+            assert!(ch.slots.iter().all(|s| s.bounce.is_none()), "not bounced");
+            assert_eq!(reap(&mut ch, 1)[0].status, IoStatus::Success);
+            assert!(file_bytes(&path)[8192..8192 + n * seg] == data[..]);
+            // Read back into the segments in reverse order.
+            let dst = Buf::new(n * seg, 0);
+            let riov: Vec<IoVec> = (0..n).rev().map(|i| dst.iov(i * seg, seg)).collect();
+            assert_eq!(
+                run(&mut ch, rw(2, IoOp::Read, 8192, &riov)),
+                IoStatus::Success
+            );
+            for i in 0..n {
+                let want = &data[(n - 1 - i) * seg..(n - i) * seg];
+                assert_eq!(&dst.bytes()[i * seg..(i + 1) * seg], want, "segment {i}");
+            }
+        }
     }
 
     #[test]
@@ -650,7 +805,7 @@ mod tests {
         ch.submit(rw(1, IoOp::Write, 1024, &wiov)).expect("room");
         assert!(matches!(
             ch.slots.iter().find(|s| s.io.is_some()).map(|s| &s.bounce),
-            Some(Bounce::None)
+            Some(None)
         ));
         assert_eq!(reap(&mut ch, 1)[0].status, IoStatus::Success);
         assert_eq!(&file_bytes(&path)[1024..1536], &src.bytes()[1..513]);

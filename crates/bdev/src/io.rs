@@ -274,4 +274,12 @@ pub trait IoChannel: Send {
     fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
+    /// Requests failed, since the channel opened, because the device's queue itself broke (a
+    /// non-transient `io_uring_enter` failure: the ring cannot be used any more). From then on
+    /// every request fails with [`IoStatus::IoError`] and counts here; requests the kernel had
+    /// already taken still complete as the kernel reports them. Always 0 for channels without
+    /// such a queue.
+    fn submit_failures(&self) -> u64 {
+        0
+    }
 }

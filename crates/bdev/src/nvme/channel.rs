@@ -24,7 +24,7 @@ use super::cmd::{
 use super::split::{plan_blocks, plan_rw, Caps, Limits, Part, Plan};
 use crate::bounce::{BouncePool, Chunk, BOUNCE_SLOTS_MAX, BOUNCE_SLOT_SIZE};
 use crate::memory::{io_in_range, CompletionRing, FreeList};
-use crate::ring::{self, register_fixed_file, ring_depth, RingChannel};
+use crate::ring::{self, is_transient, register_fixed_file, ring_depth, RingChannel, SqShadow};
 use crate::{BdevError, BdevIo, Completion, IoChannel, IoOp, IoStatus, IoVec};
 
 /// The ring type: `IORING_SETUP_SQE128 | IORING_SETUP_CQE32`, which `URING_CMD` to NVMe needs.
@@ -190,6 +190,15 @@ pub(super) struct NvmeChannel {
     /// Requests in flight, and those decided without the device (refused, empty, failed while
     /// issuing), reported on the next poll.
     pending: CompletionRing,
+    /// The command entry of each SQE pushed, for a ring that breaks.
+    shadow: SqShadow,
+    /// The errno that broke the ring, if it broke: every request fails from then on.
+    broken: Option<i32>,
+    /// Requests failed because the ring broke.
+    submit_failures: u64,
+    /// Errors the next `io_uring_enter`s return instead of entering (tests only).
+    #[cfg(test)]
+    inject_enter: Vec<i32>,
 }
 
 impl NvmeChannel {
@@ -224,6 +233,11 @@ impl NvmeChannel {
             pool: BouncePool::new(depth.min(BOUNCE_SLOTS_MAX), BOUNCE_SLOT_SIZE)?,
             waiting: VecDeque::with_capacity(depth),
             pending: CompletionRing::new(depth),
+            shadow: SqShadow::new(ncmds),
+            broken: None,
+            submit_failures: 0,
+            #[cfg(test)]
+            inject_enter: Vec::new(),
         })
     }
 
@@ -475,8 +489,13 @@ impl NvmeChannel {
         self.waiting.push_back(idx);
     }
 
-    /// Issues the parts of waiting requests, oldest first, while command entries are free.
+    /// Issues the parts of waiting requests, oldest first, while command entries are free. On a
+    /// broken ring, fails them instead.
     fn pump(&mut self) {
+        if self.broken.is_some() {
+            self.fail_waiting();
+            return;
+        }
         while let Some(&idx) = self.waiting.front() {
             let slot = &self.slots[idx];
             if slot.next_part >= slot.parts.len() {
@@ -499,7 +518,11 @@ impl NvmeChannel {
                     // command entries are reused only after their CQE, and `Drop` waits for
                     // every command. The file
                     // is registered and kept open by `self`.
-                    unsafe { self.ring.submission().push(&entry).is_ok() }
+                    let ok = unsafe { self.ring.submission().push(&entry).is_ok() };
+                    if ok {
+                        self.shadow.record(c as u64);
+                    }
+                    ok
                 }
                 None => false,
             };
@@ -580,10 +603,74 @@ impl NvmeChannel {
         self.free_cmds.in_use()
     }
 
-    /// Hands the SQ to the kernel (and, on a polled ring, polls for completions).
+    /// Hands the SQ to the kernel (and, on a polled ring, polls for completions). A transient
+    /// failure leaves the entries queued for the next pass; any other breaks the ring.
     fn enter(&mut self) {
-        // EAGAIN/EBUSY (short of resources) and EINTR leave entries queued for the next pass.
-        let _ = self.ring.submit();
+        if self.broken.is_some() {
+            return;
+        }
+        #[cfg(test)]
+        if let Some(errno) = self.inject_enter.pop() {
+            let e = std::io::Error::from_raw_os_error(errno);
+            if !is_transient(&e) {
+                self.break_ring(&e);
+            }
+            return;
+        }
+        if let Err(e) = self.ring.submit() {
+            if !is_transient(&e) {
+                self.break_ring(&e);
+            }
+        }
+    }
+
+    /// The ring cannot be used: fails the commands the kernel never took (it never will: the
+    /// ring is not entered with entries to submit again) and with them their requests (once
+    /// their other parts are back), every part not yet issued, and every request from now on.
+    /// Commands the kernel took complete as their CQEs arrive; on a polled ring, which only
+    /// completes commands inside `io_uring_enter`, they never do, and their requests stay in
+    /// flight (the kernel may still move their data, so their buffers cannot be given back).
+    fn break_ring(&mut self, e: &std::io::Error) {
+        self.broken = Some(e.raw_os_error().unwrap_or(libc::EIO));
+        let unconsumed = self.ring.submission().len();
+        for i in 0..unconsumed {
+            let c = self.shadow.last(unconsumed, i) as usize;
+            let Some(idx) = self.cmds.get(c).map(|cmd| cmd.slot) else {
+                continue;
+            };
+            self.free_cmds.give(c);
+            let slot = &mut self.slots[idx];
+            slot.outstanding = slot.outstanding.saturating_sub(1);
+            slot.status = IoStatus::IoError;
+            slot.next_part = slot.parts.len();
+            if slot.outstanding == 0 {
+                if let Some(done) = self.finish(idx) {
+                    self.pending.defer(done);
+                    self.submit_failures += 1;
+                }
+            }
+        }
+        self.fail_waiting();
+    }
+
+    /// On a broken ring: fails every waiting request's parts not yet issued, and the request
+    /// once its issued parts are back.
+    fn fail_waiting(&mut self) {
+        while let Some(idx) = self.waiting.pop_front() {
+            let slot = &mut self.slots[idx];
+            slot.queued = false;
+            if slot.io.is_none() {
+                continue;
+            }
+            slot.status = IoStatus::IoError;
+            slot.next_part = slot.parts.len();
+            if slot.outstanding == 0 {
+                if let Some(done) = self.finish(idx) {
+                    self.pending.defer(done);
+                    self.submit_failures += 1;
+                }
+            }
+        }
     }
 }
 
@@ -600,6 +687,11 @@ impl IoChannel for NvmeChannel {
         }
         if let Some(status) = self.precheck(&io) {
             self.pending.push(io.complete(status));
+            return Ok(());
+        }
+        if self.broken.is_some() {
+            self.pending.push(io.complete(IoStatus::IoError));
+            self.submit_failures += 1;
             return Ok(());
         }
         let Some(idx) = self.free_slots.take() else {
@@ -637,7 +729,7 @@ impl IoChannel for NvmeChannel {
 
     fn flush_submissions(&mut self) {
         self.pump();
-        if !self.ring.submission().is_empty() {
+        if self.broken.is_none() && !self.ring.submission().is_empty() {
             self.enter();
         }
     }
@@ -664,6 +756,10 @@ impl IoChannel for NvmeChannel {
     fn in_flight(&self) -> usize {
         self.pending.len()
     }
+
+    fn submit_failures(&self) -> u64 {
+        self.submit_failures
+    }
 }
 
 impl RingChannel for NvmeChannel {
@@ -687,6 +783,10 @@ impl RingChannel for NvmeChannel {
         if c < self.cmds.len() {
             self.free_cmds.give(c);
         }
+    }
+
+    fn broken(&self) -> bool {
+        self.broken.is_some()
     }
 
     fn abandon(&mut self) {
@@ -1162,6 +1262,72 @@ mod tests {
             (ch.in_flight(), ch.cmds_busy(), ch.waiting.len()),
             (0, 0, 0)
         );
+    }
+
+    /// A transient enter failure leaves the commands queued; the next pass submits them.
+    #[test]
+    fn transient_submit_errors_retry_on_the_next_pass() {
+        let (_d, mut ch) = channel(cfg(), 4);
+        let src = Buf::new(8192, 1);
+        let iov = [src.iov(0, 8192)];
+        ch.inject_enter = vec![libc::EAGAIN, libc::EBUSY];
+        ch.submit(rw(1, IoOp::Write, 0, &iov)).expect("room");
+        ch.flush_submissions();
+        ch.flush_submissions();
+        assert_eq!(ch.ring.submission().len(), 1);
+        assert!(ch.broken.is_none());
+        let got = device_round(&mut ch, |_| 0);
+        assert_eq!(got[0].status, IoStatus::Success);
+        assert_eq!(ch.submit_failures(), 0);
+    }
+
+    /// A non-transient enter failure breaks the ring: a request whose commands the kernel never
+    /// took fails once (its unissued parts too), a request the kernel took completes as its
+    /// CQEs say, later requests fail at once, all counted; nothing is left waiting.
+    #[test]
+    fn a_broken_ring_fails_what_the_kernel_never_took() {
+        // Two command entries: the five-part request has two parts queued, three waiting.
+        let (_d, mut ch) = channel(cfg(), 4);
+        let src = Buf::new(320 << 10, 1);
+        let small = [src.iov(0, 4096)];
+        let big = [src.iov(0, 320 << 10)];
+        ch.submit(rw(1, IoOp::Read, 0, &small)).expect("room");
+        ch.flush_submissions(); // the kernel took it
+        ch.submit(rw(2, IoOp::Write, 0, &big)).expect("room");
+        assert_eq!((ch.cmds_busy(), ch.waiting.len()), (4, 1));
+        ch.inject_enter = vec![libc::EINVAL];
+        ch.flush_submissions();
+        assert_eq!(ch.broken, Some(libc::EINVAL));
+        assert_eq!(ch.cmds_busy(), 1, "only the command the kernel took");
+        assert!(ch.waiting.is_empty());
+        // The first request's CQE (an errno from the kernel: not an NVMe device) arrives on
+        // its own; the second failed without the kernel.
+        let mut got = Vec::new();
+        let start = std::time::Instant::now();
+        while got.len() < 2 {
+            ch.poll_completions(&mut |c| got.push(c));
+            assert!(start.elapsed().as_secs() < 10, "{got:?}");
+        }
+        got.sort_by_key(|c| c.tag);
+        assert_eq!(
+            got.iter().map(|c| (c.tag, c.status)).collect::<Vec<_>>(),
+            [(1, IoStatus::IoError), (2, IoStatus::IoError)]
+        );
+        assert_eq!(ch.submit_failures(), 1);
+        assert_eq!((ch.in_flight(), ch.cmds_busy()), (0, 0));
+        ch.submit(rw(3, IoOp::Read, 0, &small)).expect("room");
+        let mut got = Vec::new();
+        ch.poll_completions(&mut |c| got.push(c));
+        assert_eq!(
+            got,
+            [Completion {
+                tag: 3,
+                status: IoStatus::IoError
+            }]
+        );
+        assert_eq!(ch.submit_failures(), 2);
+        // The queued SQEs are never submitted, even at drop.
+        assert_eq!(ch.ring.submission().len(), 3);
     }
 
     #[test]

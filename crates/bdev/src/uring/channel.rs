@@ -7,7 +7,7 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use crate::bounce::{BouncePool, Chunk, BOUNCE_ALIGN, BOUNCE_SLOTS_MAX, BOUNCE_SLOT_SIZE};
 use crate::memory::{io_in_range, CompletionRing, FreeList};
-use crate::ring::{self, register_fixed_file, ring_depth, RingChannel};
+use crate::ring::{self, is_transient, register_fixed_file, ring_depth, RingChannel, SqShadow};
 use crate::{BdevError, BdevIo, Completion, IoChannel, IoOp, IoStatus, IoVec};
 
 /// Most requests one channel holds in flight (io_uring's largest submission queue); larger
@@ -108,13 +108,22 @@ pub(super) struct UringChannel {
     /// An SQE was pushed while reaping (a short transfer's remainder): submit it before
     /// returning.
     resubmitted: bool,
+    /// The slot of each SQE pushed, for a ring that breaks.
+    shadow: SqShadow,
+    /// The errno that broke the ring, if it broke: every request fails from then on.
+    broken: Option<i32>,
+    /// Requests failed because the ring broke.
+    submit_failures: u64,
+    /// Errors the next `io_uring_enter`s return instead of entering (tests only).
+    #[cfg(test)]
+    inject_enter: Vec<i32>,
 }
 
 impl UringChannel {
     /// A channel over `file` (which it keeps) that holds up to `depth` requests in flight
     /// (clamped to `1..=MAX_DEPTH`).
     pub(super) fn new(file: File, cfg: ChannelConfig, depth: usize) -> Result<Self, BdevError> {
-        let (depth, entries) = ring_depth(depth, MAX_DEPTH);
+        let (_, entries) = ring_depth(depth, MAX_DEPTH);
         let ring = IoUring::new(entries).map_err(|e| {
             BdevError::Os(std::io::Error::new(
                 e.kind(),
@@ -124,6 +133,18 @@ impl UringChannel {
                 ),
             ))
         })?;
+        Self::with_ring(ring, file, cfg, depth)
+    }
+
+    /// A channel on `ring`, which has `depth` (clamped and rounded up as in `ring_depth`)
+    /// entries.
+    fn with_ring(
+        ring: IoUring,
+        file: File,
+        cfg: ChannelConfig,
+        depth: usize,
+    ) -> Result<Self, BdevError> {
+        let (depth, entries) = ring_depth(depth, MAX_DEPTH);
         register_fixed_file(&ring, &file, "the file")?;
         let pool_slots = if cfg.mem_align > 1 {
             depth.min(BOUNCE_SLOTS_MAX)
@@ -140,6 +161,11 @@ impl UringChannel {
             pool: BouncePool::new(pool_slots, BOUNCE_SLOT_SIZE)?,
             pending: CompletionRing::new(depth),
             resubmitted: false,
+            shadow: SqShadow::new(entries as usize),
+            broken: None,
+            submit_failures: 0,
+            #[cfg(test)]
+            inject_enter: Vec::new(),
         })
     }
 
@@ -242,8 +268,12 @@ impl UringChannel {
         Some(entry.user_data(idx as u64))
     }
 
-    /// Pushes `entry` to the submission queue; `false` if it is full.
+    /// Pushes `entry` to the submission queue; `false` if it is full or the ring broke.
     fn push(&mut self, entry: &squeue::Entry) -> bool {
+        if self.broken.is_some() {
+            return false;
+        }
+        self.shadow.record(entry.get_user_data());
         // SAFETY: every buffer the entry names stays valid until its completion is reaped: the
         // request's iovec array and buffers by `BdevIo::with_iovecs`' contract (the request is
         // held in its slot until then), the slot's own iovec because slots never move, and
@@ -326,6 +356,39 @@ impl UringChannel {
         }
     }
 
+    /// Hands the queued SQEs to the kernel. A transient failure leaves them queued for the next
+    /// pass; any other breaks the ring.
+    fn enter(&mut self) {
+        #[cfg(test)]
+        if let Some(errno) = self.inject_enter.pop() {
+            let e = std::io::Error::from_raw_os_error(errno);
+            if !is_transient(&e) {
+                self.break_ring(&e);
+            }
+            return;
+        }
+        if let Err(e) = self.ring.submit() {
+            if !is_transient(&e) {
+                self.break_ring(&e);
+            }
+        }
+    }
+
+    /// The ring cannot be used: fails the requests whose SQEs the kernel never took (it never
+    /// will: the ring is not entered with entries to submit again), and every request from now
+    /// on. Requests the kernel took complete as their CQEs arrive.
+    fn break_ring(&mut self, e: &std::io::Error) {
+        self.broken = Some(e.raw_os_error().unwrap_or(libc::EIO));
+        let unconsumed = self.ring.submission().len();
+        for i in 0..unconsumed {
+            let idx = self.shadow.last(unconsumed, i) as usize;
+            if let Some(io) = self.release(idx) {
+                self.pending.defer(io.complete(IoStatus::IoError));
+                self.submit_failures += 1;
+            }
+        }
+    }
+
     /// Slots held by requests in the kernel.
     fn busy_slots(&self) -> usize {
         self.free_slots.in_use()
@@ -345,6 +408,11 @@ impl IoChannel for UringChannel {
         }
         if let Some(status) = self.precheck(&io) {
             self.pending.push(io.complete(status));
+            return Ok(());
+        }
+        if self.broken.is_some() {
+            self.pending.push(io.complete(IoStatus::IoError));
+            self.submit_failures += 1;
             return Ok(());
         }
         if self.ring.submission().is_full() {
@@ -417,10 +485,8 @@ impl IoChannel for UringChannel {
     }
 
     fn flush_submissions(&mut self) {
-        if !self.ring.submission().is_empty() {
-            // EAGAIN/EBUSY (kernel short of resources) and EINTR leave the entries queued; the
-            // next pass submits them.
-            let _ = self.ring.submit();
+        if self.broken.is_none() && !self.ring.submission().is_empty() {
+            self.enter();
         }
     }
 
@@ -432,12 +498,18 @@ impl IoChannel for UringChannel {
         if self.resubmitted {
             self.resubmitted = false;
             self.flush_submissions();
+            // Requests failed because the ring broke just now.
+            n += self.pending.drain(done);
         }
         n
     }
 
     fn in_flight(&self) -> usize {
         self.pending.len()
+    }
+
+    fn submit_failures(&self) -> u64 {
+        self.submit_failures
     }
 }
 
@@ -463,6 +535,10 @@ impl RingChannel for UringChannel {
 
     fn abandon(&mut self) {
         self.pool.leak();
+    }
+
+    fn broken(&self) -> bool {
+        self.broken.is_some()
     }
 }
 
@@ -1114,6 +1190,128 @@ mod tests {
             run(ch.as_mut(), rw(1, IoOp::Read, (32 << 10) - 4096, &iov)),
             IoStatus::IoError
         );
+    }
+
+    /// A transient `io_uring_enter` failure (EAGAIN) leaves the SQEs queued and the next pass
+    /// submits them; nothing fails.
+    #[test]
+    fn transient_submit_errors_retry_on_the_next_pass() {
+        let dir = disk_dir();
+        let path = filled_file(dir.path(), "eagain.img", 64 << 10, 0x61);
+        let bdev = UringBdev::open(&path, opts(512)).expect("open");
+        let mut ch = bdev
+            .open_channel_with_file(bdev.file.try_clone().expect("dup"), 4)
+            .expect("channel");
+        let dst = Buf::new(4096, 0);
+        let iov = [dst.iov(0, 4096)];
+        ch.inject_enter = vec![libc::EINTR, libc::EAGAIN];
+        ch.submit(rw(1, IoOp::Read, 0, &iov)).expect("room");
+        ch.flush_submissions();
+        ch.flush_submissions();
+        assert_eq!(
+            ch.ring.submission().len(),
+            1,
+            "still queued after two failures"
+        );
+        assert!(ch.broken.is_none());
+        assert_eq!(reap(&mut ch, 1)[0].status, IoStatus::Success);
+        assert!(dst.bytes().iter().all(|&b| b == 0x61));
+        assert_eq!(ch.submit_failures(), 0);
+    }
+
+    /// A ring that cannot be entered (created disabled: `io_uring_enter` fails with EBADFD, a
+    /// real non-transient error) fails the requests whose SQEs it never took, counts them,
+    /// fails every later request at once, and drops without waiting for anything.
+    #[test]
+    fn a_broken_ring_fails_its_queued_requests() {
+        let dir = disk_dir();
+        let path = filled_file(dir.path(), "broken.img", 64 << 10, 0);
+        let bdev = UringBdev::open(&path, opts(512)).expect("open");
+        let ring = IoUring::builder()
+            .setup_r_disabled()
+            .build(8)
+            .expect("disabled ring");
+        let file = bdev.file.try_clone().expect("dup");
+        let mut ch =
+            UringChannel::with_ring(ring, file, bdev.channel_config(), 8).expect("channel");
+        let dst = Buf::new(8192, 0);
+        let (a, b) = ([dst.iov(0, 4096)], [dst.iov(4096, 4096)]);
+        ch.submit(rw(1, IoOp::Read, 0, &a)).expect("room");
+        ch.submit(rw(2, IoOp::Write, 4096, &b)).expect("room");
+        ch.flush_submissions();
+        assert_eq!(ch.broken, Some(libc::EBADFD));
+        let mut got = reap(&mut ch, 2);
+        got.sort_by_key(|c| c.tag);
+        assert_eq!(
+            got,
+            [
+                Completion {
+                    tag: 1,
+                    status: IoStatus::IoError
+                },
+                Completion {
+                    tag: 2,
+                    status: IoStatus::IoError
+                }
+            ]
+        );
+        assert_eq!(
+            (ch.in_flight(), ch.busy_slots(), ch.submit_failures()),
+            (0, 0, 2)
+        );
+        assert_eq!(run(&mut ch, rw(3, IoOp::Read, 0, &a)), IoStatus::IoError);
+        assert_eq!(ch.submit_failures(), 3);
+        // Prechecks still answer first.
+        assert_eq!(
+            run(&mut ch, rw(4, IoOp::Read, 1 << 30, &a)),
+            IoStatus::IoError
+        );
+        assert_eq!(ch.submit_failures(), 3);
+        let start = Instant::now();
+        drop(ch);
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "drop did not wait"
+        );
+    }
+
+    /// A non-transient failure after the kernel took some requests: those complete normally,
+    /// the ones it never took fail, short-transfer continuations fail too.
+    #[test]
+    fn a_ring_that_breaks_later_keeps_what_the_kernel_took() {
+        let dir = disk_dir();
+        let path = filled_file(dir.path(), "later.img", 64 << 10, 0x33);
+        let bdev = UringBdev::open(&path, opts(512)).expect("open");
+        let mut ch = bdev
+            .open_channel_with_file(bdev.file.try_clone().expect("dup"), 8)
+            .expect("channel");
+        let dst = Buf::new(3 * 4096, 0);
+        let (a, b, c) = (
+            [dst.iov(0, 4096)],
+            [dst.iov(4096, 4096)],
+            [dst.iov(8192, 4096)],
+        );
+        ch.submit(rw(1, IoOp::Read, 0, &a)).expect("room");
+        ch.flush_submissions(); // taken by the kernel
+        ch.submit(rw(2, IoOp::Read, 4096, &b)).expect("room");
+        ch.submit(rw(3, IoOp::Read, 8192, &c)).expect("room");
+        ch.inject_enter = vec![libc::EFAULT];
+        ch.flush_submissions();
+        assert_eq!(ch.broken, Some(libc::EFAULT));
+        let mut got = reap(&mut ch, 3);
+        got.sort_by_key(|c| c.tag);
+        let st: Vec<IoStatus> = got.iter().map(|c| c.status).collect();
+        assert_eq!(
+            st,
+            [IoStatus::Success, IoStatus::IoError, IoStatus::IoError]
+        );
+        assert!(dst.bytes()[..4096].iter().all(|&x| x == 0x33));
+        assert!(dst.bytes()[4096..].iter().all(|&x| x == 0), "never read");
+        assert_eq!(ch.submit_failures(), 2);
+        // The SQEs left in the queue are never submitted, even when the channel drops.
+        assert_eq!(ch.ring.submission().len(), 2);
+        drop(ch);
+        assert!(dst.bytes()[4096..].iter().all(|&x| x == 0));
     }
 
     #[test]

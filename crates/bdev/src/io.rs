@@ -269,8 +269,16 @@ pub trait IoChannel: Send {
     fn in_flight(&self) -> usize;
     /// An fd that becomes readable (an eventfd written by the kernel or by the bdev's own
     /// threads) whenever a completion is ready, so an idle reactor can sleep on it while
-    /// requests are in flight. `None`: completions are decided in `submit` and reported by the
-    /// next `poll_completions`, so a reactor must not sleep while `in_flight() > 0`.
+    /// requests are in flight. The channel never reads it (that would be a system call per
+    /// pass): watch it edge-triggered (`EPOLLET`: every completion is a new edge, whether or not
+    /// it was read), or read it to reset it before a level-triggered wait. `None`: nothing
+    /// signals completions (malloc and null decide them in `submit` and report them on the next
+    /// `poll_completions`; a polled NVMe ring finds them only while polled), so a reactor must
+    /// not sleep while `in_flight() > 0`.
+    ///
+    /// io_uring posts the CQE of a request submitted by the reactor's thread by running task
+    /// work on that thread, which interrupts a blocking wait first: `epoll_wait` then returns
+    /// `EINTR`, which a reactor must treat as a wake-up (look for work), not an error.
     fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }

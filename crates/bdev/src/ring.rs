@@ -4,7 +4,7 @@
 //! broken ring never took), and waiting for the kernel when a channel is dropped.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use io_uring::{cqueue, squeue, IoUring};
 
@@ -39,6 +39,34 @@ where
                 format!("cannot register {what} with io_uring: {e}"),
             ))
         })
+}
+
+/// Creates a non-blocking eventfd and registers it with `ring` (`IORING_REGISTER_EVENTFD`): the
+/// kernel adds to it whenever it posts a CQE, so a reactor can sleep in epoll on it while
+/// requests are in flight. The channel never reads it (that would cost a system call per pass):
+/// watch it edge-triggered (every CQE is a new edge) or read it to reset it. Not for IOPOLL
+/// rings, whose completions are found only inside `io_uring_enter` and signal nothing.
+pub(crate) fn register_completion_eventfd<S, C>(ring: &IoUring<S, C>) -> Result<OwnedFd, BdevError>
+where
+    S: squeue::EntryMarker,
+    C: cqueue::EntryMarker,
+{
+    // SAFETY: eventfd creates a new descriptor; no memory is passed.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(BdevError::Os(std::io::Error::last_os_error()));
+    }
+    // SAFETY: `fd` is a fresh descriptor that nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    ring.submitter()
+        .register_eventfd(fd.as_raw_fd())
+        .map_err(|e| {
+            BdevError::Os(std::io::Error::new(
+                e.kind(),
+                format!("cannot register a completion eventfd with io_uring: {e}"),
+            ))
+        })?;
+    Ok(fd)
 }
 
 /// Whether an `io_uring_enter` failure is transient: the kernel was short of memory for

@@ -98,3 +98,23 @@ static ALLOCATOR: CountingAlloc = CountingAlloc;
 pub(crate) fn allocations() -> u64 {
     ALLOCATIONS.with(|n| n.get())
 }
+
+/// Waits up to `ms` for `fd` to be readable (poll(2)); whether it is.
+pub(crate) fn readable(fd: std::os::fd::RawFd, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one live pollfd.
+        let rc = unsafe { libc::poll(&mut p, 1, ms) };
+        let e = std::io::Error::last_os_error();
+        // EINTR: task work (a CQE being posted) interrupted the wait; wait again.
+        if rc < 0 && e.raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
+        assert!(rc >= 0, "poll: {e}");
+        return rc == 1 && p.revents & libc::POLLIN != 0;
+    }
+}

@@ -24,7 +24,10 @@ use super::cmd::{
 use super::split::{plan_blocks, plan_rw, Caps, Limits, Part, Plan};
 use crate::bounce::{BouncePool, Chunk, BOUNCE_SLOTS_MAX, BOUNCE_SLOT_SIZE};
 use crate::memory::{io_in_range, CompletionRing, FreeList};
-use crate::ring::{self, is_transient, register_fixed_file, ring_depth, RingChannel, SqShadow};
+use crate::ring::{
+    self, is_transient, register_completion_eventfd, register_fixed_file, ring_depth, RingChannel,
+    SqShadow,
+};
 use crate::{BdevError, BdevIo, Completion, IoChannel, IoOp, IoStatus, IoVec};
 
 /// The ring type: `IORING_SETUP_SQE128 | IORING_SETUP_CQE32`, which `URING_CMD` to NVMe needs.
@@ -196,6 +199,8 @@ pub(super) struct NvmeChannel {
     broken: Option<i32>,
     /// Requests failed because the ring broke.
     submit_failures: u64,
+    /// Registered with `ring` unless it polls: the kernel signals it on every CQE.
+    completion_fd: Option<std::os::fd::OwnedFd>,
     /// Errors the next `io_uring_enter`s return instead of entering (tests only).
     #[cfg(test)]
     inject_enter: Vec<i32>,
@@ -216,6 +221,12 @@ impl NvmeChannel {
             ))
         })?;
         register_fixed_file(&ring, &file, "the char device")?;
+        // A polled ring completes commands only inside io_uring_enter and signals no eventfd.
+        let completion_fd = if cfg.poll {
+            None
+        } else {
+            Some(register_completion_eventfd(&ring)?)
+        };
         let ncmds = entries as usize;
         Ok(NvmeChannel {
             ring,
@@ -236,6 +247,7 @@ impl NvmeChannel {
             shadow: SqShadow::new(ncmds),
             broken: None,
             submit_failures: 0,
+            completion_fd,
             #[cfg(test)]
             inject_enter: Vec::new(),
         })
@@ -760,6 +772,14 @@ impl IoChannel for NvmeChannel {
     fn submit_failures(&self) -> u64 {
         self.submit_failures
     }
+
+    /// An eventfd registered with the ring (a new edge on every CQE), or `None` for a polled
+    /// ring (`NvmeOptions::poll`): its completions are found only by `poll_completions`
+    /// entering the kernel, so a reactor must keep polling while `in_flight() > 0`.
+    fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.completion_fd.as_ref().map(|fd| fd.as_raw_fd())
+    }
 }
 
 impl RingChannel for NvmeChannel {
@@ -1262,6 +1282,29 @@ mod tests {
             (ch.in_flight(), ch.cmds_busy(), ch.waiting.len()),
             (0, 0, 0)
         );
+    }
+
+    /// A ring without polling has a completion eventfd, signalled when a command's CQE
+    /// arrives; a polled ring has none (its completions are only found by polling).
+    #[test]
+    fn completion_fd_only_without_polling() {
+        let (_d, mut ch) = channel(cfg(), 4);
+        use crate::testing::readable;
+        let fd = ch.completion_fd().expect("an eventfd");
+        assert!(!readable(fd, 0), "nothing yet");
+        let buf = Buf::new(4096, 0);
+        let iov = [buf.iov(0, 4096)];
+        ch.submit(rw(1, IoOp::Read, 0, &iov)).expect("room");
+        ch.flush_submissions();
+        assert!(readable(fd, 5000), "the CQE signalled it");
+        let mut got = Vec::new();
+        ch.poll_completions(&mut |c| got.push(c));
+        assert_eq!(got.len(), 1, "and the completion is there");
+
+        let mut c = cfg();
+        c.poll = true;
+        let (_d2, polled) = channel(c, 4);
+        assert_eq!(polled.completion_fd(), None);
     }
 
     /// A transient enter failure leaves the commands queued; the next pass submits them.

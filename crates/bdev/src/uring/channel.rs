@@ -7,7 +7,10 @@ use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
 use crate::bounce::{BouncePool, Chunk, BOUNCE_ALIGN, BOUNCE_SLOTS_MAX, BOUNCE_SLOT_SIZE};
 use crate::memory::{io_in_range, CompletionRing, FreeList};
-use crate::ring::{self, is_transient, register_fixed_file, ring_depth, RingChannel, SqShadow};
+use crate::ring::{
+    self, is_transient, register_completion_eventfd, register_fixed_file, ring_depth, RingChannel,
+    SqShadow,
+};
 use crate::{BdevError, BdevIo, Completion, IoChannel, IoOp, IoStatus, IoVec};
 
 /// Most requests one channel holds in flight (io_uring's largest submission queue); larger
@@ -114,6 +117,8 @@ pub(super) struct UringChannel {
     broken: Option<i32>,
     /// Requests failed because the ring broke.
     submit_failures: u64,
+    /// Registered with `ring`: the kernel signals it on every CQE.
+    completion_fd: std::os::fd::OwnedFd,
     /// Errors the next `io_uring_enter`s return instead of entering (tests only).
     #[cfg(test)]
     inject_enter: Vec<i32>,
@@ -146,6 +151,7 @@ impl UringChannel {
     ) -> Result<Self, BdevError> {
         let (depth, entries) = ring_depth(depth, MAX_DEPTH);
         register_fixed_file(&ring, &file, "the file")?;
+        let completion_fd = register_completion_eventfd(&ring)?;
         let pool_slots = if cfg.mem_align > 1 {
             depth.min(BOUNCE_SLOTS_MAX)
         } else {
@@ -164,6 +170,7 @@ impl UringChannel {
             shadow: SqShadow::new(entries as usize),
             broken: None,
             submit_failures: 0,
+            completion_fd,
             #[cfg(test)]
             inject_enter: Vec::new(),
         })
@@ -511,6 +518,12 @@ impl IoChannel for UringChannel {
     fn submit_failures(&self) -> u64 {
         self.submit_failures
     }
+
+    /// An eventfd registered with the ring: readable (a new edge) on every CQE.
+    fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        Some(self.completion_fd.as_raw_fd())
+    }
 }
 
 impl RingChannel for UringChannel {
@@ -552,6 +565,7 @@ impl Drop for UringChannel {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::FromRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     use std::path::{Path, PathBuf};
     use std::time::{Duration, Instant};
@@ -559,7 +573,7 @@ mod tests {
     use super::super::tests::{disk_dir, filled_file};
     use super::super::{UringBdev, UringOptions};
     use super::*;
-    use crate::testing::{rw, Buf};
+    use crate::testing::{readable, rw, Buf};
     use crate::Bdev;
 
     fn pattern(seed: u64, len: usize) -> Vec<u8> {
@@ -1190,6 +1204,117 @@ mod tests {
             run(ch.as_mut(), rw(1, IoOp::Read, (32 << 10) - 4096, &iov)),
             IoStatus::IoError
         );
+    }
+
+    /// Empties an eventfd.
+    fn drain_eventfd(fd: std::os::fd::RawFd) {
+        let mut n = 0u64;
+        // SAFETY: reads 8 bytes into a live u64; the eventfd is non-blocking.
+        unsafe { libc::read(fd, (&mut n as *mut u64).cast(), 8) };
+    }
+
+    /// The completion eventfd wakes a thread blocked in poll(2) when a CQE arrives: a read from
+    /// an empty pipe stays in the kernel until another thread writes, the sleeper wakes, and
+    /// the completion is there.
+    #[test]
+    fn completion_fd_wakes_a_sleeper() {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills two descriptors into a live array.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fresh descriptors owned by nobody else.
+        let (r, mut w) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        let cfg = ChannelConfig {
+            size: 1 << 20,
+            block_size: 512,
+            mem_align: 1,
+            direct: false,
+            read_only: false,
+            discard: false,
+            write_zeroes: false,
+        };
+        let mut ch = UringChannel::new(r, cfg, 4).expect("channel");
+        let fd = ch.completion_fd().expect("an eventfd");
+        assert!(!readable(fd, 0), "nothing completed yet");
+        let dst = Buf::new(512, 0);
+        let iov = [dst.iov(0, 512)];
+        ch.submit(rw(1, IoOp::Read, 0, &iov)).expect("room");
+        ch.flush_submissions();
+        let mut none = 0;
+        ch.poll_completions(&mut |_| none += 1);
+        assert_eq!((none, ch.in_flight()), (0, 1), "the read waits for data");
+        assert!(!readable(fd, 50), "no completion, no wake-up");
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            std::io::Write::write_all(&mut w, &[0x7e; 512]).expect("write");
+            w
+        });
+        let start = Instant::now();
+        assert!(readable(fd, 5000), "woken by the completion");
+        assert!(
+            start.elapsed() >= Duration::from_millis(100),
+            "slept until then"
+        );
+        let mut got = Vec::new();
+        ch.poll_completions(&mut |c| got.push(c));
+        assert_eq!(
+            got,
+            [Completion {
+                tag: 1,
+                status: IoStatus::Success
+            }]
+        );
+        assert!(dst.bytes().iter().all(|&b| b == 0x7e));
+        drop(writer.join().expect("writer"));
+    }
+
+    /// Edge-triggered epoll on the completion fd (how the reactor watches it) reports every
+    /// completion as a new edge although nobody reads the eventfd.
+    #[test]
+    fn completion_fd_gives_an_edge_per_completion() {
+        let dir = disk_dir();
+        let path = filled_file(dir.path(), "edge.img", 64 << 10, 0x21);
+        let bdev = UringBdev::open(&path, opts(512)).expect("open");
+        let mut ch = bdev.open_channel(4).expect("channel");
+        let fd = ch.completion_fd().expect("an eventfd");
+        // SAFETY: epoll_create1 makes a new descriptor.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        assert!(ep >= 0);
+        // SAFETY: a fresh descriptor owned by nobody else.
+        let _ep_owner = unsafe { std::os::fd::OwnedFd::from_raw_fd(ep) };
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            u64: 7,
+        };
+        // SAFETY: valid descriptors and a live event.
+        let rc = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        assert_eq!(rc, 0);
+        // EINTR is a wake-up too: the kernel posts a CQE of a request this thread submitted
+        // by running task work on this thread, which interrupts the wait first (a reactor
+        // treats EINTR as "look for work"); the eventfd is signalled as the CQE is posted.
+        let wait = |ms: i32| -> i32 {
+            let mut out = [libc::epoll_event { events: 0, u64: 0 }];
+            loop {
+                // SAFETY: one live output event.
+                let rc = unsafe { libc::epoll_wait(ep, out.as_mut_ptr(), 1, ms) };
+                let e = std::io::Error::last_os_error();
+                if rc < 0 && e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                assert!(rc >= 0, "epoll_wait: {e}");
+                return rc;
+            }
+        };
+        assert_eq!(wait(0), 0);
+        let dst = Buf::new(4096, 0);
+        let iov = [dst.iov(0, 4096)];
+        for round in 0..3 {
+            ch.submit(rw(round, IoOp::Read, 0, &iov)).expect("room");
+            ch.flush_submissions();
+            assert_eq!(wait(5000), 1, "an edge for completion {round}");
+            assert_eq!(wait(0), 0, "one edge only");
+            assert_eq!(reap(ch.as_mut(), 1)[0].status, IoStatus::Success);
+        }
+        drain_eventfd(fd);
     }
 
     /// A transient `io_uring_enter` failure (EAGAIN) leaves the SQEs queued and the next pass

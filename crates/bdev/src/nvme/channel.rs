@@ -816,16 +816,23 @@ impl RingChannel for NvmeChannel {
     }
 }
 
-impl Drop for NvmeChannel {
-    /// Waits for every command the kernel holds: it may still move data into guest memory, the
-    /// bounce buffers and the iovec pieces freed after this. Completions are dropped.
-    fn drop(&mut self) {
-        // Parts never issued stay that way.
+impl NvmeChannel {
+    /// Waits until the kernel holds none of the channel's commands; parts never issued stay
+    /// that way. Completions are dropped.
+    fn quiesce(&mut self) {
         self.waiting.clear();
         for slot in self.slots.iter_mut() {
             slot.queued = false;
         }
         ring::drain(self);
+    }
+}
+
+impl Drop for NvmeChannel {
+    /// Waits for every command the kernel holds: it may still move data into guest memory, the
+    /// bounce buffers and the iovec pieces freed after this. Completions are dropped.
+    fn drop(&mut self) {
+        self.quiesce();
     }
 }
 
@@ -1537,10 +1544,17 @@ mod tests {
             }]
         );
 
-        // Dropped with commands in the kernel (and parts still waiting): drop waits.
+        // Dropped with commands in the kernel (and parts still waiting): what drop does (the
+        // same function) leaves no command in the kernel's hands, and nothing is issued after.
         ch.submit(rw(10, IoOp::Write, 0, &big)).expect("room");
         ch.submit(rw(11, IoOp::Write, 1 << 20, &big)).expect("room");
         ch.flush_submissions();
+        assert_eq!(ch.cmds_busy(), 8, "every command entry in use");
+        assert!(!ch.waiting.is_empty(), "parts waiting");
+        ch.quiesce();
+        assert_eq!((ch.cmds_busy(), ch.in_kernel()), (0, 0));
+        assert!(ch.waiting.is_empty());
+        assert!(ch.ring.submission().is_empty());
         drop(ch);
     }
 }

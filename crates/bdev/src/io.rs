@@ -182,6 +182,16 @@ pub enum BdevError {
     },
     /// The path names something other than a regular file or a block device.
     NotAFileOrBlockDevice(PathBuf),
+    /// The bdev does not implement this control operation (named).
+    Unsupported(&'static str),
+    /// A rescan found the backing file or device smaller than the bdev's size; the new size is
+    /// not applied (requests already accepted up to the old end would fail) unless forced.
+    Shrunk {
+        /// The bdev's size in bytes.
+        current: u64,
+        /// The size found, rounded down to whole blocks.
+        found: u64,
+    },
     /// The NVMe passthrough bdev refused the device: see [`NvmeError`](crate::NvmeError).
     Nvme {
         /// The path as given.
@@ -210,6 +220,12 @@ impl fmt::Display for BdevError {
                 "{}: not a regular file or a block device",
                 path.display()
             ),
+            BdevError::Unsupported(what) => write!(f, "this bdev does not support {what}"),
+            BdevError::Shrunk { current, found } => write!(
+                f,
+                "the backing store shrank from {current} to {found} bytes; not applied (a \
+                 forced rescan applies it)"
+            ),
             BdevError::Nvme { path, error } => write!(f, "{}: {error}", path.display()),
         }
     }
@@ -231,7 +247,9 @@ pub trait Bdev: Send + Sync {
     fn name(&self) -> &str;
     /// Logical block size in bytes (512 or 4096).
     fn block_size(&self) -> u32;
-    /// Capacity in logical blocks.
+    /// Capacity in logical blocks, now: it changes with [`resize`](Bdev::resize) and
+    /// [`rescan`](Bdev::rescan). A control-plane read (an atomic load); the data plane keeps its
+    /// own copy per queue, updated by message, and channels never read it per request.
     fn num_blocks(&self) -> u64;
     /// Whether the bdev implements `op`.
     fn supports(&self, op: IoOp) -> bool;
@@ -248,9 +266,32 @@ pub trait Bdev: Send + Sync {
         0
     }
 
-    /// Capacity in bytes.
+    /// Capacity in bytes, now.
     fn size_bytes(&self) -> u64 {
         self.num_blocks() * u64::from(self.block_size())
+    }
+
+    /// Changes the capacity to `new_size_bytes` (a non-zero multiple of the block size). Growing
+    /// never moves memory that requests in flight use, and the new blocks read as zeroes;
+    /// shrinking only lowers the capacity (requests already accepted beyond the new end still
+    /// complete safely). Whether shrinking a bdev in use is allowed is the caller's decision.
+    /// Default: [`BdevError::Unsupported`].
+    fn resize(&self, new_size_bytes: u64) -> Result<(), BdevError> {
+        let _ = new_size_bytes;
+        Err(BdevError::Unsupported("resize"))
+    }
+
+    /// Re-reads the size of the backing file or device and applies it if it grew (rounded down
+    /// to whole blocks); returns the size in bytes now. A size below the current one is reported
+    /// ([`BdevError::Shrunk`]) and not applied; [`rescan_forced`](Bdev::rescan_forced) applies
+    /// it. Default: [`BdevError::Unsupported`].
+    fn rescan(&self) -> Result<u64, BdevError> {
+        Err(BdevError::Unsupported("rescan"))
+    }
+
+    /// Like [`rescan`](Bdev::rescan), but applies a smaller size too.
+    fn rescan_forced(&self) -> Result<u64, BdevError> {
+        Err(BdevError::Unsupported("rescan"))
     }
 }
 

@@ -17,7 +17,7 @@ mod testing;
 mod uring;
 
 pub use io::{Bdev, BdevError, BdevIo, Completion, IoChannel, IoOp, IoStatus, IoVec};
-pub use malloc::MallocBdev;
+pub use malloc::{MallocBdev, MallocOptions};
 pub use null::NullBdev;
 pub use nvme::{NvmeBdev, NvmeError, NvmeOptions};
 pub use uring::{UringBdev, UringOptions};

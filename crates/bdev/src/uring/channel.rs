@@ -25,8 +25,6 @@ const FD: types::Fixed = types::Fixed(0);
 /// What a channel needs to know of its bdev.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ChannelConfig {
-    /// Capacity in bytes.
-    pub(super) size: u64,
     /// Logical block size in bytes.
     pub(super) block_size: u64,
     /// Alignment of iovec bases and lengths below which a request is bounced.
@@ -176,10 +174,14 @@ impl UringChannel {
         })
     }
 
-    /// A verdict reached without the kernel: a request out of range, misaligned for direct I/O,
-    /// refused by a read-only bdev, unsupported, or empty.
+    /// A verdict reached without the kernel: a request whose range overflows a file offset or
+    /// whose iovecs do not add up, misaligned for direct I/O, refused by a read-only bdev,
+    /// unsupported, or empty. The bdev's size is not checked here: it can change under the
+    /// channel ([`Bdev::rescan`](crate::Bdev::rescan)), the protocol layer checks requests
+    /// against it, and the kernel refuses what lies past the end of a device (reads past the
+    /// end of a file come back short and fail).
     fn precheck(&self, io: &BdevIo) -> Option<IoStatus> {
-        if !io_in_range(io, self.cfg.size) {
+        if !io_in_range(io, i64::MAX as u64) {
             return Some(IoStatus::IoError);
         }
         match io.op {
@@ -1078,9 +1080,14 @@ mod tests {
         let mut ch = bdev.open_channel(4).expect("channel");
         let buf = Buf::new(8192, 0);
         let iov = [buf.iov(0, 4096)];
-        // Past the end; not a whole block for direct I/O; iovecs that do not add up.
+        // Past the end (the kernel reads nothing: no progress, an error); a range past any
+        // file offset; not a whole block for direct I/O; iovecs that do not add up.
         assert_eq!(
             run(ch.as_mut(), rw(1, IoOp::Read, 64 << 10, &iov)),
+            IoStatus::IoError
+        );
+        assert_eq!(
+            run(ch.as_mut(), rw(1, IoOp::Read, i64::MAX as u64 - 4095, &iov)),
             IoStatus::IoError
         );
         assert_eq!(
@@ -1241,7 +1248,6 @@ mod tests {
         // SAFETY: fresh descriptors owned by nobody else.
         let (r, mut w) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
         let cfg = ChannelConfig {
-            size: 1 << 20,
             block_size: 512,
             mem_align: 1,
             direct: false,
@@ -1403,11 +1409,8 @@ mod tests {
         );
         assert_eq!(run(&mut ch, rw(3, IoOp::Read, 0, &a)), IoStatus::IoError);
         assert_eq!(ch.submit_failures(), 3);
-        // Prechecks still answer first.
-        assert_eq!(
-            run(&mut ch, rw(4, IoOp::Read, 1 << 30, &a)),
-            IoStatus::IoError
-        );
+        // Prechecks still answer first (not whole blocks for direct I/O: not counted).
+        assert_eq!(run(&mut ch, rw(4, IoOp::Read, 100, &a)), IoStatus::IoError);
         assert_eq!(ch.submit_failures(), 3);
         let start = Instant::now();
         drop(ch);
@@ -1565,5 +1568,21 @@ mod tests {
             run(ch.as_mut(), BdevIo::without_data(5, IoOp::Flush, 0, 0)),
             IoStatus::Success
         );
+
+        // The backing file grows and the loop device is told (losetup -c): a rescan reads the
+        // new BLKGETSIZE64.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&backing)
+            .expect("open backing")
+            .set_len(12 << 20)
+            .expect("grow backing");
+        let st = std::process::Command::new("losetup")
+            .args(["-c", &lo.0])
+            .status()
+            .expect("losetup -c");
+        assert!(st.success());
+        assert_eq!(bdev.rescan().expect("rescan"), 12 << 20);
+        assert_eq!(bdev.num_blocks(), 3072);
     }
 }

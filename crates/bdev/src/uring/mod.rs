@@ -14,6 +14,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::bounce::AlignedBuf;
 use crate::malloc::check_geometry;
@@ -66,7 +67,7 @@ pub struct UringBdev {
     path: PathBuf,
     file: File,
     block_size: u32,
-    num_blocks: u64,
+    num_blocks: AtomicU64,
     options: UringOptions,
     block_device: bool,
     mem_align: usize,
@@ -208,7 +209,7 @@ impl UringBdev {
             path: path.to_path_buf(),
             file,
             block_size,
-            num_blocks: size / u64::from(block_size),
+            num_blocks: AtomicU64::new(size / u64::from(block_size)),
             options,
             block_device: ft.is_block_device(),
             mem_align: if options.buffered { 1 } else { mem_align },
@@ -245,9 +246,36 @@ impl UringBdev {
         self.mem_align
     }
 
+    /// The size of the file (`fstat`) or block device (`BLKGETSIZE64`) now, rounded down to
+    /// whole blocks; applied if larger than the bdev's, or if `force`.
+    fn rescan_with(&self, force: bool) -> Result<u64, BdevError> {
+        let err = |source: io::Error| BdevError::Open {
+            path: self.path.clone(),
+            source,
+        };
+        let raw = if self.block_device {
+            device_size(&self.file).map_err(err)?
+        } else {
+            self.file.metadata().map_err(err)?.len()
+        };
+        let bs = u64::from(self.block_size);
+        let found = raw / bs * bs;
+        if found == 0 {
+            return Err(BdevError::InvalidGeometry(format!(
+                "{} now holds {raw} bytes, less than one {bs}-byte block",
+                self.path.display()
+            )));
+        }
+        let current = self.size_bytes();
+        if found < current && !force {
+            return Err(BdevError::Shrunk { current, found });
+        }
+        self.num_blocks.store(found / bs, Ordering::Relaxed);
+        Ok(found)
+    }
+
     fn channel_config(&self) -> ChannelConfig {
         ChannelConfig {
-            size: self.size_bytes(),
             block_size: u64::from(self.block_size),
             mem_align: self.mem_align,
             direct: !self.options.buffered,
@@ -275,7 +303,7 @@ impl Bdev for UringBdev {
     }
 
     fn num_blocks(&self) -> u64 {
-        self.num_blocks
+        self.num_blocks.load(Ordering::Relaxed)
     }
 
     /// Reads and flushes always; writes unless read-only; discard and write-zeroes as probed at
@@ -297,6 +325,19 @@ impl Bdev for UringBdev {
     /// bounce buffers), 0.2 MiB buffered.
     fn channel_memory(&self, depth: usize) -> usize {
         channel::footprint(depth, self.mem_align > 1)
+    }
+
+    /// Re-reads the size of the file (`fstat`) or block device (`BLKGETSIZE64`), SPDK's
+    /// `bdev_aio_rescan`: a larger size (rounded down to whole blocks) is applied and returned;
+    /// a smaller one is reported as [`BdevError::Shrunk`] and not applied. Channels need no
+    /// news of it: they do not check the size.
+    fn rescan(&self) -> Result<u64, BdevError> {
+        self.rescan_with(false)
+    }
+
+    /// Like [`rescan`](Bdev::rescan), applying a smaller size too.
+    fn rescan_forced(&self) -> Result<u64, BdevError> {
+        self.rescan_with(true)
     }
 
     fn open_channel(&self, depth: usize) -> Result<Box<dyn IoChannel>, BdevError> {
@@ -632,6 +673,62 @@ pub(crate) mod tests {
             ..UringOptions::default()
         };
         assert!(UringBdev::open(&path, buffered).is_ok());
+    }
+
+    /// A file that grows is seen by a rescan, and a channel opened before serves the new
+    /// blocks; one that shrinks is reported and not applied unless forced; a size that is not
+    /// whole blocks is rounded down.
+    #[test]
+    fn rescan_follows_the_file() {
+        use crate::testing::{rw, Buf};
+        let dir = disk_dir();
+        let path = filled_file(dir.path(), "grow.img", 64 << 10, 0x44);
+        let bdev = UringBdev::open(&path, UringOptions::default()).expect("open");
+        let bs = u64::from(bdev.block_size());
+        let mut ch = bdev.open_channel(2).expect("channel");
+        assert_eq!(bdev.rescan().expect("same size"), 64 << 10);
+        let file = OpenOptions::new().write(true).open(&path).expect("open rw");
+        file.set_len((256 << 10) + 100).expect("grow");
+        assert_eq!(bdev.rescan().expect("grown"), 256 << 10);
+        assert_eq!(bdev.size_bytes(), 256 << 10);
+        assert_eq!(bdev.num_blocks(), (256 << 10) / bs);
+        let src = Buf::new(4096, 0x55);
+        let iov = [src.iov(0, 4096)];
+        let mut run = |io| {
+            ch.submit(io).expect("room");
+            let mut st = None;
+            let start = std::time::Instant::now();
+            while st.is_none() {
+                ch.flush_submissions();
+                ch.poll_completions(&mut |c| st = Some(c.status));
+                assert!(start.elapsed().as_secs() < 10);
+            }
+            st
+        };
+        assert_eq!(
+            run(rw(1, IoOp::Write, 200 << 10, &iov)),
+            Some(crate::IoStatus::Success)
+        );
+        assert!(
+            std::fs::read(&path).expect("read")[200 << 10..(200 << 10) + 4096]
+                .iter()
+                .all(|&b| b == 0x55)
+        );
+
+        file.set_len(128 << 10).expect("shrink");
+        match bdev.rescan() {
+            Err(BdevError::Shrunk { current, found }) => {
+                assert_eq!((current, found), (256 << 10, 128 << 10))
+            }
+            other => panic!("shrink not reported: {other:?}"),
+        }
+        assert_eq!(bdev.size_bytes(), 256 << 10, "not applied");
+        assert_eq!(bdev.rescan_forced().expect("forced"), 128 << 10);
+        assert_eq!(bdev.size_bytes(), 128 << 10);
+        file.set_len(10).expect("tiny");
+        assert!(bdev.rescan_forced().is_err(), "less than a block");
+        assert_eq!(bdev.size_bytes(), 128 << 10);
+        drop(ch);
     }
 
     /// What the bdev advertises for discard and write-zeroes agrees with what the test

@@ -355,8 +355,9 @@ impl NvmeChannel {
                 }
             }
             IoOp::Flush => {
+                // One command flushes everything, whatever range the request names.
                 plan_blocks(0, bs, bs, 1, 1, &mut slot.parts);
-                slot.round = 0;
+                slot.round = rest;
                 return true;
             }
             IoOp::WriteZeroes => {
@@ -1274,6 +1275,13 @@ mod tests {
                 status: IoStatus::Success
             }]
         );
+        // A flush is one command, whatever range it names.
+        ch.submit(BdevIo::without_data(9, IoOp::Flush, 0, 1 << 20))
+            .expect("room");
+        assert_eq!(ch.cmds_busy(), 1);
+        let got = device_round(&mut ch, |_| 0);
+        assert_eq!(got[0].tag, 9);
+        assert_eq!((ch.in_flight(), ch.cmds_busy()), (0, 0));
         // A failed command fails the request without further rounds.
         ch.submit(BdevIo::without_data(
             8,

@@ -403,9 +403,20 @@ mod tests {
     #[test]
     fn default_reserve_and_options() {
         let bdev = MallocBdev::new("m", 1 << 20, 4096).expect("bdev");
-        assert_eq!(bdev.max_size_bytes(), 64 << 30);
-        bdev.resize(32 << 30).expect("grow to 32 GiB");
-        assert_eq!(bdev.num_blocks(), (32u64 << 30) / 4096);
+        if bdev.max_size_bytes() == 1 << 20 {
+            // The fallback: the system refused 64 GiB of address space (RLIMIT_AS, strict
+            // overcommit). The disk works and cannot grow.
+            eprintln!("NOTE: no 64 GiB reserve here; checking the fallback instead");
+            assert!(bdev.resize(2 << 20).is_err());
+        } else {
+            assert_eq!(bdev.max_size_bytes(), 64 << 30);
+            bdev.resize(32 << 30).expect("grow to 32 GiB");
+            assert_eq!(bdev.num_blocks(), (32u64 << 30) / 4096);
+            assert!(
+                bdev.mem.resident_for_tests() < 8 << 20,
+                "nothing made resident"
+            );
+        }
         let filled = MallocOptions {
             prefault: true,
             huge_pages: false,

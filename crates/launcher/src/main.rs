@@ -159,7 +159,6 @@ fn make_bdev(b: &BdevConfig, read_only: bool) -> Result<Arc<dyn Bdev>, String> {
                 block_size: b.block_size,
                 buffered: b.buffered,
                 read_only,
-                write_cache: b.write_cache.unwrap_or(true),
             };
             Arc::new(
                 UringBdev::open(path, options)
@@ -175,7 +174,6 @@ fn make_bdev(b: &BdevConfig, read_only: bool) -> Result<Arc<dyn Bdev>, String> {
             let options = NvmeOptions {
                 poll: b.poll,
                 read_only,
-                write_cache: b.write_cache.unwrap_or(true),
             };
             Arc::new(
                 NvmeBdev::open(path, options)

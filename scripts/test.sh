@@ -9,6 +9,9 @@ step() { printf '\n=== %s ===\n' "$*"; }
 step "dependencies"
 bash scripts/install-deps.sh
 
+step "SPDK's JSON-RPC client (PyPI spdk==26.9 in target/venv)"
+bash scripts/rpc/venv.sh
+
 step "format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -32,6 +32,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 struct ClientConn {
+    id: u64,
     stream: UnixStream,
     thread: Option<JoinHandle<()>>,
 }
@@ -40,6 +41,7 @@ struct Inner {
     handler: Arc<dyn Handler>,
     stop: EventFd,
     clients: Mutex<Vec<ClientConn>>,
+    next_client: std::sync::atomic::AtomicU64,
 }
 
 /// A running JSON-RPC server.
@@ -83,6 +85,7 @@ impl RpcServer {
             handler,
             stop: EventFd::new(EFD_NONBLOCK).map_err(|e| e.to_string())?,
             clients: Mutex::new(Vec::new()),
+            next_client: std::sync::atomic::AtomicU64::new(0),
         });
         let listener = socket.listener().try_clone().map_err(|e| e.to_string())?;
         let accept = {
@@ -200,14 +203,24 @@ fn accept_loop(listener: &std::os::unix::net::UnixListener, inner: &Arc<Inner>) 
         let Ok(handle) = stream.try_clone() else {
             continue;
         };
+        let id = inner
+            .next_client
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let worker = {
             let inner = Arc::clone(inner);
             std::thread::Builder::new()
                 .name("rpc-client".into())
-                .spawn(move || serve_client(stream, &inner))
+                .spawn(move || {
+                    serve_client(&stream, &inner);
+                    // Close for good (the accept thread holds a second handle), and leave the
+                    // list so the connection's descriptor goes now.
+                    let _ = stream.shutdown(std::net::Shutdown::Both);
+                    lock(&inner.clients).retain(|c| c.id != id);
+                })
         };
         match worker {
             Ok(t) => clients.push(ClientConn {
+                id,
                 stream: handle,
                 thread: Some(t),
             }),
@@ -216,7 +229,7 @@ fn accept_loop(listener: &std::os::unix::net::UnixListener, inner: &Arc<Inner>) 
     }
 }
 
-fn serve_client(mut stream: UnixStream, inner: &Inner) {
+fn serve_client(mut stream: &UnixStream, inner: &Inner) {
     let mut framer = Framer::new(MAX_REQUEST_BYTES);
     let mut buf = vec![0u8; 64 * 1024];
     loop {

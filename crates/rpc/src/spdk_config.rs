@@ -22,6 +22,7 @@ fn ignorable(method: &str) -> bool {
                 | "sock_set_default_impl"
                 | "iobuf_set_options"
                 | "accel_assign_opc"
+                | "accel_set_driver"
                 | "vmd_enable"
                 | "bdev_set_qd_sampling_period"
                 | "scsi_set_options"

@@ -9,8 +9,8 @@
 #     reloaded with poll_queues=1 and the bdev polling (IORING_SETUP_IOPOLL).
 #   * the refusals: the block device, a non-NVMe char device, polling without poll queues.
 #   * when target/release/spinblk has --nvme: spinblk serving the namespace over vhost-user, the
-#     vhost_verify client (libblkio) writing and verifying through it, and the block device
-#     compared with what the client wrote.
+#     vhost_verify client (crates/testkit/examples, libblkio) writing and verifying through it,
+#     and the block device compared with what the client wrote.
 #   * with --bench: 4 KiB random read/write at QD1 and QD32 through the passthrough bdev and
 #     through the io_uring bdev on the block device (the device is emulated: only ratios mean
 #     anything).
@@ -58,7 +58,7 @@ kver=${kernel##*/vmlinuz-}
 # --- binaries ----------------------------------------------------------------------------------
 if ((build)); then
     echo "nvme-vm-test: building the nvme_check and vhost_verify examples"
-    (cd "$repo" && cargo build --release -q -p spinblk-bdev --example nvme_check --example vhost_verify) ||
+    (cd "$repo" && cargo build --release -q -p spinblk-bdev -p spinblk-testkit --example nvme_check --example vhost_verify) ||
         die "cargo build of the examples failed"
     if ! (cd "$repo" && cargo build --release -q -p spinblk); then
         echo "nvme-vm-test: warning: cargo build -p spinblk failed; using the existing binary, if any" >&2

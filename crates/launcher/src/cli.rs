@@ -97,6 +97,20 @@ pub struct Cli {
     #[arg(short = 'm', long, value_name = "MASK", value_parser = parse_cpumask)]
     pub cpumask: Option<CpuList>,
 
+    /// How reactors poll: "adaptive" (spin while there is work, sleep when idle; the default)
+    /// or "busy" (always spin: a whole core per reactor).
+    #[arg(long, value_name = "MODE")]
+    pub poll_mode: Option<spinblk_target::PollMode>,
+
+    /// Guest interrupt coalescing of the single-disk controller: base delay in microseconds
+    /// (SPDK's delay_base_us; 0, the default, is off).
+    #[arg(long, value_name = "US")]
+    pub delay_base_us: Option<u32>,
+
+    /// With --delay-base-us: the IOPS above which interrupts are held back (default 60000).
+    #[arg(long, value_name = "IOPS", requires = "delay_base_us")]
+    pub iops_threshold: Option<u32>,
+
     /// Most virtqueues offered. The default lets QEMU's own default (one queue per vCPU) work
     /// for guests of up to 16 vCPUs.
     #[arg(long, value_name = "N", default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
@@ -243,5 +257,10 @@ mod tests {
         let c = Cli::try_parse_from(["spinblk", "--socket-mode", "0660", "--json", "/x.json"])
             .expect("valid");
         assert_eq!(c.socket_mode, Some(0o660));
+        let c = Cli::try_parse_from(["spinblk", "--poll-mode", "busy", "--delay-base-us", "10"])
+            .expect("valid");
+        assert_eq!(c.poll_mode, Some(spinblk_target::PollMode::Busy));
+        assert!(Cli::try_parse_from(["spinblk", "--poll-mode", "lazy"]).is_err());
+        assert!(Cli::try_parse_from(["spinblk", "--iops-threshold", "100"]).is_err());
     }
 }

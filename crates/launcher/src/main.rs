@@ -123,6 +123,7 @@ fn target_config(cli: &Cli) -> Result<TargetConfig, String> {
             stats_interval: None,
             socket_mode: None,
             socket_group: None,
+            poll_mode: None,
         }
     } else if rpc_only {
         TargetConfig {
@@ -132,6 +133,7 @@ fn target_config(cli: &Cli) -> Result<TargetConfig, String> {
             stats_interval: None,
             socket_mode: None,
             socket_group: None,
+            poll_mode: None,
         }
     } else {
         let (bdev_type, size, default_name) = match (cli.null, cli.malloc, &cli.file) {
@@ -170,10 +172,13 @@ fn target_config(cli: &Cli) -> Result<TargetConfig, String> {
                 serial: cli.serial.clone(),
                 socket_mode: None,
                 socket_group: None,
+                delay_base_us: cli.delay_base_us,
+                iops_threshold: cli.iops_threshold,
             }],
             stats_interval: None,
             socket_mode: None,
             socket_group: None,
+            poll_mode: None,
         }
     };
     if let Some(cpus) = cli.cpus.as_ref().or(cli.cpumask.as_ref()) {
@@ -236,6 +241,10 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         socket.group = Some(spinblk_protocol::resolve_group(g).map_err(config_error)?);
     }
     let json = cli.json.as_deref().map(read_json).transpose()?;
+    let poll_mode = match cli.poll_mode {
+        Some(m) => m,
+        None => cfg.poll_mode().map_err(config_error)?.unwrap_or_default(),
+    };
 
     // Handlers first: a signal that arrives as soon as a socket exists must still drain and
     // report, not kill the process.
@@ -253,6 +262,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             cores: cpus,
             socket_dir: dir,
             socket,
+            poll_mode,
         })
         .map_err(|e| match e {
             TargetError::Invalid(m) => config_error(m),

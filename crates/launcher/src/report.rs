@@ -22,9 +22,9 @@ pub fn summary_line(report: &ControllerReport, previous: &QueueStats, elapsed: D
     let secs = elapsed.as_secs_f64().max(1e-9);
     let ops = now.total_ops().saturating_sub(previous.total_ops());
     let mib = bytes(now).saturating_sub(bytes(previous)) as f64 / (1 << 20) as f64;
-    let mut lat = now.latency_ns.clone();
+    let mut lat = now.latency_ns();
     // Same bounds on both histograms, and `previous` is an earlier snapshot of the same counts.
-    let interval = lat.subtract(&previous.latency_ns).is_ok();
+    let interval = lat.subtract(previous.latency_ns()).is_ok();
     let (p50, p99) = if interval && !lat.is_empty() {
         (
             us(lat.value_at_quantile(0.5)),
@@ -50,7 +50,7 @@ pub fn summary_line(report: &ControllerReport, previous: &QueueStats, elapsed: D
 }
 
 fn queue_fields(out: &mut String, s: &QueueStats) {
-    let l = &s.latency_ns;
+    let l = &s.latency_ns();
     let _ = write!(
         out,
         " read_ops={} read_bytes={} write_ops={} write_bytes={} flush_ops={} discard_ops={} write_zeroes_ops={} get_id_ops={} io_errors={} unsupported={} dropped={} lat_p50_ns={} lat_p99_ns={} lat_p999_ns={} lat_max_ns={}",

@@ -2,12 +2,10 @@
 //! libblkio clients: queues spread over reactors, exact per-queue statistics, several
 //! controllers in one process, bdev sharing rules, SIGUSR1 and SIGTERM.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
+use spinblk_testkit::*;
 
 /// `key=value` fields of the stats row that starts with `prefix`.
 fn stats_row(output: &str, prefix: &str) -> HashMap<String, String> {
@@ -188,20 +186,12 @@ fn json_config_file_serves_its_controllers() {
     );
     std::fs::write(&cfg, text).expect("write config");
     let cfg_arg = cfg.display().to_string();
-    let mut target = Target::start_args(&["--config", &cfg_arg], &[]);
-    // The config puts its sockets in `dir`, not the target's own directory: wait for them here.
-    for name in ["x.sock", "y.sock"] {
-        let p = dir.path().join(name);
-        let deadline = std::time::Instant::now() + STARTUP_TIMEOUT;
-        while !p.exists() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{} not created",
-                p.display()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
+    // The config puts its sockets in `dir`, not the target's own directory.
+    let mut target = Target::launch()
+        .args(["--config", &cfg_arg])
+        .wait_socket(dir.path().join("x.sock"))
+        .wait_socket(dir.path().join("y.sock"))
+        .start();
     for name in ["x.sock", "y.sock"] {
         let c = Client::connect(
             &dir.path().join(name),
@@ -272,22 +262,34 @@ fn stats_interval_prints_a_line_per_controller() {
         .all(|l| l.contains("IOPS") && l.contains("MiB/s") && l.contains("p99")));
 }
 
-/// Open fds, mappings and threads of a process, from /proc.
-fn footprint(pid: u32) -> (usize, usize, usize) {
-    let count = |dir: &str| {
-        std::fs::read_dir(format!("/proc/{pid}/{dir}"))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    };
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .map(|m| m.lines().count())
-        .unwrap_or(0);
-    (count("fd"), maps, count("task"))
+/// Samples the target's footprint every 50 ms until it has been the same for `settle`
+/// (`Ok`), or until `deadline` passes (`Err` with the last sample). Replaces fixed sleeps: a
+/// slow machine gets more time, a fast one finishes early.
+fn settled_footprint(
+    target: &Target,
+    settle: Duration,
+    deadline: Duration,
+) -> Result<ProcessFootprint, ProcessFootprint> {
+    let end = std::time::Instant::now() + deadline;
+    let mut last = target.footprint();
+    let mut since = std::time::Instant::now();
+    loop {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = target.footprint();
+        if now != last {
+            (last, since) = (now, std::time::Instant::now());
+        } else if since.elapsed() >= settle {
+            return Ok(now);
+        }
+        if std::time::Instant::now() >= end {
+            return Err(now);
+        }
+    }
 }
 
 #[test]
 fn disconnects_leave_no_fd_mapping_or_thread_behind() {
-    let target = Target::start_args(
+    let mut target = Target::start_args(
         &[
             "--socket",
             "{dir}/vhost.sock",
@@ -298,7 +300,6 @@ fn disconnects_leave_no_fd_mapping_or_thread_behind() {
         ],
         &["vhost.sock"],
     );
-    let pid = target.pid();
     // A few connections first, so lazily created process state exists before the baseline:
     // each session runs on a thread of its own, and the C library keeps the stacks and malloc
     // arenas of threads that have exited for reuse (bounded caches, not leaks).
@@ -308,11 +309,13 @@ fn disconnects_leave_no_fd_mapping_or_thread_behind() {
             ..ClientConfig::default()
         }));
     }
-    std::thread::sleep(Duration::from_millis(200));
-    let before = footprint(pid);
+    // The target tears a connection down after the client has gone: wait until nothing
+    // changes for half a second before taking the baseline.
+    let before = settled_footprint(&target, Duration::from_millis(500), Duration::from_secs(20))
+        .unwrap_or_else(|last| panic!("footprint never settled after the warm-up: {last:?}"));
     // Listener + log fds, the binary and libc mapped, main + reactor + controller threads.
     assert!(
-        before.0 >= 3 && before.1 >= 10 && before.2 >= 3,
+        before.fds >= 3 && before.mappings >= 10 && before.threads >= 3,
         "footprint readable: {before:?}"
     );
     for round in 0..10u64 {
@@ -329,10 +332,16 @@ fn disconnects_leave_no_fd_mapping_or_thread_behind() {
         }
         drop(c);
     }
-    std::thread::sleep(Duration::from_millis(300));
-    let after = footprint(pid);
+    // Poll until the footprint is back to the baseline (or stops changing elsewhere).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut after = target.footprint();
+    while after != before && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        after = target.footprint();
+    }
+    target.assert_running();
     assert_eq!(
         before, after,
-        "(fds, mappings, threads) before vs after 10 connections"
+        "(fds, mappings, threads) before vs 20 s after 10 connections"
     );
 }

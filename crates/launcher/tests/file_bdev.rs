@@ -3,13 +3,11 @@
 //! IOERR for that request only, and a killed target restarted on the same file serves the same
 //! data.
 
-mod common;
-
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::*;
+use spinblk_testkit::*;
 
 /// A sparse image file of `size` bytes in a fresh directory on the build disk (not tmpfs).
 fn image(tag: &str, size: u64) -> (TempDirIn, PathBuf) {

@@ -3,15 +3,17 @@
 //! statistics equal to what the client did, every error case, save_config -> restart with
 //! --json, and deleting a controller under a connected client.
 
-mod common;
 mod rpc_common;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::{pattern, ClientConfig, Target, TempDir, MIB};
-use rpc_common::{wait_for_socket, RawRpc, SpdkRpc};
+use rpc_common::{RawRpc, SpdkRpc};
 use serde_json::{json, Value};
+use spinblk_testkit::{
+    assert_bytes_eq, assert_zeroes, pattern, wait_for_socket, Client, ClientConfig, Target,
+    TempDir, MIB,
+};
 
 /// spinblk with an RPC socket and no disks, on core 0 unless `extra` names cores.
 fn rpc_target(extra: &[&str]) -> (Target, SpdkRpc) {
@@ -44,7 +46,7 @@ struct Did {
 
 /// Writes a pattern at a few offsets and reads it back (zeroes from a null disk).
 fn verified_io(socket: &Path, block: u64, null: bool, seed: u64) -> Did {
-    let mut c = common::Client::connect(socket, ClientConfig::default())
+    let mut c = Client::connect(socket, ClientConfig::default())
         .unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
     let mut q = c.queue(0);
     let mut did = Did::default();
@@ -60,9 +62,9 @@ fn verified_io(socket: &Path, block: u64, null: bool, seed: u64) -> Did {
         did.reads += 1;
         did.read_bytes += len;
         if null {
-            common::assert_zeroes(&got, "null disk read");
+            assert_zeroes(&got, "null disk read");
         } else {
-            common::assert_bytes_eq(&got, &data, "read back");
+            assert_bytes_eq(&got, &data, "read back");
         }
     }
     did
@@ -113,8 +115,7 @@ fn bdevs_and_controllers_created_by_rpc_serve_verified_io_and_count_it() {
     let mut clients = Vec::new();
     for (ctrlr, _, _, _) in disks {
         clients.push(
-            common::Client::connect(&target.socket_named(ctrlr), ClientConfig::default())
-                .expect("connect"),
+            Client::connect(&target.socket_named(ctrlr), ClientConfig::default()).expect("connect"),
         );
     }
     let ctrls = rpc.json(&["vhost_get_controllers"]);
@@ -442,11 +443,14 @@ fn save_config_then_restart_with_json_rebuilds_the_same_objects() {
         rpc.ok(&["vhost_create_blk_controller", "va", "a0"]);
         rpc.ok(&["vhost_controller_set_coalescing", "va", "20", "5000"]);
         // Data on the file bdev, to read back after the restart.
-        let mut c = common::Client::connect(&target.socket_named("va"), ClientConfig::default())
-            .expect("connect");
+        let mut c =
+            Client::connect(&target.socket_named("va"), ClientConfig::default()).expect("connect");
         c.queue(0).write_ok(64 * 1024, &pattern(77, 8192));
         c.queue(0).flush();
         drop(c);
+        // A non-default poll mode is part of the configuration too.
+        let mut raw = RawRpc::connect(&target.socket_named("rpc.sock"));
+        raw.ok("spinblk_set_poll_mode", Some(json!({"mode": "busy"})));
         let saved = rpc.ok(&["save_config"]);
         std::fs::write(&saved_path, &saved).expect("save");
         let doc: Value = serde_json::from_str(&saved).expect("save_config writes JSON");
@@ -456,7 +460,11 @@ fn save_config_then_restart_with_json_rebuilds_the_same_objects() {
             .iter()
             .filter_map(|s| s["subsystem"].as_str())
             .collect();
-        assert_eq!(subsystems, vec!["bdev", "vhost_blk"]);
+        assert_eq!(subsystems, vec!["spinblk", "bdev", "vhost_blk"]);
+        assert_eq!(
+            doc["subsystems"][0]["config"],
+            json!([{"method": "spinblk_set_poll_mode", "params": {"mode": "busy"}}])
+        );
         let before = (
             rpc.json(&["bdev_get_bdevs"]),
             rpc.json(&["vhost_get_controllers"]),
@@ -480,6 +488,14 @@ fn save_config_then_restart_with_json_rebuilds_the_same_objects() {
         &["rpc.sock", "vn", "vm", "va"],
     );
     let rpc = SpdkRpc::new(&target.socket_named("rpc.sock"));
+    let mut raw = RawRpc::connect(&target.socket_named("rpc.sock"));
+    assert_eq!(raw.ok("spinblk_get_poll_mode", None)["mode"], "busy");
+    raw.ok("spinblk_set_poll_mode", Some(json!({"mode": "adaptive"})));
+    assert_eq!(
+        raw.err("spinblk_set_poll_mode", Some(json!({"mode": "lazy"})))
+            .0,
+        -32602
+    );
     let bdevs_after = rpc.json(&["bdev_get_bdevs"]);
     let key = |b: &Value| {
         (
@@ -524,13 +540,13 @@ fn save_config_then_restart_with_json_rebuilds_the_same_objects() {
         clist(&ctrls_before)
     );
     // The file bdev still holds what was written before the restart; the others serve.
-    let mut c = common::Client::connect(&target.socket_named("va"), ClientConfig::default())
-        .expect("connect va");
+    let mut c =
+        Client::connect(&target.socket_named("va"), ClientConfig::default()).expect("connect va");
     let got = c.queue(0).read_ok(64 * 1024, 8192);
-    common::assert_bytes_eq(&got, &pattern(77, 8192), "data across the restart");
+    assert_bytes_eq(&got, &pattern(77, 8192), "data across the restart");
     drop(c);
     verified_io(&target.socket_named("vn"), 4096, true, 3);
-    let mut ro = common::Client::connect(
+    let mut ro = Client::connect(
         &target.socket_named("vm"),
         ClientConfig {
             read_only: true,
@@ -540,8 +556,11 @@ fn save_config_then_restart_with_json_rebuilds_the_same_objects() {
     .expect("connect vm read-only");
     assert_eq!(ro.queue(0).read(0, 4096).0, 0);
     drop(ro);
-    // save_config again gives the same document (same order, same parameters).
+    // save_config again gives the same document (same order, same parameters), once the poll
+    // mode this test switched back is busy again.
+    raw.ok("spinblk_set_poll_mode", Some(json!({"mode": "busy"})));
     let again = rpc.ok(&["save_config"]);
+    raw.ok("spinblk_set_poll_mode", Some(json!({"mode": "adaptive"})));
     let first: Value =
         serde_json::from_str(&std::fs::read_to_string(&saved_path).expect("saved")).expect("json");
     assert_eq!(serde_json::from_str::<Value>(&again).expect("json"), first);
@@ -595,7 +614,7 @@ fn deleting_a_controller_under_a_connected_client_returns_quickly() {
     rpc.ok(&["bdev_malloc_create", "-b", "m0", "16", "512"]);
     rpc.ok(&["vhost_create_blk_controller", "c0", "m0"]);
     let sock = target.socket_named("c0");
-    let mut c = common::Client::connect(
+    let mut c = Client::connect(
         &sock,
         ClientConfig {
             num_queues: 2,
@@ -621,7 +640,7 @@ fn deleting_a_controller_under_a_connected_client_returns_quickly() {
     // The same name can be used again at once.
     rpc.ok(&["bdev_null_create", "n0", "16", "512"]);
     rpc.ok(&["vhost_create_blk_controller", "c0", "n0"]);
-    wait_for_socket(&sock, Duration::from_secs(5));
+    wait_for_socket(&sock, Duration::from_secs(5)).expect("socket");
     verified_io(&sock, 512, true, 9);
     rpc.ok(&["vhost_delete_controller", "c0"]);
     rpc.ok(&["bdev_null_delete", "n0"]);

@@ -1,11 +1,20 @@
 //! The vhost-user control plane of one frontend connection: features, memory table, vring
 //! setup and config space. Queue start/stop and memory changes reach the reactors as messages
 //! and are acknowledged before the frontend gets its reply.
+//!
+//! Everything the frontend sends is checked here before it reaches a reactor: region files
+//! against their size (no SIGBUS later), overlapping regions, ring sizes (at most
+//! [`MAX_QUEUE_SIZE`]), ring addresses and alignment, vring indices, kick and call fds (must be
+//! eventfds; the call fd is made non-blocking, so a reactor can never block on it). Memory table
+//! changes are transactional: the new table is built and checked completely, every running queue
+//! switches to it, and only then does it replace the old one.
 
 use std::fs::File;
-use std::sync::atomic::Ordering;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use log::{debug, info, warn};
@@ -23,24 +32,36 @@ use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
 use vm_memory::{FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
 use crate::config::{config_space, device_features, WRITEBACK_OFFSET};
-use crate::device::{lock, ControllerShared, ControllerSpec};
+use crate::device::{lock, Coalescing, ControllerShared, ControllerSpec};
 use crate::inflight::{queue_region_size, InflightRegion};
-use crate::queue::{QueueCtrl, QueueStart, QueueStopped, VirtqPoller};
-use crate::stats::QueueStats;
+use crate::log::DirtyLog;
+use crate::memory::GuestMemory;
+use crate::queue::{QueueCtrl, QueueLog, QueueStart, QueueStopped, VirtqPoller};
+use crate::ring::{RingAddrs, SplitRing, MAX_QUEUE_SIZE};
+use crate::sigbus::{check_file, Guard};
 
 /// Memory slots offered through CONFIGURE_MEM_SLOTS (QEMU's and libvhost-user's limit).
 const MAX_MEM_SLOTS: u64 = 509;
-/// Largest ring the target accepts (the split-ring maximum).
-const MAX_QUEUE_SIZE: u32 = 32768;
-/// How long the control plane waits for a reactor to start a queue or take a memory table.
+/// How long the control plane waits for a reactor to take a queue, a memory table or a message.
 const REACTOR_ACK_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long GET_VRING_BASE waits for in-flight requests to drain.
-const STOP_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long GET_VRING_BASE (and a disconnect) waits for a queue's in-flight requests to drain.
+/// Past it the connection is closed: the stopped ring's state cannot be reported truthfully.
+pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// One mapped region of guest memory and where the frontend has it.
 struct MappedRegion {
+    gpa: u64,
+    size: u64,
     user_addr: u64,
     region: Arc<GuestRegionMmap>,
+    /// SIGBUS protection for a file that could shrink (dropped after `region`).
+    guard: Option<Arc<Guard>>,
+}
+
+/// A queue running on a reactor: how to reach it.
+#[derive(Clone)]
+pub(crate) struct RunningQueue {
+    pub ctrl: Sender<QueueCtrl>,
 }
 
 /// A vring as the frontend has described it so far.
@@ -51,10 +72,14 @@ struct Vring {
     avail_va: u64,
     used_va: u64,
     addr_set: bool,
+    /// VHOST_VRING_F_LOG: log used-ring writes at `log_addr` (a guest physical address).
+    log_flag: bool,
+    log_addr: u64,
     base: u16,
+    kick: Option<File>,
     call: Option<File>,
     enabled: bool,
-    running: Option<Sender<QueueCtrl>>,
+    running: Option<RunningQueue>,
 }
 
 /// The vhost-user-blk backend of one connection.
@@ -63,18 +88,63 @@ pub struct BlkBackend {
     acked_features: u64,
     acked_protocol: u64,
     regions: Vec<MappedRegion>,
-    mem: Arc<GuestMemoryMmap>,
+    mem: Arc<GuestMemory>,
     vrings: Vec<Vring>,
     writeback: bool,
     /// The inflight region (GET/SET_INFLIGHT_FD), shared by this connection's queues.
     inflight: Option<Arc<InflightRegion>>,
+    /// The dirty log (SET_LOG_BASE), while the frontend migrates the VM.
+    log: Option<Arc<DirtyLog>>,
+    /// The backend request channel (SET_BACKEND_REQ_FD): config-change notifications.
+    backend_channel: Option<UnixStream>,
     /// Statistics and the stopping flag, shared with the controller so they outlive the
     /// connection.
     shared: Arc<ControllerShared>,
+    /// Set when the connection must close after the current message (reason logged once).
+    fatal: Option<&'static str>,
 }
 
 fn invalid(why: &'static str) -> VhostError {
     VhostError::InvalidOperation(why)
+}
+
+/// With `SPINBLK_BENCH_DIRTY_LOG` set: a private log big enough for `mem`, so every queue logs
+/// as it would during a migration (a benchmark switch; never set in production).
+fn bench_log(mem: &GuestMemory) -> Option<Arc<DirtyLog>> {
+    std::env::var_os("SPINBLK_BENCH_DIRTY_LOG")?;
+    let pages = mem.end_addr() / crate::log::LOG_PAGE + 1;
+    DirtyLog::anonymous(usize::try_from(pages / 8 + 1).ok()?).ok()
+}
+
+/// What `/proc/self/fd/N` says an fd is, e.g. `anon_inode:[eventfd]`.
+fn fd_kind(f: &File) -> String {
+    std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Checks that a kick or call fd is an eventfd (a pipe or socket could block or fill up).
+fn check_eventfd(f: &File) -> VhostResult<()> {
+    if fd_kind(f) == "anon_inode:[eventfd]" {
+        Ok(())
+    } else {
+        Err(invalid("kick and call fds must be eventfds"))
+    }
+}
+
+/// Makes `f` non-blocking (a reactor must never block writing a call fd).
+fn set_nonblocking(f: &File) -> VhostResult<()> {
+    let fd = f.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(VhostError::ReqHandlerError(std::io::Error::last_os_error()));
+    }
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK) } < 0 {
+        return Err(VhostError::ReqHandlerError(std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 impl BlkBackend {
@@ -88,16 +158,99 @@ impl BlkBackend {
             acked_features: 0,
             acked_protocol: 0,
             regions: Vec::new(),
-            mem: Arc::new(GuestMemoryMmap::default()),
+            mem: Arc::new(GuestMemory::default()),
             vrings,
             writeback: write_cache,
             inflight: None,
+            log: None,
+            backend_channel: None,
             shared,
+            fatal: None,
         }
     }
 
     fn offered_features(&self) -> u64 {
-        device_features(&self.spec.device.limits)
+        device_features(&self.spec.device.limits) | VhostUserVirtioFeatures::LOG_ALL.bits()
+    }
+
+    fn protocol_features() -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+            | VhostUserProtocolFeatures::BACKEND_REQ
+            | VhostUserProtocolFeatures::LOG_SHMFD
+    }
+
+    /// Dirty logging for vring `v`: on while the frontend acked LOG_ALL, set a log and asked
+    /// for this ring's writes to be logged. `SPINBLK_BENCH_DIRTY_LOG` turns it on for every
+    /// queue with a private log (to measure what logging costs without a migrating frontend).
+    fn queue_log(&self, v: &Vring) -> Option<QueueLog> {
+        if let Some(bench) = bench_log(&self.mem) {
+            let used = self.va_to_gpa(v.used_va)?;
+            return Some(QueueLog {
+                log: bench,
+                used_gpa: used,
+            });
+        }
+        let on = self.acked_features & VhostUserVirtioFeatures::LOG_ALL.bits() != 0 && v.log_flag;
+        match (&self.log, on) {
+            (Some(log), true) => Some(QueueLog {
+                log: Arc::clone(log),
+                used_gpa: v.log_addr,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Sends every running queue its current logging state and waits until each logs there
+    /// (so an old log can be unmapped, and the frontend's reply means "logging now").
+    fn update_logging(&mut self) -> VhostResult<()> {
+        let acks: Vec<Receiver<()>> = self
+            .vrings
+            .iter()
+            .filter_map(|v| v.running.as_ref().map(|q| (q, self.queue_log(v))))
+            .filter_map(|(q, log)| {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                q.ctrl.send(QueueCtrl::Log(log, tx)).ok().map(|_| rx)
+            })
+            .collect();
+        for rx in acks {
+            if rx.recv_timeout(REACTOR_ACK_TIMEOUT).is_err() {
+                self.fatal = Some("a queue did not take the new dirty log");
+                return Err(VhostError::BackendInternalError);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the frontend acked protocol feature `f`.
+    pub(crate) fn protocol_acked(&self, f: VhostUserProtocolFeatures) -> bool {
+        self.acked_protocol & f.bits() != 0
+    }
+
+    /// Whether NEED_REPLY is honoured (REPLY_ACK negotiated).
+    pub(crate) fn reply_ack_negotiated(&self) -> bool {
+        self.protocol_acked(VhostUserProtocolFeatures::REPLY_ACK)
+    }
+
+    /// Whether VHOST_USER_F_PROTOCOL_FEATURES was acked (rings start disabled then).
+    pub(crate) fn features_acked_protocol(&self) -> bool {
+        self.acked_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0
+    }
+
+    /// The reason the connection must close now, if any (taken once).
+    pub(crate) fn take_fatal(&mut self) -> Option<&'static str> {
+        if self.fatal.is_none()
+            && self
+                .regions
+                .iter()
+                .any(|r| r.guard.as_ref().is_some_and(|g| g.hits() > 0))
+        {
+            self.fatal = Some("the frontend shrank a guest memory file under its mapping");
+        }
+        self.fatal.take()
     }
 
     fn vring(&mut self, index: u32) -> VhostResult<&mut Vring> {
@@ -107,43 +260,75 @@ impl BlkBackend {
     }
 
     /// Translates a frontend virtual address through the memory table.
-    fn va_to_gpa(&self, va: u64) -> Option<GuestAddress> {
-        use vm_memory::GuestMemoryRegion;
+    fn va_to_gpa(&self, va: u64) -> Option<u64> {
         self.regions.iter().find_map(|r| {
             let off = va.checked_sub(r.user_addr)?;
-            (off < r.region.len()).then(|| GuestAddress(r.region.start_addr().0 + off))
+            (off < r.size).then(|| r.gpa + off)
         })
     }
 
-    /// Rebuilds the guest memory view from `self.regions` and hands it to running queues.
-    fn publish_memory(&mut self) -> VhostResult<()> {
-        use vm_memory::GuestMemoryRegion;
-        // vm-memory wants regions in guest-address order; frontends add them in any order.
-        self.regions.sort_by_key(|r| r.region.start_addr());
-        let regions = self.regions.iter().map(|r| Arc::clone(&r.region)).collect();
-        let mem = GuestMemoryMmap::from_arc_regions(regions).map_err(|e| {
-            warn!("{}: memory table refused: {e}", self.spec.name);
-            VhostError::InvalidParam
-        })?;
-        self.mem = Arc::new(mem);
-        let acks: Vec<Receiver<()>> = self
+    /// The ring addresses of a running or startable vring, in guest physical addresses.
+    fn ring_addrs(&self, v: &Vring) -> Option<RingAddrs> {
+        Some(RingAddrs {
+            desc: self.va_to_gpa(v.desc_va)?,
+            avail: self.va_to_gpa(v.avail_va)?,
+            used: self.va_to_gpa(v.used_va)?,
+        })
+    }
+
+    /// Replaces the memory table with `regions` if it is valid and every running queue can use
+    /// it; otherwise nothing changes (and the regions are handed back to be dropped).
+    fn publish_memory(&mut self, mut regions: Vec<MappedRegion>) -> VhostResult<()> {
+        regions.sort_by_key(|r| r.gpa);
+        // Overlaps in guest or frontend addresses make translation ambiguous: refused.
+        let mut by_va: Vec<(u64, u64)> = regions.iter().map(|r| (r.user_addr, r.size)).collect();
+        by_va.sort_unstable();
+        if by_va.windows(2).any(|w| w[0].0 + w[0].1 > w[1].0) {
+            return Err(invalid("memory regions overlap"));
+        }
+        let mmap = GuestMemoryMmap::from_arc_regions(
+            regions.iter().map(|r| Arc::clone(&r.region)).collect(),
+        )
+        .map_err(|_| invalid("memory regions overlap"))?;
+        let mem = Arc::new(GuestMemory::with_guards(
+            mmap,
+            regions.iter().filter_map(|r| r.guard.clone()).collect(),
+        ));
+        // Every running ring must still be inside the new table (checked here, so no queue
+        // refuses it below and the switch is all or nothing).
+        let old_regions = std::mem::replace(&mut self.regions, regions);
+        let ok = self.vrings.iter().filter(|v| v.running.is_some()).all(|v| {
+            self.ring_addrs(v)
+                .is_some_and(|a| SplitRing::new(v.size, a, false, 0, &mem).is_ok())
+        });
+        if !ok {
+            self.regions = old_regions;
+            return Err(invalid("the new memory table does not hold a running ring"));
+        }
+        let acks: Vec<Receiver<_>> = self
             .vrings
             .iter()
             .filter_map(|v| v.running.as_ref())
-            .filter_map(|ctrl| {
+            .filter_map(|q| {
                 let (tx, rx) = crossbeam_channel::bounded(1);
-                ctrl.send(QueueCtrl::Memory(Arc::clone(&self.mem), tx))
+                q.ctrl
+                    .send(QueueCtrl::Memory(Arc::clone(&mem), tx))
                     .ok()
                     .map(|_| rx)
             })
             .collect();
         for rx in acks {
-            rx.recv_timeout(REACTOR_ACK_TIMEOUT)
-                .map_err(|_| VhostError::BackendInternalError)?;
+            if !matches!(rx.recv_timeout(REACTOR_ACK_TIMEOUT), Ok(Ok(()))) {
+                // Some queues may use the new table and others not: no way back.
+                self.fatal = Some("a queue could not switch to the new memory table");
+                return Err(VhostError::BackendInternalError);
+            }
         }
+        self.mem = mem;
         Ok(())
     }
 
+    /// Maps one region after checking it against its file.
     fn map_region(
         gpa: u64,
         size: u64,
@@ -152,38 +337,70 @@ impl BlkBackend {
         file: File,
     ) -> VhostResult<MappedRegion> {
         let len = usize::try_from(size).map_err(|_| VhostError::InvalidParam)?;
-        if len == 0 || gpa.checked_add(size).is_none() || user_addr.checked_add(size).is_none() {
+        if len == 0
+            || gpa.checked_add(size).is_none()
+            || user_addr.checked_add(size).is_none()
+            || mmap_offset.checked_add(size).is_none()
+        {
             return Err(VhostError::InvalidParam);
         }
+        let info = check_file(&file, mmap_offset, size).map_err(|e| {
+            warn!("memory region refused: {e}");
+            VhostError::InvalidParam
+        })?;
         let mapping = MmapRegion::from_file(FileOffset::new(file, mmap_offset), len)
             .map_err(|e| VhostError::ReqHandlerError(std::io::Error::other(e.to_string())))?;
+        let guard = if info.sealed {
+            None
+        } else {
+            let g = Guard::register(mapping.as_ptr(), len, info.page_size)
+                .ok_or(invalid("too many guest memory mappings"))?;
+            Some(Arc::new(g))
+        };
         let region =
             GuestRegionMmap::new(mapping, GuestAddress(gpa)).ok_or(VhostError::InvalidParam)?;
         Ok(MappedRegion {
+            gpa,
+            size,
             user_addr,
             region: Arc::new(region),
+            guard,
         })
     }
 
-    /// Starts polling vring `index` on its reactor, if it is fully described.
+    fn same_regions(&self) -> Vec<MappedRegion> {
+        self.regions
+            .iter()
+            .map(|r| MappedRegion {
+                gpa: r.gpa,
+                size: r.size,
+                user_addr: r.user_addr,
+                region: Arc::clone(&r.region),
+                guard: r.guard.clone(),
+            })
+            .collect()
+    }
+
+    /// Starts polling vring `index` on its reactor, if it is fully described. The poller (and
+    /// its bdev channel, whose opening may be slow) is built here on the control thread; the
+    /// reactor only adds it. If the reactor does not take it in time the start is cancelled:
+    /// it then never runs (no orphaned poller), and a later SET_VRING_KICK starts afresh.
     fn start_queue(&mut self, index: usize) -> VhostResult<()> {
-        let event_idx = self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         if self.shared.stopping.load(Ordering::SeqCst) {
             return Err(invalid("the target is shutting down"));
         }
         let v = &self.vrings[index];
-        if v.running.is_some() || !v.addr_set || v.size == 0 {
+        if v.running.is_some() {
             return Ok(());
         }
-        let translate = |va| {
-            self.va_to_gpa(va)
-                .ok_or(invalid("ring address not in guest memory"))
-        };
-        let (desc, avail, used) = (
-            translate(v.desc_va)?,
-            translate(v.avail_va)?,
-            translate(v.used_va)?,
-        );
+        if !v.addr_set || v.size == 0 {
+            // Every frontend describes a ring (SET_VRING_NUM, SET_VRING_ADDR) before kicking
+            // it; a kick for a ring whose description was refused cannot start anything.
+            return Err(invalid("ring size or addresses not set"));
+        }
+        let addrs = self
+            .ring_addrs(v)
+            .ok_or(invalid("ring address not in guest memory"))?;
         let inflight = match &self.inflight {
             Some(region) => Some(region.queue(index as u16, v.size).map_err(|e| {
                 warn!("{}: queue {index}: {e}", self.spec.name);
@@ -191,61 +408,115 @@ impl BlkBackend {
             })?),
             None => None,
         };
+        let channel = self
+            .spec
+            .device
+            .bdev
+            .open_channel(usize::from(v.size))
+            .map_err(|e| {
+                warn!(
+                    "{}: queue {index}: cannot open a bdev channel: {e}",
+                    self.spec.name
+                );
+                invalid("bdev channel could not be opened")
+            })?;
+        let call = match &v.call {
+            Some(f) => Some(f.try_clone().map_err(|e| {
+                warn!(
+                    "{}: queue {index}: cannot duplicate the call fd: {e}",
+                    self.spec.name
+                );
+                VhostError::ReqHandlerError(e)
+            })?),
+            None => None,
+        };
         let (ctrl_tx, ctrl_rx) = crossbeam_channel::unbounded();
-        let start = QueueStart {
+        let poller = VirtqPoller::new(QueueStart {
             size: v.size,
-            desc,
-            avail,
-            used,
+            addrs,
             next_avail: v.base,
-            event_idx,
+            event_idx: self.acked_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0,
             enabled: v.enabled,
             write_cache: self.writeback,
-            call: v.call.as_ref().and_then(|f| f.try_clone().ok()),
+            call,
             mem: Arc::clone(&self.mem),
             device: Arc::clone(&self.spec.device),
+            channel,
             ctrl: ctrl_rx,
             inflight,
-        };
+            log: self.queue_log(v),
+            coalescing: *lock(&self.shared.coalescing),
+        })
+        .map_err(|e| {
+            warn!("{}: queue {index} not started: {e}", self.spec.name);
+            invalid("queue could not start")
+        })?;
         let reactor = &self.spec.reactors[index % self.spec.reactors.len()];
+        // PENDING -> STARTED (by the reactor) or CANCELLED (by us, on timeout): whoever moves
+        // the state first decides, so the poller runs exactly when we report success.
+        const PENDING: u8 = 0;
+        const STARTED: u8 = 1;
+        const CANCELLED: u8 = 2;
+        let state = Arc::new(AtomicU8::new(PENDING));
         let (tx, rx) = crossbeam_channel::bounded(1);
+        let reactor_state = Arc::clone(&state);
         reactor
             .send(move |r| {
-                let result = VirtqPoller::new(start).map(|p| r.add_poller(Box::new(p)));
-                let _ = tx.send(result.map_err(|e| e.to_string()));
+                if reactor_state
+                    .compare_exchange(PENDING, STARTED, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    r.add_poller(Box::new(poller));
+                }
+                let _ = tx.send(());
             })
             .map_err(|_| VhostError::BackendInternalError)?;
-        match rx.recv_timeout(REACTOR_ACK_TIMEOUT) {
-            Ok(Ok(())) => {
-                debug!(
-                    "{}: queue {index} started on reactor {}",
-                    self.spec.name,
-                    reactor.id()
-                );
-                self.vrings[index].running = Some(ctrl_tx);
-                Ok(())
-            }
-            Ok(Err(why)) => {
-                warn!("{}: queue {index} not started: {why}", self.spec.name);
-                Err(invalid("queue could not start"))
-            }
-            Err(_) => Err(VhostError::BackendInternalError),
+        let started = rx.recv_timeout(REACTOR_ACK_TIMEOUT).is_ok()
+            || state
+                .compare_exchange(PENDING, CANCELLED, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err();
+        if !started {
+            warn!(
+                "{}: queue {index}: reactor did not answer; start cancelled",
+                self.spec.name
+            );
+            return Err(VhostError::BackendInternalError);
         }
+        debug!(
+            "{}: queue {index} started on reactor {}",
+            self.spec.name,
+            reactor.id()
+        );
+        self.vrings[index].running = Some(RunningQueue { ctrl: ctrl_tx });
+        Ok(())
     }
 
-    /// Stops vring `index` once its in-flight requests completed; returns its next avail index.
+    /// Stops vring `index` once its in-flight requests completed (bounded by
+    /// [`STOP_TIMEOUT`]); returns its next avail index.
     fn stop_queue(&mut self, index: usize) -> VhostResult<u16> {
-        let Some(ctrl) = self.vrings[index].running.take() else {
+        let Some(q) = self.vrings[index].running.take() else {
             return Ok(self.vrings[index].base);
         };
         let (tx, rx) = crossbeam_channel::bounded(1);
-        ctrl.send(QueueCtrl::Stop(tx))
+        q.ctrl
+            .send(QueueCtrl::Stop(tx))
             .map_err(|_| VhostError::BackendInternalError)?;
-        let stopped: QueueStopped = rx
-            .recv_timeout(STOP_TIMEOUT)
-            .map_err(|_| VhostError::BackendInternalError)?;
-        if let Some(q) = lock(&self.shared.finished).get_mut(index) {
-            q.merge(&stopped.stats);
+        let t0 = Instant::now();
+        let stopped: QueueStopped = rx.recv_timeout(STOP_TIMEOUT).map_err(|_| {
+            warn!(
+                "{}: queue {index}: in-flight requests did not drain within {:?}",
+                self.spec.name, STOP_TIMEOUT
+            );
+            self.fatal = Some("a queue did not drain in time");
+            VhostError::BackendInternalError
+        })?;
+        debug!(
+            "{}: queue {index} stopped after {:?} draining",
+            self.spec.name,
+            t0.elapsed()
+        );
+        if let Some(s) = lock(&self.shared.finished).get_mut(index) {
+            s.merge(&stopped.stats);
         }
         self.vrings[index].base = stopped.next_avail;
         Ok(stopped.next_avail)
@@ -260,28 +531,23 @@ impl BlkBackend {
         }
     }
 
-    /// Adds each running queue's statistics (asked of its reactor by message) into
-    /// `per_queue[queue index]`.
-    pub(crate) fn add_running_stats(&self, per_queue: &mut [QueueStats]) {
-        for (i, v) in self.vrings.iter().enumerate() {
-            let Some(ctrl) = &v.running else { continue };
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            if ctrl.send(QueueCtrl::Stats(tx)).is_ok() {
-                if let (Ok(s), Some(q)) =
-                    (rx.recv_timeout(REACTOR_ACK_TIMEOUT), per_queue.get_mut(i))
-                {
-                    q.merge(&s);
-                }
-            }
+    /// Applies new interrupt coalescing settings to the running queues (queues started later
+    /// read them from the controller).
+    pub(crate) fn set_coalescing(&self, c: Coalescing) {
+        for q in self.vrings.iter().filter_map(|v| v.running.as_ref()) {
+            let _ = q.ctrl.send(QueueCtrl::Coalescing(c));
         }
     }
 
-    fn protocol_features() -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
-            | VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
-            | VhostUserProtocolFeatures::INFLIGHT_SHMFD
+    /// How to reach each running queue, by queue index (copied out, so statistics can be
+    /// gathered without holding this backend's lock while reactors answer; see
+    /// `Controller::report`).
+    pub(crate) fn running_queues(&self) -> Vec<(usize, RunningQueue)> {
+        self.vrings
+            .iter()
+            .enumerate()
+            .filter_map(|(i, v)| v.running.clone().map(|q| (i, q)))
+            .collect()
     }
 }
 
@@ -301,8 +567,16 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     }
 
     fn reset_device(&mut self) -> VhostResult<()> {
+        // Rings and the virtio state go back to their initial state; what was negotiated for
+        // the connection itself stays (QEMU sends RESET_OWNER when the guest resets the device
+        // and goes on using REPLY_ACK and the memory table it set up).
         self.stop_all();
-        *self = BlkBackend::new(Arc::clone(&self.spec), Arc::clone(&self.shared));
+        let fresh = BlkBackend::new(Arc::clone(&self.spec), Arc::clone(&self.shared));
+        self.acked_features = fresh.acked_features;
+        self.writeback = fresh.writeback;
+        self.vrings = (0..self.spec.num_queues)
+            .map(|_| Vring::default())
+            .collect();
         Ok(())
     }
 
@@ -314,12 +588,26 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         if features & !self.offered_features() != 0 {
             return Err(VhostError::InvalidParam);
         }
+        let log_changed =
+            (self.acked_features ^ features) & VhostUserVirtioFeatures::LOG_ALL.bits() != 0;
         self.acked_features = features;
         // Without protocol features, rings start enabled (vhost-user spec, "Ring states").
         if features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() == 0 {
             for v in &mut self.vrings {
                 v.enabled = true;
             }
+        }
+        if log_changed {
+            info!(
+                "{}: dirty logging {}",
+                self.spec.name,
+                if features & VhostUserVirtioFeatures::LOG_ALL.bits() != 0 {
+                    "on"
+                } else {
+                    "off"
+                }
+            );
+            self.update_logging()?;
         }
         Ok(())
     }
@@ -330,7 +618,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         files: Vec<File>,
         _postcopy_listening: Option<bool>,
     ) -> VhostResult<Option<Vec<u64>>> {
-        if ctx.len() != files.len() {
+        if ctx.is_empty() || ctx.len() != files.len() {
             return Err(VhostError::InvalidParam);
         }
         let mut regions = Vec::with_capacity(ctx.len());
@@ -343,16 +631,19 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
                 file,
             )?);
         }
-        self.regions = regions;
-        self.publish_memory()?;
+        self.publish_memory(regions)?;
         Ok(None)
     }
 
     fn set_vring_num(&mut self, index: u32, num: u32) -> VhostResult<()> {
-        if num == 0 || num > MAX_QUEUE_SIZE || !num.is_power_of_two() {
+        if num == 0 || num > u32::from(MAX_QUEUE_SIZE) || !num.is_power_of_two() {
             return Err(VhostError::InvalidParam);
         }
-        self.vring(index)?.size = num as u16;
+        let v = self.vring(index)?;
+        if v.running.is_some() {
+            return Err(invalid("SET_VRING_NUM on a running ring"));
+        }
+        v.size = num as u16;
         Ok(())
     }
 
@@ -365,7 +656,14 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         available: u64,
         _log: u64,
     ) -> VhostResult<()> {
+        if !descriptor.is_multiple_of(16) || !available.is_multiple_of(2) || !used.is_multiple_of(4)
+        {
+            return Err(invalid("misaligned ring address"));
+        }
         let v = self.vring(index)?;
+        if v.running.is_some() {
+            return Err(invalid("SET_VRING_ADDR on a running ring"));
+        }
         (v.desc_va, v.used_va, v.avail_va, v.addr_set) = (descriptor, used, available, true);
         Ok(())
     }
@@ -383,30 +681,44 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         self.vring(index)?;
         let next_avail = self.stop_queue(index as usize)?;
         // A stopped ring is disabled until the frontend enables it again.
-        if self.acked_features & VhostUserVirtioFeatures::PROTOCOL_FEATURES.bits() != 0 {
+        if self.features_acked_protocol() {
             self.vrings[index as usize].enabled = false;
         }
         Ok(VhostUserVringState::new(index, u32::from(next_avail)))
     }
 
-    fn set_vring_kick(&mut self, index: u8, _fd: Option<File>) -> VhostResult<()> {
-        // Queues are polled, so the kick eventfd is never read; receiving it is what starts
-        // the ring (vhost-user spec: "a ring is started on SET_VRING_KICK").
+    fn set_vring_kick(&mut self, index: u8, fd: Option<File>) -> VhostResult<()> {
         self.vring(u32::from(index))?;
+        if let Some(f) = &fd {
+            check_eventfd(f)?;
+        }
+        // Receiving the kick fd is what starts the ring (vhost-user spec, "Ring states").
+        self.vrings[usize::from(index)].kick = fd;
         self.start_queue(usize::from(index))
     }
 
     fn set_vring_call(&mut self, index: u8, fd: Option<File>) -> VhostResult<()> {
-        let v = self.vring(u32::from(index))?;
-        if let Some(ctrl) = &v.running {
-            let copy = fd.as_ref().and_then(|f| f.try_clone().ok());
-            let _ = ctrl.send(QueueCtrl::Call(copy));
+        self.vring(u32::from(index))?;
+        if let Some(f) = &fd {
+            check_eventfd(f)?;
+            set_nonblocking(f)?;
+        }
+        let copy = match &fd {
+            Some(f) => Some(f.try_clone().map_err(VhostError::ReqHandlerError)?),
+            None => None,
+        };
+        let v = &mut self.vrings[usize::from(index)];
+        if let Some(q) = &v.running {
+            let _ = q.ctrl.send(QueueCtrl::Call(copy));
         }
         v.call = fd;
         Ok(())
     }
 
-    fn set_vring_err(&mut self, index: u8, _fd: Option<File>) -> VhostResult<()> {
+    fn set_vring_err(&mut self, index: u8, fd: Option<File>) -> VhostResult<()> {
+        if let Some(f) = &fd {
+            check_eventfd(f)?;
+        }
         self.vring(u32::from(index)).map(|_| ())
     }
 
@@ -429,8 +741,8 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     fn set_vring_enable(&mut self, index: u32, enable: bool) -> VhostResult<()> {
         let v = self.vring(index)?;
         v.enabled = enable;
-        if let Some(ctrl) = &v.running {
-            let _ = ctrl.send(QueueCtrl::Enable(enable));
+        if let Some(q) = &v.running {
+            let _ = q.ctrl.send(QueueCtrl::Enable(enable));
         }
         Ok(())
     }
@@ -446,7 +758,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
             self.spec.num_queues,
             self.writeback,
         );
-        // Bytes past the structure read as zero; the library bounds offset + size to 4 KiB.
+        // Bytes past the structure read as zero; the caller bounds offset + size to 4 KiB.
         let mut out = vec![0u8; size as usize];
         let start = (offset as usize).min(config.len());
         let end = (offset as usize + size as usize).min(config.len());
@@ -464,8 +776,8 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         match (offset, buf) {
             (WRITEBACK_OFFSET, [wb]) if wce_acked => {
                 self.writeback = *wb != 0;
-                for ctrl in self.vrings.iter().filter_map(|v| v.running.as_ref()) {
-                    let _ = ctrl.send(QueueCtrl::WriteCache(self.writeback));
+                for q in self.vrings.iter().filter_map(|v| v.running.as_ref()) {
+                    let _ = q.ctrl.send(QueueCtrl::WriteCache(self.writeback));
                 }
                 info!(
                     "{}: write cache {}",
@@ -493,7 +805,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         inflight: &VhostUserInflight,
     ) -> VhostResult<(VhostUserInflight, File)> {
         let (num_queues, queue_size) = (inflight.num_queues, inflight.queue_size);
-        if num_queues > self.spec.num_queues {
+        if num_queues > self.spec.num_queues || queue_size > MAX_QUEUE_SIZE {
             return Err(VhostError::InvalidParam);
         }
         let (region, file) = InflightRegion::create(num_queues, queue_size).map_err(|e| {
@@ -523,6 +835,9 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
             inflight.num_queues,
             inflight.queue_size,
         );
+        if queues > self.spec.num_queues || qsize > MAX_QUEUE_SIZE {
+            return Err(VhostError::InvalidParam);
+        }
         let region = InflightRegion::map(&file, offset, size, queues, qsize).map_err(|e| {
             warn!("{}: SET_INFLIGHT_FD refused: {e}", self.spec.name);
             VhostError::InvalidParam
@@ -560,26 +875,22 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
             self.spec.name
         );
         let mapped = Self::map_region(gpa, size, uaddr, offset, fd)?;
-        self.regions.push(mapped);
-        if let Err(e) = self.publish_memory() {
-            self.regions.pop();
-            return Err(e);
-        }
+        let mut regions = self.same_regions();
+        regions.push(mapped);
+        self.publish_memory(regions)?;
         Ok(None)
     }
 
     fn remove_mem_region(&mut self, region: &VhostUserSingleMemoryRegion) -> VhostResult<()> {
-        use vm_memory::GuestMemoryRegion;
+        let (gpa, size) = (region.guest_phys_addr, region.memory_size);
         let pos = self
             .regions
             .iter()
-            .position(|r| {
-                r.region.start_addr().0 == region.guest_phys_addr
-                    && r.region.len() == region.memory_size
-            })
+            .position(|r| r.gpa == gpa && r.size == size)
             .ok_or(VhostError::InvalidParam)?;
-        self.regions.remove(pos);
-        self.publish_memory()
+        let mut regions = self.same_regions();
+        regions.remove(pos);
+        self.publish_memory(regions)
     }
 
     fn set_device_state_fd(
@@ -599,7 +910,26 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         Err(invalid("no shared memory regions"))
     }
 
-    fn set_log_base(&mut self, _log: &VhostUserLog, _file: File) -> VhostResult<()> {
-        Err(invalid("dirty logging is not supported"))
+    fn set_log_base(&mut self, log: &VhostUserLog, file: File) -> VhostResult<()> {
+        let (size, offset) = (log.mmap_size, log.mmap_offset);
+        let mapped = DirtyLog::map(&file, offset, size).map_err(|e| {
+            warn!("{}: SET_LOG_BASE refused: {e}", self.spec.name);
+            VhostError::InvalidParam
+        })?;
+        info!("{}: dirty log of {size} bytes", self.spec.name);
+        // Every running queue moves to the new log before the old one can go (it is unmapped
+        // when the last queue lets go of it).
+        self.log = Some(mapped);
+        self.update_logging()
+    }
+}
+
+impl BlkBackend {
+    /// SET_BACKEND_REQ_FD: the channel for backend-initiated messages (config changes).
+    pub(crate) fn set_backend_channel(&mut self, file: File) -> VhostResult<()> {
+        let fd = std::os::fd::OwnedFd::from(file);
+        let stream = UnixStream::from(fd);
+        self.backend_channel = Some(stream);
+        Ok(())
     }
 }

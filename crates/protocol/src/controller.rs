@@ -17,20 +17,20 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
-use vhost::vhost_user::{BackendReqHandler, Error as VhostError};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::backend::BlkBackend;
-use crate::device::{lock, ControllerShared, ControllerSpec};
+use crate::device::{lock, Coalescing, ControllerShared, ControllerSpec};
+use crate::queue::QueueCtrl;
+use crate::session;
 use crate::stats::QueueStats;
-
-/// Consecutive non-fatal message errors after which a connection is dropped anyway.
-const MAX_CONSECUTIVE_ERRORS: u32 = 64;
 /// Frontend sessions a controller serves at once (a migration needs two); more are refused.
 pub const MAX_SESSIONS: usize = 4;
 /// How long a statistics pull waits for a session's control lock before leaving that session's
 /// running queues out (its stopped queues are still counted).
 const STATS_LOCK_WAIT: Duration = Duration::from_secs(2);
+/// How long a statistics pull waits for the reactors' answers.
+const STATS_ANSWER_WAIT: Duration = Duration::from_secs(2);
 /// Default permissions of a controller socket: owner only.
 pub const DEFAULT_SOCKET_MODE: u32 = 0o600;
 
@@ -373,6 +373,7 @@ impl Controller {
             shared: Arc::new(ControllerShared {
                 finished: Mutex::new(vec![QueueStats::default(); num_queues]),
                 stopping: AtomicBool::new(false),
+                coalescing: Mutex::new(Coalescing::default()),
             }),
             sessions: Mutex::new(Vec::new()),
             next_session: AtomicU64::new(0),
@@ -444,9 +445,11 @@ impl Controller {
                 sessions.iter().map(|s| Arc::clone(&s.backend)).collect();
             (backends, sessions.iter().any(|s| !s.finished()))
         };
-        // Queues stop only under their session's lock: holding every session's lock while the
-        // running queues are asked and the stopped ones read means each queue is counted once,
-        // either as running or as stopped.
+        // A queue stops only under its session's lock, by a message behind any stats request
+        // already in its channel. So: under every session's lock, ask each running queue for
+        // its statistics and copy the stopped queues' totals; then let go and wait for the
+        // answers. A queue that stops meanwhile answers first (its counts up to then) and adds
+        // its final counts to the stopped totals after the copy: each queue counts once.
         let mut guards = Vec::with_capacity(backends.len());
         let mut complete = true;
         for b in &backends {
@@ -461,11 +464,25 @@ impl Controller {
                 }
             }
         }
-        let mut per_queue = lock(&self.inner.shared.finished).clone();
+        let mut asked = Vec::new();
         for g in &guards {
-            g.add_running_stats(&mut per_queue);
+            for (i, q) in g.running_queues() {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                if q.ctrl.send(QueueCtrl::Stats(tx)).is_ok() {
+                    asked.push((i, rx));
+                }
+            }
         }
+        let mut per_queue = lock(&self.inner.shared.finished).clone();
         drop(guards);
+        let deadline = Instant::now() + STATS_ANSWER_WAIT;
+        for (i, rx) in asked {
+            match (rx.recv_deadline(deadline), per_queue.get_mut(i)) {
+                (Ok(s), Some(q)) => q.merge(&s),
+                (Err(crossbeam_channel::RecvTimeoutError::Timeout), _) => complete = false,
+                _ => {}
+            }
+        }
         let mut total = QueueStats::default();
         let reactors = &self.inner.spec.reactors;
         let queues = per_queue
@@ -490,6 +507,27 @@ impl Controller {
             total,
             complete,
         }
+    }
+
+    /// Guest interrupt coalescing for this controller's queues, now (every session) and for
+    /// queues that start later (SPDK's `vhost_controller_set_coalescing`; `delay_base_us` 0
+    /// turns it off).
+    pub fn set_coalescing(&self, delay_base_us: u32, iops_threshold: u32) -> Result<(), String> {
+        let c = Coalescing::checked(delay_base_us, iops_threshold)?;
+        *lock(&self.inner.shared.coalescing) = c;
+        let backends: Vec<Arc<Mutex<BlkBackend>>> = lock(&self.inner.sessions)
+            .iter()
+            .map(|s| Arc::clone(&s.backend))
+            .collect();
+        for b in backends {
+            lock(&b).set_coalescing(c);
+        }
+        Ok(())
+    }
+
+    /// The current interrupt coalescing settings.
+    pub fn coalescing(&self) -> Coalescing {
+        *lock(&self.inner.shared.coalescing)
     }
 
     /// Stops the controller for good: no new connections or queues, every queue stopped once
@@ -662,16 +700,13 @@ fn start_session(inner: &Arc<Inner>, stream: UnixStream) -> io::Result<Session> 
             .name(format!("vhost-{vid}"))
             .spawn(move || {
                 info!("{name}: frontend connected");
-                serve(
-                    &name,
-                    BackendReqHandler::from_stream(stream, Arc::clone(&backend)),
-                );
+                let end = session::serve(&name, stream, &backend);
                 lock(&backend).stop_all();
                 // Leave the list: its connection handle and its memory mappings go with it.
                 // Its queues have stopped, so their counts are in the controller's already.
                 lock(&inner.sessions).retain(|s| s.vid != vid);
                 drop(backend);
-                info!("{name}: frontend disconnected");
+                info!("{name}: frontend {end}");
             })?
     };
     Ok(Session {
@@ -682,29 +717,6 @@ fn start_session(inner: &Arc<Inner>, stream: UnixStream) -> io::Result<Session> 
         stream: handle,
         thread: Some(thread),
     })
-}
-
-/// Handles messages until the frontend goes away (or the connection is shut down).
-fn serve(name: &str, mut handler: BackendReqHandler<Mutex<BlkBackend>>) {
-    let mut errors = 0;
-    loop {
-        match handler.handle_request() {
-            Ok(()) => errors = 0,
-            Err(
-                VhostError::Disconnected | VhostError::PartialMessage | VhostError::SocketBroken(_),
-            ) => return,
-            Err(VhostError::SocketError(e)) if e.kind() != io::ErrorKind::Interrupted => return,
-            Err(e) => {
-                // The library has already answered (NACK) where the frontend expects a reply.
-                warn!("{name}: vhost-user request failed: {e}");
-                errors += 1;
-                if errors >= MAX_CONSECUTIVE_ERRORS {
-                    warn!("{name}: too many errors, dropping the connection");
-                    return;
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

@@ -44,6 +44,41 @@ pub(crate) struct ControllerShared {
     pub finished: Mutex<Vec<QueueStats>>,
     /// Set by shutdown: no queue may start any more.
     pub stopping: AtomicBool,
+    /// Guest interrupt coalescing (vhost_controller_set_coalescing), for queues that start.
+    pub coalescing: Mutex<Coalescing>,
+}
+
+/// Guest interrupt coalescing, with SPDK's `vhost_controller_set_coalescing` meaning: every
+/// 10 ms each queue compares the requests it completed with `iops_threshold`'s share of that
+/// interval; above it, interrupts are held back for `delay_base_us * (count - threshold) /
+/// threshold` after each one (so the delay grows with the load); at or below it, interrupts go
+/// out at once. `delay_base_us` 0 turns coalescing off (the default).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Coalescing {
+    /// Base delay in microseconds; 0 = off.
+    pub delay_base_us: u32,
+    /// IOPS above which interrupts are delayed.
+    pub iops_threshold: u32,
+}
+
+/// How often a queue re-evaluates its coalescing delay.
+pub const COALESCING_INTERVAL_MS: u32 = 10;
+
+impl Coalescing {
+    /// Checks the values as SPDK does: the threshold must leave at least one request per
+    /// 10 ms interval when coalescing is on.
+    pub fn checked(delay_base_us: u32, iops_threshold: u32) -> Result<Self, String> {
+        if delay_base_us > 0 && iops_threshold / (1000 / COALESCING_INTERVAL_MS) == 0 {
+            return Err(format!(
+                "IOPS rate of {iops_threshold} is too low; the minimum is {}",
+                1000 / COALESCING_INTERVAL_MS
+            ));
+        }
+        Ok(Coalescing {
+            delay_base_us,
+            iops_threshold,
+        })
+    }
 }
 
 /// Locks a control-plane mutex. A panic while holding one leaves plain data behind; keep

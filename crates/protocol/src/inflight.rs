@@ -119,7 +119,13 @@ impl InflightRegion {
     ) -> Result<Self, InflightError> {
         let need = check_geometry(num_queues, queue_size)?;
         let file_len = file.metadata().map_err(InflightError::Os)?.len();
-        if mmap_size < need || offset.checked_add(need).is_none_or(|end| end > file_len) {
+        // The frontend's claimed size must fit the geometry and the file (a region it says is
+        // larger than its file is inconsistent, even if the part we map would fit).
+        if mmap_size < need
+            || offset
+                .checked_add(mmap_size)
+                .is_none_or(|end| end > file_len)
+        {
             return Err(InflightError::TooSmall);
         }
         let len = usize::try_from(need).map_err(|_| InflightError::TooSmall)?;
@@ -231,8 +237,15 @@ impl InflightQueue {
     /// Called when the queue starts, with the used ring's current index. A fresh (or reset)
     /// region is initialised and `None` returned: the frontend's vring base stands. Otherwise
     /// the requests the previous backend left in flight are returned for resubmission, and a
-    /// crash between publishing a used element and clearing its inflight flag is repaired.
-    pub fn recover(&mut self, ring_used_idx: u16) -> Result<Option<Recovery>, InflightError> {
+    /// crash between publishing used elements and clearing their inflight flags is repaired:
+    /// the heads of the used entries between the region's `used_idx` and the ring's are read
+    /// back through `used_head(idx)` (the target publishes a whole pass's elements with one
+    /// store of the used index, so there can be several), and `last_batch_head` is cleared too.
+    pub fn recover(
+        &mut self,
+        ring_used_idx: u16,
+        used_head: impl Fn(u16) -> u16,
+    ) -> Result<Option<Recovery>, InflightError> {
         if self.version() == 0 {
             self.write::<u64>(0, 0);
             self.write::<u16>(10, self.ring_size);
@@ -249,12 +262,22 @@ impl InflightQueue {
         }
         let recorded_used: u16 = self.read(14);
         if recorded_used != ring_used_idx {
-            // The used index went out but the inflight flag was not cleared yet.
+            // The used index went out but the inflight flags were not cleared yet.
             let last: u16 = self.read(12);
             if last >= self.ring_size {
                 return Err(InflightError::Mismatch);
             }
             self.set_desc_inflight(last, false);
+            let published = ring_used_idx.wrapping_sub(recorded_used);
+            if published > self.ring_size {
+                return Err(InflightError::Mismatch);
+            }
+            for i in 0..published {
+                let head = used_head(recorded_used.wrapping_add(i));
+                if head < self.ring_size {
+                    self.set_desc_inflight(head, false);
+                }
+            }
             compiler_fence(Ordering::SeqCst);
             self.write::<u16>(14, ring_used_idx);
         }
@@ -263,7 +286,8 @@ impl InflightQueue {
             .map(|h| (self.desc_counter(h), h))
             .collect();
         pending.sort_unstable();
-        self.counter = pending.last().map_or(0, |&(c, _)| c + 1);
+        // The counters came from the region (frontend-supplied memory): never overflow on them.
+        self.counter = pending.last().map_or(0, |&(c, _)| c.wrapping_add(1));
         let inuse = pending.len() as u16;
         Ok(Some(Recovery {
             resubmit: pending.into_iter().map(|(_, h)| h).collect(),
@@ -290,20 +314,33 @@ impl InflightQueue {
         compiler_fence(Ordering::SeqCst);
     }
 
-    /// After the used index covering `head` has been published as `used_idx`.
-    pub fn after_used(&self, head: u16, used_idx: u16) {
-        fence(Ordering::SeqCst);
-        if head < self.ring_size {
-            self.set_desc_inflight(head, false);
+    /// After the used index went from `old` to `new` (one pass's elements, published with one
+    /// store): clears the inflight flags of their heads (read back through `used_head(idx)`),
+    /// then records `new`. Stores only, ordered by release fences (compiler barriers on x86,
+    /// as libvhost-user does), since only a later process reads the region.
+    pub fn after_publish(&self, old: u16, new: u16, used_head: impl Fn(u16) -> u16) {
+        fence(Ordering::Release);
+        let mut i = old;
+        while i != new {
+            let head = used_head(i);
+            if head < self.ring_size {
+                self.set_desc_inflight(head, false);
+            }
+            i = i.wrapping_add(1);
         }
-        compiler_fence(Ordering::SeqCst);
-        self.write::<u16>(14, used_idx);
+        fence(Ordering::Release);
+        self.write::<u16>(14, new);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// For recoveries where the used ring holds nothing the test cares about.
+    fn no_used(_: u16) -> u16 {
+        u16::MAX
+    }
 
     fn region(queues: u16, size: u16) -> Arc<InflightRegion> {
         let (r, _file) = InflightRegion::create(queues, size).expect("memfd region");
@@ -322,17 +359,20 @@ mod tests {
         let r = region(2, 8);
         let mut q = r.queue(1, 8).expect("queue 1");
         assert_eq!(
-            q.recover(5).expect("fresh"),
+            q.recover(5, no_used).expect("fresh"),
             None,
             "a fresh region keeps the vring base"
         );
         q.mark_popped(3);
         q.mark_popped(1);
         q.before_used(3);
-        q.after_used(3, 6);
+        q.after_publish(5, 6, |_| 3);
         // A new process mapping the same memory finds head 1 in flight.
         let mut again = r.queue(1, 8).expect("queue 1");
-        let rec = again.recover(6).expect("recover").expect("recovery");
+        let rec = again
+            .recover(6, no_used)
+            .expect("recover")
+            .expect("recovery");
         assert_eq!(
             rec,
             Recovery {
@@ -347,12 +387,15 @@ mod tests {
     fn resubmission_follows_submission_order() {
         let r = region(1, 16);
         let mut q = r.queue(0, 16).expect("queue");
-        q.recover(0).expect("fresh");
+        q.recover(0, no_used).expect("fresh");
         for head in [9, 2, 14, 5] {
             q.mark_popped(head);
         }
         let mut again = r.queue(0, 16).expect("queue");
-        let rec = again.recover(0).expect("recover").expect("recovery");
+        let rec = again
+            .recover(0, no_used)
+            .expect("recover")
+            .expect("recovery");
         assert_eq!(rec.resubmit, vec![9, 2, 14, 5]);
         assert_eq!(rec.next_avail, 4);
         // New pops continue the counter after the old ones.
@@ -360,7 +403,7 @@ mod tests {
         let mut third = r.queue(0, 16).expect("queue");
         assert_eq!(
             third
-                .recover(0)
+                .recover(0, no_used)
                 .expect("recover")
                 .expect("recovery")
                 .resubmit,
@@ -372,13 +415,16 @@ mod tests {
     fn crash_after_used_index_before_clearing_is_repaired() {
         let r = region(1, 8);
         let mut q = r.queue(0, 8).expect("queue");
-        q.recover(0).expect("fresh");
+        q.recover(0, no_used).expect("fresh");
         q.mark_popped(4);
         q.mark_popped(6);
         q.before_used(4);
         // ... the used element and used idx (now 1) went out, then the process died.
         let mut again = r.queue(0, 8).expect("queue");
-        let rec = again.recover(1).expect("recover").expect("recovery");
+        let rec = again
+            .recover(1, no_used)
+            .expect("recover")
+            .expect("recovery");
         assert_eq!(
             rec,
             Recovery {
@@ -390,15 +436,45 @@ mod tests {
     }
 
     #[test]
+    fn crash_after_publishing_a_batch_clears_every_published_head() {
+        let r = region(1, 8);
+        let mut q = r.queue(0, 8).expect("queue");
+        q.recover(0, no_used).expect("fresh");
+        for head in [1, 2, 3, 5] {
+            q.mark_popped(head);
+        }
+        q.before_used(2);
+        q.before_used(3);
+        // One pass published used entries 0..2 (heads 2 and 3) and died before clearing.
+        let used = [2u16, 3];
+        let mut again = r.queue(0, 8).expect("queue");
+        let rec = again
+            .recover(2, |i| used[usize::from(i) % 2])
+            .expect("recover")
+            .expect("recovery");
+        assert_eq!(
+            rec,
+            Recovery {
+                resubmit: vec![1, 5],
+                used_idx: 2,
+                next_avail: 4
+            }
+        );
+    }
+
+    #[test]
     fn crash_before_used_index_resubmits() {
         let r = region(1, 8);
         let mut q = r.queue(0, 8).expect("queue");
-        q.recover(0).expect("fresh");
+        q.recover(0, no_used).expect("fresh");
         q.mark_popped(4);
         q.before_used(4);
         // The used element may be written, but the index still says 0: request 4 runs again.
         let mut again = r.queue(0, 8).expect("queue");
-        let rec = again.recover(0).expect("recover").expect("recovery");
+        let rec = again
+            .recover(0, no_used)
+            .expect("recover")
+            .expect("recovery");
         assert_eq!(
             rec,
             Recovery {
@@ -444,8 +520,11 @@ mod tests {
         );
         // A region whose header says another ring size is refused at recovery.
         let mut q = r.queue(0, 128).expect("queue");
-        q.recover(0).expect("fresh");
+        q.recover(0, no_used).expect("fresh");
         let mut small = r.queue(0, 64).expect("smaller ring fits");
-        assert!(matches!(small.recover(0), Err(InflightError::Mismatch)));
+        assert!(matches!(
+            small.recover(0, no_used),
+            Err(InflightError::Mismatch)
+        ));
     }
 }

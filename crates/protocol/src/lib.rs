@@ -8,8 +8,13 @@ mod config;
 mod controller;
 mod device;
 mod inflight;
+mod log;
+mod memory;
 mod queue;
 mod request;
+mod ring;
+mod session;
+mod sigbus;
 mod stats;
 
 pub use backend::BlkBackend;
@@ -18,12 +23,15 @@ pub use controller::{
     bind_unix_socket, parse_socket_mode, resolve_group, BoundSocket, Controller, ControllerError,
     ControllerReport, QueueReport, SessionInfo, SocketOptions, DEFAULT_SOCKET_MODE, MAX_SESSIONS,
 };
-pub use device::{ControllerSpec, DeviceInfo};
+pub use device::{Coalescing, ControllerSpec, DeviceInfo};
 pub use inflight::{queue_region_size, InflightError, InflightQueue, InflightRegion, Recovery};
+pub use log::{DirtyLog, LogError, LOG_PAGE};
+pub use memory::GuestMemory;
 pub use request::{
-    BlkRequest, DeviceLimits, HeadChain, ParseError, Refused, RequestKind, ID_BYTES, MAX_IOVECS,
-    SECTOR_SIZE, SEG_MAX, SIZE_MAX,
+    BlkRequest, DeviceLimits, ParseError, Refused, RequestKind, StatusByte, ID_BYTES, MAX_IOVECS,
+    MAX_TRANSFER, SECTOR_SIZE, SEG_MAX, SIZE_MAX,
 };
+pub use ring::{Chain, ChainError, Desc, RingAddrs, RingError, SplitRing, MAX_QUEUE_SIZE};
 pub use stats::{OpCounters, QueueStats};
 
 /// Builds the NUL-padded 20-byte GET_ID answer from a serial string (longer ones are cut).

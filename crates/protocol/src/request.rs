@@ -9,10 +9,10 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
     VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
-use virtio_queue::desc::split::Descriptor;
-use vm_memory::{
-    Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, Le32, Le64,
-};
+use vm_memory::{ByteValued, Le32, Le64};
+
+use crate::memory::GuestMemory;
+use crate::ring::{Chain, Desc};
 
 /// virtio-blk sectors are always 512 bytes, whatever the logical block size.
 pub const SECTOR_SIZE: u64 = 512;
@@ -22,6 +22,9 @@ pub const SEG_MAX: u32 = 126;
 pub const SIZE_MAX: u32 = 1 << 20;
 /// Host iovecs one request may need: data segments that straddle guest memory regions split.
 pub const MAX_IOVECS: usize = SEG_MAX as usize + 2;
+/// Largest read or write: what `seg_max` segments of `size_max` bytes add up to (126 MiB). A
+/// larger request is refused, so no request can make a bdev stage more than this.
+pub const MAX_TRANSFER: u64 = SEG_MAX as u64 * SIZE_MAX as u64;
 /// Length of the GET_ID answer.
 pub const ID_BYTES: usize = 20;
 
@@ -93,6 +96,16 @@ impl RequestKind {
     }
 }
 
+/// Where a request's status byte goes: its guest address (for dirty logging) and where that
+/// is mapped (resolved once, while parsing, in the memory table the request was parsed with).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatusByte {
+    /// Guest physical address.
+    pub gpa: u64,
+    /// Host address in the memory table the request was parsed with.
+    pub host: *mut u8,
+}
+
 /// A request that passed every check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlkRequest {
@@ -105,7 +118,7 @@ pub struct BlkRequest {
     /// How many entries of the caller's iovec array hold the data segments.
     pub iovcnt: usize,
     /// Where the status byte goes.
-    pub status_addr: GuestAddress,
+    pub status: StatusByte,
 }
 
 impl BlkRequest {
@@ -117,7 +130,7 @@ impl BlkRequest {
             RequestKind::GetId => self.len.min(ID_BYTES as u64),
             _ => 0,
         };
-        // Reads are bounded by SEG_MAX * u32::MAX; a chain that large is refused while parsing.
+        // Reads are bounded by MAX_TRANSFER; anything larger is refused while parsing.
         u32::try_from(data + 1).unwrap_or(u32::MAX)
     }
 }
@@ -127,15 +140,17 @@ impl BlkRequest {
 pub enum ParseError {
     /// The chain has no descriptors, or only one (no room for a status byte).
     TooShort,
+    /// The chain itself is malformed (a loop, an index past the table, a bad indirect table).
+    BrokenChain,
     /// The last descriptor is not device-writable, or is empty, or lies outside guest memory.
     BadStatusDescriptor,
-    /// The first descriptor is device-writable or shorter than the 16-byte header.
+    /// The 16-byte header is not in device-readable descriptors at the start of the chain.
     BadHeaderDescriptor,
     /// A descriptor's buffer lies (partly) outside guest memory.
     BadAddress,
     /// A data descriptor's direction does not match the request type.
     WrongDirection,
-    /// More data segments than `SEG_MAX`.
+    /// More data segments than `SEG_MAX` (or than the host iovecs they translate into).
     TooManySegments,
     /// Data length is zero, not a multiple of the block size, or larger than the device allows.
     BadLength,
@@ -161,6 +176,7 @@ impl fmt::Display for ParseError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ParseError::TooShort => f.write_str("descriptor chain too short"),
+            ParseError::BrokenChain => f.write_str("malformed descriptor chain"),
             ParseError::BadStatusDescriptor => f.write_str("bad status descriptor"),
             ParseError::BadHeaderDescriptor => f.write_str("bad request header descriptor"),
             ParseError::BadAddress => f.write_str("buffer outside guest memory"),
@@ -180,186 +196,280 @@ impl fmt::Display for ParseError {
 pub struct Refused {
     /// Why.
     pub error: ParseError,
-    /// The status byte's address, when the last descriptor is a valid place for it.
-    pub status_addr: Option<GuestAddress>,
+    /// The status byte, when the last descriptor is a valid place for it.
+    pub status: Option<StatusByte>,
 }
 
-/// A guest buffer with its direction, before translation.
-#[derive(Clone, Copy)]
-struct Segment {
-    addr: u64,
-    len: u32,
-    writable: bool,
-}
+const HEADER_LEN: usize = std::mem::size_of::<RequestHeader>();
+const RANGE_LEN: usize = std::mem::size_of::<RangeSegment>();
 
-impl From<Descriptor> for Segment {
-    fn from(d: Descriptor) -> Self {
-        Segment {
-            addr: d.addr().0,
-            len: d.len(),
-            writable: d.is_write_only(),
+impl BlkRequest {
+    /// Parses and checks the request in `chain` (the descriptors of one chain, in order),
+    /// translating its data segments into host iovecs in `iov` (at most [`MAX_IOVECS`]).
+    ///
+    /// Any layout is accepted (virtio 1.2, 2.7.4: a device must not assume how the driver lays
+    /// out the request): the first 16 device-readable bytes are the header, wherever the
+    /// descriptor boundaries fall; the last byte of the chain (in a device-writable descriptor)
+    /// is the status; everything between is data. The chain is read in one pass with no
+    /// per-request arrays: a descriptor is known to be data as soon as the next one arrives.
+    pub fn parse(
+        chain: impl IntoIterator<Item = Desc>,
+        mem: &GuestMemory,
+        limits: &DeviceLimits,
+        iov: &mut [IoVec],
+    ) -> Result<BlkRequest, Refused> {
+        let mut p = Parser::new(mem, limits, iov);
+        let mut count = 0usize;
+        let mut last: Option<Desc> = None;
+        for d in chain {
+            count += 1;
+            if let Some(prev) = last.replace(d) {
+                p.piece(prev.addr, prev.len, prev.writable());
+            }
+        }
+        let Some(tail) = last.filter(|_| count >= 2) else {
+            return Err(Refused {
+                error: ParseError::TooShort,
+                status: None,
+            });
+        };
+        // The status byte is the last byte of the last descriptor.
+        let status = (tail.writable() && tail.len > 0)
+            .then(|| tail.addr.checked_add(u64::from(tail.len) - 1))
+            .flatten()
+            .and_then(|gpa| mem.host(gpa, 1).map(|host| StatusByte { gpa, host }));
+        let Some(status) = status else {
+            return Err(Refused {
+                error: ParseError::BadStatusDescriptor,
+                status: None,
+            });
+        };
+        if tail.len > 1 {
+            p.piece(tail.addr, tail.len - 1, true);
+        }
+        p.finish(status).map_err(|error| Refused {
+            error,
+            status: Some(status),
+        })
+    }
+
+    /// Parses `chain` (see [`parse`](Self::parse)); a chain that ends early because it is
+    /// malformed is refused without a status byte, whatever its descriptors said so far.
+    pub fn parse_chain(
+        mut chain: Chain<'_>,
+        mem: &GuestMemory,
+        limits: &DeviceLimits,
+        iov: &mut [IoVec],
+    ) -> Result<BlkRequest, Refused> {
+        let parsed = Self::parse(&mut chain, mem, limits, iov);
+        match chain.error() {
+            Some(_) => Err(Refused {
+                error: ParseError::BrokenChain,
+                status: None,
+            }),
+            None => parsed,
         }
     }
 }
 
-impl BlkRequest {
-    /// Parses and checks the request in `chain` (a popped `DescriptorChain`, or a
-    /// [`HeadChain`] for a resubmitted head), translating its data segments into host
-    /// iovecs in `iov` (at most [`MAX_IOVECS`] are used). The chain layout accepted is the one
-    /// every driver uses (header, data..., status) plus the two merges VIRTIO_F_ANY_LAYOUT
-    /// allows in practice: data after the header in the first descriptor, and data before the
-    /// status byte in the last.
-    ///
-    /// The chain is read in one pass with no per-request arrays: a descriptor is known to be
-    /// data as soon as the next one arrives, since only the last one holds the status byte.
-    pub fn parse<M: GuestMemoryBackend>(
-        chain: impl IntoIterator<Item = Descriptor>,
-        mem: &M,
-        limits: &DeviceLimits,
-        iov: &mut [IoVec],
-    ) -> Result<BlkRequest, Refused> {
-        let mut descs = chain.into_iter().map(Segment::from);
-        let Some(head) = descs.next() else {
-            return Err(Refused {
-                error: ParseError::TooShort,
-                status_addr: None,
-            });
-        };
-        let hdr_len = std::mem::size_of::<RequestHeader>() as u32;
-        let header: Result<RequestHeader, ParseError> = if head.writable || head.len < hdr_len {
-            Err(ParseError::BadHeaderDescriptor)
-        } else {
-            mem.read_obj(GuestAddress(head.addr))
-                .map_err(|_| ParseError::BadAddress)
-        };
-        let request_type = header.as_ref().map_or(0, |h| h.request_type.to_native());
-        let kind = match request_type {
+/// The state of one parse as the chain streams past.
+struct Parser<'a> {
+    mem: &'a GuestMemory,
+    limits: &'a DeviceLimits,
+    iov: &'a mut [IoVec],
+    header: [u8; HEADER_LEN],
+    header_len: usize,
+    kind: Option<RequestKind>,
+    request_type: u32,
+    /// Data pieces seen, their total length and directions.
+    segments: usize,
+    len: u64,
+    readable: bool,
+    writable: bool,
+    /// The discard / write-zeroes range, gathered from the data bytes.
+    range: [u8; RANGE_LEN],
+    iovcnt: usize,
+    /// A problem with the header, reported before anything else.
+    header_error: Option<ParseError>,
+    /// The first problem with the data segments, reported after the checks of the request as
+    /// a whole (direction, range, length).
+    failed: Option<ParseError>,
+}
+
+impl<'a> Parser<'a> {
+    fn new(mem: &'a GuestMemory, limits: &'a DeviceLimits, iov: &'a mut [IoVec]) -> Self {
+        Parser {
+            mem,
+            limits,
+            iov,
+            header: [0; HEADER_LEN],
+            header_len: 0,
+            kind: None,
+            request_type: 0,
+            segments: 0,
+            len: 0,
+            readable: false,
+            writable: false,
+            range: [0; RANGE_LEN],
+            iovcnt: 0,
+            header_error: None,
+            failed: None,
+        }
+    }
+
+    fn fail(&mut self, e: ParseError) {
+        self.failed.get_or_insert(e);
+    }
+
+    fn header_fail(&mut self, e: ParseError) {
+        self.header_error.get_or_insert(e);
+    }
+
+    /// A run of `len` bytes at `addr` that is not the status byte.
+    fn piece(&mut self, addr: u64, len: u32, writable: bool) {
+        let (mut addr, mut len) = (addr, u64::from(len));
+        if self.header_len < HEADER_LEN {
+            if writable {
+                self.header_fail(ParseError::BadHeaderDescriptor);
+                self.header_len = HEADER_LEN; // the rest is data, for the segment count
+            } else {
+                let take = len.min((HEADER_LEN - self.header_len) as u64) as usize;
+                let dst = self.header_len;
+                if copy_from_guest(self.mem, addr, &mut self.header[dst..dst + take]).is_err() {
+                    self.header_fail(ParseError::BadAddress);
+                }
+                self.header_len += take;
+                addr = addr.wrapping_add(take as u64);
+                len -= take as u64;
+                if self.header_len == HEADER_LEN {
+                    self.decode_header();
+                }
+            }
+        }
+        if len > 0 {
+            self.data(addr, len, writable);
+        }
+    }
+
+    fn decode_header(&mut self) {
+        let h = &self.header;
+        self.request_type = u32::from_le_bytes([h[0], h[1], h[2], h[3]]);
+        self.kind = match self.request_type {
             VIRTIO_BLK_T_IN => Some(RequestKind::Read),
             VIRTIO_BLK_T_OUT => Some(RequestKind::Write),
             VIRTIO_BLK_T_FLUSH => Some(RequestKind::Flush),
             VIRTIO_BLK_T_GET_ID => Some(RequestKind::GetId),
-            VIRTIO_BLK_T_DISCARD if limits.discard => Some(RequestKind::Discard),
-            VIRTIO_BLK_T_WRITE_ZEROES if limits.write_zeroes => Some(RequestKind::WriteZeroes),
+            VIRTIO_BLK_T_DISCARD if self.limits.discard => Some(RequestKind::Discard),
+            VIRTIO_BLK_T_WRITE_ZEROES if self.limits.write_zeroes => Some(RequestKind::WriteZeroes),
             _ => None,
         };
-        let translate = matches!(
-            kind,
-            Some(RequestKind::Read | RequestKind::Write | RequestKind::GetId)
-        );
-        let mut data = DataSegments::new(translate && header.is_ok(), iov);
-        if head.len > hdr_len {
-            data.push(
-                mem,
-                Segment {
-                    addr: head.addr.wrapping_add(u64::from(hdr_len)),
-                    len: head.len - hdr_len,
-                    writable: false,
-                },
-            );
+    }
+
+    fn sector(&self) -> u64 {
+        let h = &self.header;
+        u64::from_le_bytes([h[8], h[9], h[10], h[11], h[12], h[13], h[14], h[15]])
+    }
+
+    /// A data segment.
+    fn data(&mut self, addr: u64, len: u64, writable: bool) {
+        let offset = self.len;
+        self.segments += 1;
+        self.len = self.len.saturating_add(len);
+        self.readable |= !writable;
+        self.writable |= writable;
+        if self.failed.is_some() || self.header_error.is_some() {
+            return;
         }
-        let mut last = None;
-        for seg in descs {
-            if let Some(prev) = last.replace(seg) {
-                data.push(mem, prev);
+        match self.kind {
+            Some(RequestKind::Read | RequestKind::Write | RequestKind::GetId) => {
+                match translate(self.mem, addr, len, &mut self.iov[self.iovcnt..]) {
+                    Ok(n) => self.iovcnt += n,
+                    Err(e) => self.fail(e),
+                }
             }
+            Some(RequestKind::Discard | RequestKind::WriteZeroes) if offset < RANGE_LEN as u64 => {
+                let take = len.min(RANGE_LEN as u64 - offset) as usize;
+                let at = offset as usize;
+                if copy_from_guest(self.mem, addr, &mut self.range[at..at + take]).is_err() {
+                    self.fail(ParseError::BadAddress);
+                }
+            }
+            _ => {}
         }
-        let Some(tail) = last else {
-            return Err(Refused {
-                error: ParseError::TooShort,
-                status_addr: None,
-            });
-        };
+    }
 
-        // The status byte is the last byte of the last descriptor.
-        let status_addr = (tail.writable && tail.len > 0)
-            .then(|| GuestAddress(tail.addr).checked_add(u64::from(tail.len) - 1))
-            .flatten()
-            .filter(|&a| mem.check_range(a, 1));
-        let Some(status_addr) = status_addr else {
-            return Err(Refused {
-                error: ParseError::BadStatusDescriptor,
-                status_addr: None,
-            });
-        };
-        let refuse = |error| Refused {
-            error,
-            status_addr: Some(status_addr),
-        };
-        if tail.len > 1 {
-            data.push(
-                mem,
-                Segment {
-                    addr: tail.addr,
-                    len: tail.len - 1,
-                    writable: true,
-                },
-            );
+    /// Checks what the whole chain said, once the status byte is known.
+    fn finish(self, status: StatusByte) -> Result<BlkRequest, ParseError> {
+        if self.header_len < HEADER_LEN {
+            return Err(ParseError::BadHeaderDescriptor);
         }
-
-        let header = header.map_err(refuse)?;
-        if data.count > SEG_MAX as usize {
-            return Err(refuse(ParseError::TooManySegments));
+        if let Some(e) = self.header_error {
+            return Err(e);
         }
-        let Some(kind) = kind else {
-            return Err(refuse(ParseError::Unsupported(request_type)));
+        if self.segments > SEG_MAX as usize {
+            return Err(ParseError::TooManySegments);
+        }
+        let Some(kind) = self.kind else {
+            return Err(ParseError::Unsupported(self.request_type));
         };
-        let sector = header.sector.to_native();
+        let limits = self.limits;
         let (offset, len, iovcnt) = match kind {
             RequestKind::Read | RequestKind::Write => {
                 let wrong = if kind == RequestKind::Read {
-                    data.readable
+                    self.readable
                 } else {
-                    data.writable
+                    self.writable
                 };
                 if wrong {
-                    return Err(refuse(ParseError::WrongDirection));
+                    return Err(ParseError::WrongDirection);
                 }
                 if kind == RequestKind::Write && limits.read_only {
-                    return Err(refuse(ParseError::ReadOnly));
+                    return Err(ParseError::ReadOnly);
                 }
-                let offset = check_range(sector, data.len, limits).map_err(refuse)?;
-                (offset, data.len, data.translated().map_err(refuse)?)
+                let offset = check_range(self.sector(), self.len, limits)?;
+                if self.len > MAX_TRANSFER {
+                    return Err(ParseError::BadLength);
+                }
+                (offset, self.len, self.translated()?)
             }
             RequestKind::Flush => (0, 0, 0),
             RequestKind::GetId => {
-                if data.readable {
-                    return Err(refuse(ParseError::WrongDirection));
+                if self.readable {
+                    return Err(ParseError::WrongDirection);
                 }
-                if data.len == 0 {
-                    return Err(refuse(ParseError::BadLength));
+                if self.len == 0 {
+                    return Err(ParseError::BadLength);
                 }
-                (0, data.len, data.translated().map_err(refuse)?)
+                (0, self.len, self.translated()?)
             }
             RequestKind::Discard | RequestKind::WriteZeroes => {
                 if limits.read_only {
-                    return Err(refuse(ParseError::ReadOnly));
+                    return Err(ParseError::ReadOnly);
+                }
+                if self.writable {
+                    return Err(ParseError::WrongDirection);
                 }
                 // One range per request: the config space says max_*_seg = 1.
-                let (1, Some(seg)) = (data.count, data.first) else {
-                    return Err(refuse(ParseError::BadLength));
-                };
-                if seg.writable {
-                    return Err(refuse(ParseError::WrongDirection));
+                if self.len != RANGE_LEN as u64 {
+                    return Err(ParseError::BadLength);
                 }
-                if seg.len as usize != std::mem::size_of::<RangeSegment>() {
-                    return Err(refuse(ParseError::BadLength));
+                if let Some(e) = self.failed {
+                    return Err(e);
                 }
-                let range: RangeSegment = mem
-                    .read_obj(GuestAddress(seg.addr))
-                    .map_err(|_| refuse(ParseError::BadAddress))?;
-                let flags = range.flags.to_native();
+                let r = &self.range;
+                let sector = u64::from_le_bytes([r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7]]);
+                let sectors = u32::from_le_bytes([r[8], r[9], r[10], r[11]]);
+                let flags = u32::from_le_bytes([r[12], r[13], r[14], r[15]]);
                 let allowed = if kind == RequestKind::Discard {
                     0
                 } else {
                     VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP
                 };
                 if flags & !allowed != 0 {
-                    return Err(refuse(ParseError::Unsupported(request_type)));
+                    return Err(ParseError::Unsupported(self.request_type));
                 }
-                let bytes = u64::from(range.num_sectors.to_native()) * SECTOR_SIZE;
-                let offset =
-                    check_range(range.sector.to_native(), bytes, limits).map_err(refuse)?;
-                (offset, bytes, 0)
+                let bytes = u64::from(sectors) * SECTOR_SIZE;
+                (check_range(sector, bytes, limits)?, bytes, 0)
             }
         };
         Ok(BlkRequest {
@@ -367,53 +477,8 @@ impl BlkRequest {
             offset,
             len,
             iovcnt,
-            status_addr,
+            status,
         })
-    }
-}
-
-/// The data segments of a chain as they stream past: counted, summed, checked for direction,
-/// and (for requests that carry data) translated into host iovecs on the spot.
-struct DataSegments<'a> {
-    iov: &'a mut [IoVec],
-    translate: bool,
-    count: usize,
-    len: u64,
-    readable: bool,
-    writable: bool,
-    first: Option<Segment>,
-    iovcnt: usize,
-    /// The first translation failure, reported only if nothing more basic is wrong.
-    failed: Option<ParseError>,
-}
-
-impl<'a> DataSegments<'a> {
-    fn new(translate: bool, iov: &'a mut [IoVec]) -> Self {
-        DataSegments {
-            iov,
-            translate,
-            count: 0,
-            len: 0,
-            readable: false,
-            writable: false,
-            first: None,
-            iovcnt: 0,
-            failed: None,
-        }
-    }
-
-    fn push<M: GuestMemoryBackend>(&mut self, mem: &M, seg: Segment) {
-        self.count += 1;
-        self.len += u64::from(seg.len);
-        self.readable |= !seg.writable;
-        self.writable |= seg.writable;
-        self.first.get_or_insert(seg);
-        if self.translate && self.failed.is_none() {
-            match translate(mem, seg, &mut self.iov[self.iovcnt..]) {
-                Ok(n) => self.iovcnt += n,
-                Err(e) => self.failed = Some(e),
-            }
-        }
     }
 
     fn translated(&self) -> Result<usize, ParseError> {
@@ -424,63 +489,21 @@ impl<'a> DataSegments<'a> {
     }
 }
 
-/// The descriptors of the chain starting at `head`, read straight from the descriptor table:
-/// used to resubmit requests a previous backend left in flight, whose heads are known but no
-/// longer in the avail window. Follows one level of indirection and stops after as many
-/// descriptors as the table holds, so a looping chain ends.
-pub struct HeadChain<'a, M> {
-    mem: &'a M,
-    table: GuestAddress,
-    table_len: u16,
-    next: Option<u16>,
-    ttl: u16,
-    indirect: bool,
-}
-
-impl<'a, M: GuestMemoryBackend> HeadChain<'a, M> {
-    /// The chain at `head` in the descriptor table at `desc_table` of a ring of `queue_size`.
-    pub fn new(mem: &'a M, desc_table: GuestAddress, queue_size: u16, head: u16) -> Self {
-        HeadChain {
-            mem,
-            table: desc_table,
-            table_len: queue_size,
-            next: Some(head),
-            ttl: queue_size,
-            indirect: false,
-        }
+/// Copies `dst.len()` bytes at guest address `addr` into `dst`, across regions if need be.
+fn copy_from_guest(mem: &GuestMemory, addr: u64, dst: &mut [u8]) -> Result<(), ParseError> {
+    let mut done = 0;
+    while done < dst.len() {
+        let gpa = addr
+            .checked_add(done as u64)
+            .ok_or(ParseError::BadAddress)?;
+        let (host, run) = mem.host_run(gpa).ok_or(ParseError::BadAddress)?;
+        let n = (dst.len() - done).min(usize::try_from(run).unwrap_or(usize::MAX));
+        // SAFETY: `host` is mapped for `run >= n` bytes; `dst[done..done + n]` is ours. Guest
+        // memory may change while we copy; only the copy is looked at afterwards.
+        unsafe { std::ptr::copy_nonoverlapping(host, dst[done..].as_mut_ptr(), n) };
+        done += n;
     }
-}
-
-impl<M: GuestMemoryBackend> Iterator for HeadChain<'_, M> {
-    type Item = Descriptor;
-
-    fn next(&mut self) -> Option<Descriptor> {
-        let idx = self.next.take()?;
-        if idx >= self.table_len || self.ttl == 0 {
-            return None;
-        }
-        self.ttl -= 1;
-        let addr = self.table.checked_add(u64::from(idx) * 16)?;
-        let desc: Descriptor = self.mem.read_obj(addr).ok()?;
-        if desc.refers_to_indirect_table() {
-            let entries = desc.len() / 16;
-            if self.indirect
-                || !desc.len().is_multiple_of(16)
-                || entries == 0
-                || entries > u32::from(u16::MAX)
-            {
-                return None;
-            }
-            (self.table, self.table_len, self.ttl) = (desc.addr(), entries as u16, entries as u16);
-            self.indirect = true;
-            self.next = Some(0);
-            return self.next();
-        }
-        if desc.has_next() {
-            self.next = Some(desc.next());
-        }
-        Some(desc)
-    }
+    Ok(())
 }
 
 /// Checks that `len` is a non-zero number of whole blocks and that the range at `sector` is
@@ -501,31 +524,26 @@ fn check_range(sector: u64, len: u64, limits: &DeviceLimits) -> Result<u64, Pars
 
 /// Translates one guest segment into host iovecs, split at guest memory region boundaries;
 /// returns how many entries of `iov` it filled.
-fn translate<M: GuestMemoryBackend>(
-    mem: &M,
-    seg: Segment,
+fn translate(
+    mem: &GuestMemory,
+    addr: u64,
+    len: u64,
     iov: &mut [IoVec],
 ) -> Result<usize, ParseError> {
     let mut n = 0;
-    let mut addr = GuestAddress(seg.addr);
-    let mut left = seg.len as usize;
+    let mut addr = addr;
+    let mut left = len;
     while left > 0 {
-        let (region, region_addr) = mem.to_region_addr(addr).ok_or(ParseError::BadAddress)?;
-        let in_region = (region.len() - region_addr.raw_value()) as usize;
-        let chunk = left.min(in_region);
-        let host = region
-            .get_host_address(region_addr)
-            .map_err(|_| ParseError::BadAddress)?;
+        let (host, run) = mem.host_run(addr).ok_or(ParseError::BadAddress)?;
+        let chunk = left.min(run);
         let slot = iov.get_mut(n).ok_or(ParseError::TooManySegments)?;
         *slot = IoVec {
             iov_base: host.cast(),
-            iov_len: chunk,
+            iov_len: usize::try_from(chunk).map_err(|_| ParseError::BadLength)?,
         };
         n += 1;
         left -= chunk;
-        addr = addr
-            .checked_add(chunk as u64)
-            .ok_or(ParseError::BadAddress)?;
+        addr = addr.checked_add(chunk).ok_or(ParseError::BadAddress)?;
     }
     Ok(n)
 }
@@ -533,13 +551,13 @@ fn translate<M: GuestMemoryBackend>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ring::{RingAddrs, SplitRing};
     use virtio_bindings::virtio_ring::{
         VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
     };
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use virtio_queue::{Queue, QueueOwnedT};
-    use vm_memory::GuestMemoryMmap;
+    use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
     const MEM_SIZE: u64 = 0x10_0000;
     const HDR: u64 = 0x8000;
@@ -601,22 +619,43 @@ mod tests {
             })
             .collect();
         vq.build_desc_chain(&raw).expect("chain");
-        let mut q: Queue = vq.create_queue().expect("queue");
-        let chain = q.iter(mem).expect("iter").next().expect("one chain");
-        let mut iov = [IoVec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; MAX_IOVECS];
-        BlkRequest::parse(chain, mem, limits, &mut iov)
+        pop_and_parse(mem, &vq, limits).0
+    }
+
+    /// Pops the next chain of `vq` with our ring and parses it; also returns the iovecs.
+    fn pop_and_parse(
+        mem: &GuestMemoryMmap,
+        vq: &MockSplitQueue<GuestMemoryMmap>,
+        limits: &DeviceLimits,
+    ) -> (Result<BlkRequest, Refused>, Vec<IoVec>) {
+        let g = GuestMemory::new(mem.clone());
+        let addrs = RingAddrs {
+            desc: vq.desc_table_addr().raw_value(),
+            avail: vq.avail_addr().raw_value(),
+            used: vq.used_addr().raw_value(),
+        };
+        let size = (vq.desc_table().total_size() / 16) as u16;
+        let mut ring = SplitRing::new(size, addrs, false, 0, &g).expect("ring");
+        assert!(ring.pending(ring.avail_idx()) > 0, "a chain was published");
+        let head = ring.pop_head();
+        let mut iov = vec![
+            IoVec {
+                iov_base: std::ptr::null_mut(),
+                iov_len: 0,
+            };
+            MAX_IOVECS
+        ];
+        let r = BlkRequest::parse_chain(ring.chain(&g, head), &g, limits, &mut iov);
+        (r, iov)
+    }
+
+    fn status_gpa(r: &Refused) -> Option<u64> {
+        r.status.map(|s| s.gpa)
     }
 
     fn refused(r: Result<BlkRequest, Refused>) -> ParseError {
         let e = r.expect_err("must be refused");
-        assert_eq!(
-            e.status_addr,
-            Some(GuestAddress(STATUS)),
-            "status byte still reported"
-        );
+        assert_eq!(status_gpa(&e), Some(STATUS), "status byte still reported");
         e.error
     }
 
@@ -637,7 +676,7 @@ mod tests {
         .expect("valid read");
         assert_eq!(req.kind, RequestKind::Read);
         assert_eq!((req.offset, req.len, req.iovcnt), (4096, 1536, 2));
-        assert_eq!(req.status_addr, GuestAddress(STATUS));
+        assert_eq!(req.status.gpa, STATUS);
         assert_eq!(req.used_len(), 1537);
     }
 
@@ -677,7 +716,7 @@ mod tests {
         write_header(&m, VIRTIO_BLK_T_IN, 0);
         let r = parse_chain(&m, &[(HDR, 16, R), (STATUS - 512, 513, W)], &limits())
             .expect("merged read");
-        assert_eq!((r.len, r.status_addr), (512, GuestAddress(STATUS)));
+        assert_eq!((r.len, r.status.gpa), (512, STATUS));
     }
 
     #[test]
@@ -842,13 +881,7 @@ mod tests {
             &limits(),
         )
         .expect_err("refused");
-        assert_eq!(
-            e,
-            Refused {
-                error: ParseError::BadStatusDescriptor,
-                status_addr: None
-            }
-        );
+        assert_eq!((e.error, e.status), (ParseError::BadStatusDescriptor, None));
     }
 
     #[test]
@@ -857,13 +890,7 @@ mod tests {
         write_header(&m, VIRTIO_BLK_T_IN, 0);
         // A lone descriptor: no status byte.
         let e = parse_chain(&m, &[(HDR, 16, R)], &limits()).expect_err("too short");
-        assert_eq!(
-            e,
-            Refused {
-                error: ParseError::TooShort,
-                status_addr: None
-            }
-        );
+        assert_eq!((e.error, e.status), (ParseError::TooShort, None));
         // Short header.
         assert_eq!(
             refused(parse_chain(&m, &[(HDR, 8, R), (STATUS, 1, W)], &limits())),
@@ -919,13 +946,7 @@ mod tests {
         assert_eq!(e.error, ParseError::BadAddress);
         // Status byte outside guest memory: nowhere to write it.
         let e = parse_chain(&m, &[(HDR, 16, R), (u64::MAX, 1, W)], &limits()).expect_err("refused");
-        assert_eq!(
-            e,
-            Refused {
-                error: ParseError::BadStatusDescriptor,
-                status_addr: None
-            }
-        );
+        assert_eq!((e.error, e.status), (ParseError::BadStatusDescriptor, None));
         // Unknown request type.
         write_header(&m, 0xdead, 0);
         assert_eq!(
@@ -1006,56 +1027,140 @@ mod tests {
             0,
         ));
         vq.build_desc_chain(&[head]).expect("chain");
-        let mut q: Queue = vq.create_queue().expect("queue");
-        let chain = q.iter(&m).expect("iter").next().expect("chain");
-        let mut iov = [IoVec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; MAX_IOVECS];
-        let req = BlkRequest::parse(chain, &m, &limits(), &mut iov).expect("indirect read");
+        let req = pop_and_parse(&m, &vq, &limits()).0.expect("indirect read");
         assert_eq!((req.offset, req.len, req.iovcnt), (2048, 1024, 2));
     }
 
     #[test]
-    fn head_chain_walks_direct_indirect_and_looping_tables() {
+    fn any_layout_header_split_across_descriptors() {
         let m = mem();
-        let table = GuestAddress(0x40000);
-        let put = |at: GuestAddress, i: u64, d: SplitDescriptor| {
-            m.write_obj(RawDescriptor::from(d), at.unchecked_add(16 * i))
-                .expect("descriptor")
-        };
-        let next = VRING_DESC_F_NEXT as u16;
-        // Head 2 -> 5 -> 1: header, data, status.
-        put(table, 2, SplitDescriptor::new(HDR, 16, next, 5));
-        put(table, 5, SplitDescriptor::new(DATA, 512, W | next, 1));
-        put(table, 1, SplitDescriptor::new(STATUS, 1, W, 0));
-        write_header(&m, VIRTIO_BLK_T_IN, 0);
-        let mut iov = [IoVec {
-            iov_base: std::ptr::null_mut(),
-            iov_len: 0,
-        }; MAX_IOVECS];
-        let req = BlkRequest::parse(HeadChain::new(&m, table, 8, 2), &m, &limits(), &mut iov)
-            .expect("direct");
-        assert_eq!((req.len, req.status_addr), (512, GuestAddress(STATUS)));
-        // Head 3 is indirect to a 3-entry table.
-        let ind = GuestAddress(0x50000);
-        put(ind, 0, SplitDescriptor::new(HDR, 16, next, 1));
-        put(ind, 1, SplitDescriptor::new(DATA, 1024, W | next, 2));
-        put(ind, 2, SplitDescriptor::new(STATUS, 1, W, 0));
-        put(
-            table,
-            3,
-            SplitDescriptor::new(ind.0, 48, VRING_DESC_F_INDIRECT as u16, 0),
+        write_header(&m, VIRTIO_BLK_T_IN, 8);
+        for split in [8u32, 1, 15] {
+            let r = parse_chain(
+                &m,
+                &[
+                    (HDR, split, R),
+                    (HDR + u64::from(split), 16 - split, R),
+                    (DATA, 512, W),
+                    (STATUS, 1, W),
+                ],
+                &limits(),
+            )
+            .unwrap_or_else(|e| panic!("header split {split}: {e:?}"));
+            assert_eq!(
+                (r.kind, r.offset, r.len, r.iovcnt),
+                (RequestKind::Read, 4096, 512, 1)
+            );
+        }
+        // Header, write data and more header-descriptor data in any mix.
+        write_header(&m, VIRTIO_BLK_T_OUT, 0);
+        let w = parse_chain(
+            &m,
+            &[
+                (HDR, 4, R),
+                (HDR + 4, 12 + 512, R),
+                (DATA, 512, R),
+                (STATUS, 1, W),
+            ],
+            &limits(),
+        )
+        .expect("write");
+        assert_eq!((w.len, w.iovcnt), (1024, 2));
+        // A discard range split over two descriptors.
+        write_header(&m, VIRTIO_BLK_T_DISCARD, 0);
+        m.write_obj(
+            RangeSegment {
+                sector: 16u64.into(),
+                num_sectors: 8u32.into(),
+                flags: 0u32.into(),
+            },
+            GuestAddress(DATA),
+        )
+        .expect("segment");
+        let d = parse_chain(
+            &m,
+            &[
+                (HDR, 16, R),
+                (DATA, 5, R),
+                (DATA + 5, 11, R),
+                (STATUS, 1, W),
+            ],
+            &limits(),
+        )
+        .expect("discard");
+        assert_eq!(
+            (d.kind, d.offset, d.len),
+            (RequestKind::Discard, 8192, 4096)
         );
-        let req = BlkRequest::parse(HeadChain::new(&m, table, 8, 3), &m, &limits(), &mut iov)
-            .expect("indirect");
-        assert_eq!(req.len, 1024);
-        // A loop (6 -> 7 -> 6 ...) ends after the table's size.
-        put(table, 6, SplitDescriptor::new(HDR, 16, next, 7));
-        put(table, 7, SplitDescriptor::new(DATA, 512, W | next, 6));
-        assert_eq!(HeadChain::new(&m, table, 8, 6).count(), 8);
-        // A head outside the table yields nothing.
-        assert_eq!(HeadChain::new(&m, table, 8, 8).count(), 0);
+        // A header in a device-writable descriptor is still refused.
+        write_header(&m, VIRTIO_BLK_T_IN, 0);
+        assert_eq!(
+            refused(parse_chain(
+                &m,
+                &[(HDR, 8, R), (HDR + 8, 8, W), (STATUS, 1, W)],
+                &limits()
+            )),
+            ParseError::BadHeaderDescriptor
+        );
+    }
+
+    #[test]
+    fn broken_chains_get_no_status_and_long_chains_are_bounded() {
+        let m = mem();
+        write_header(&m, VIRTIO_BLK_T_IN, 0);
+        let vq = MockSplitQueue::new(&m, 16);
+        // 0 -> 1 -> 0: a loop.
+        let next = VRING_DESC_F_NEXT as u16;
+        vq.build_desc_chain(&[
+            RawDescriptor::from(SplitDescriptor::new(HDR, 16, next, 1)),
+            RawDescriptor::from(SplitDescriptor::new(STATUS, 1, W | next, 0)),
+        ])
+        .expect("chain");
+        // build_desc_chain rewrites `next`; point descriptor 1 back at 0 by hand.
+        m.write_obj(
+            RawDescriptor::from(SplitDescriptor::new(STATUS, 1, W | next, 0)),
+            vq.desc_table_addr().unchecked_add(16),
+        )
+        .expect("loop");
+        let e = pop_and_parse(&m, &vq, &limits()).0.expect_err("loop");
+        assert_eq!((e.error, e.status), (ParseError::BrokenChain, None));
+        // A 1000-descriptor chain in a 1024 ring: bounded, refused, status reported.
+        let mut descs = vec![(HDR, 16, R)];
+        descs.extend((0..998u64).map(|i| (DATA + (i % 64) * 512, 512, W)));
+        descs.push((STATUS, 1, W));
+        let e = parse_chain_in_ring(&m, 1024, &descs, &limits()).expect_err("refused");
+        assert_eq!(e.error, ParseError::TooManySegments);
+        assert_eq!(status_gpa(&e), Some(STATUS));
+    }
+
+    #[test]
+    fn transfers_are_capped_and_get_id_fits_any_buffer() {
+        let m = mem();
+        let huge = DeviceLimits {
+            capacity: 1 << 40,
+            ..limits()
+        };
+        write_header(&m, VIRTIO_BLK_T_IN, 0);
+        // Two 80 MiB descriptors (aliasing guest memory is allowed; the total is too large).
+        let e = parse_chain(
+            &m,
+            &[
+                (HDR, 16, R),
+                (0, 80 << 20, W),
+                (0, 80 << 20, W),
+                (STATUS, 1, W),
+            ],
+            &huge,
+        )
+        .expect_err("refused");
+        assert!(matches!(
+            e.error,
+            ParseError::BadLength | ParseError::BadAddress
+        ));
+        write_header(&m, VIRTIO_BLK_T_GET_ID, 0);
+        let g = parse_chain(&m, &[(HDR, 16, R), (DATA, 1, W), (STATUS, 1, W)], &limits())
+            .expect("get id into one byte");
+        assert_eq!((g.len, g.used_len()), (1, 2));
     }
 
     #[test]
@@ -1073,5 +1178,13 @@ mod tests {
         )
         .expect("spanning read");
         assert_eq!((req.len, req.iovcnt), (1024, 2));
+        let huge = DeviceLimits {
+            capacity: 1 << 40,
+            ..limits()
+        };
+        // 126 MiB + 512 of aliased data in one region of a big disk: over MAX_TRANSFER.
+        let big = parse_chain(&m, &[(HDR, 16, R), (0, 0x40000, W), (STATUS, 1, W)], &huge)
+            .expect("256 KiB is fine");
+        assert_eq!(big.len, 0x40000);
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 /// A point in time, in clock ticks. Only differences between ticks read on the same thread
 /// (reactors are pinned) are meaningful.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct Tick(u64);
+pub struct Tick(pub(crate) u64);
 
 fn origin() -> Instant {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
@@ -30,18 +30,38 @@ fn raw() -> u64 {
     origin().elapsed().as_nanos() as u64
 }
 
-/// Nanoseconds per tick, measured once against `Instant` over 20 ms.
+/// One (`Instant`, tick) pair read as close together as this thread manages: the tick read is
+/// bracketed by two, and of a few tries the tightest bracket wins, so a preemption between the
+/// two clocks cannot skew the pair.
+#[cfg(target_arch = "x86_64")]
+fn paired() -> (Instant, u64) {
+    let mut best = (Instant::now(), raw(), u64::MAX);
+    for _ in 0..16 {
+        let a = raw();
+        let t = Instant::now();
+        let b = raw();
+        let width = b.saturating_sub(a);
+        if width < best.2 {
+            best = (t, a + width / 2, width);
+        }
+    }
+    (best.0, best.1)
+}
+
+/// Nanoseconds per tick, measured once against `Instant` over 50 ms with paired reads.
 fn ns_per_tick() -> f64 {
     static RATE: OnceLock<f64> = OnceLock::new();
     *RATE.get_or_init(|| {
-        if cfg!(not(target_arch = "x86_64")) {
-            return 1.0;
+        #[cfg(target_arch = "x86_64")]
+        {
+            let (t0, c0) = paired();
+            std::thread::sleep(Duration::from_millis(50));
+            let (t1, c1) = paired();
+            let ticks = c1.saturating_sub(c0).max(1);
+            (t1 - t0).as_nanos() as f64 / ticks as f64
         }
-        let (t0, c0) = (Instant::now(), raw());
-        std::thread::sleep(Duration::from_millis(20));
-        let (t1, c1) = (Instant::now(), raw());
-        let ticks = c1.saturating_sub(c0).max(1);
-        (t1 - t0).as_nanos() as f64 / ticks as f64
+        #[cfg(not(target_arch = "x86_64"))]
+        1.0
     })
 }
 
@@ -52,7 +72,7 @@ impl Tick {
         Tick(raw())
     }
 
-    /// Measures the clock rate (blocks ~20 ms the first time). Call before latency-sensitive
+    /// Measures the clock rate (blocks ~50 ms the first time). Call before latency-sensitive
     /// threads start, so none of them pays for it.
     pub fn calibrate() {
         let _ = origin();
@@ -65,9 +85,41 @@ impl Tick {
         self.0.saturating_sub(earlier.0)
     }
 
+    /// The raw tick count (for deadlines kept as plain integers).
+    #[inline]
+    pub fn raw(self) -> u64 {
+        self.0
+    }
+
+    /// Ticks per microsecond (at least 1), for turning configured delays into deadlines.
+    pub fn per_micro() -> u64 {
+        ((1000.0 / ns_per_tick()) as u64).max(1)
+    }
+
     /// Converts a tick count to nanoseconds.
     pub fn to_nanos(ticks: u64) -> u64 {
         (ticks as f64 * ns_per_tick()) as u64
+    }
+
+    /// Converts nanoseconds to a tick count (the inverse of [`Tick::to_nanos`]).
+    pub fn from_nanos(ns: u64) -> u64 {
+        (ns as f64 / ns_per_tick()) as u64
+    }
+
+    /// A tick count as a [`Duration`].
+    pub fn to_duration(ticks: u64) -> Duration {
+        Duration::from_nanos(Tick::to_nanos(ticks))
+    }
+
+    /// A [`Duration`] as a tick count (saturating).
+    pub fn from_duration(d: Duration) -> u64 {
+        Tick::from_nanos(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+    }
+
+    /// `ticks` later than `self` (saturating).
+    #[inline]
+    pub fn plus(self, ticks: u64) -> Tick {
+        Tick(self.0.saturating_add(ticks))
     }
 }
 

@@ -2,8 +2,9 @@
 
 use std::fmt;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use crate::reactor::{Reactor, ReactorHandle, ReactorStats};
+use crate::reactor::{PollMode, Reactor, ReactorConfig, ReactorGone, ReactorHandle, ReactorStats};
 
 /// A core list that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,9 +89,65 @@ pub struct ReactorPool {
     threads: Vec<JoinHandle<ReactorStats>>,
 }
 
+/// How long [`ReactorPool::stats`] waits for the reactors' answers.
+pub const STATS_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Starts one reactor thread (pinned to `core` if given) and returns its handle once the
+/// reactor exists.
+fn spawn(
+    id: usize,
+    core: Option<usize>,
+    config: ReactorConfig,
+) -> Result<(ReactorHandle, JoinHandle<ReactorStats>), ReactorPoolError> {
+    let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
+    let thread = std::thread::Builder::new()
+        .name(format!("reactor{id}"))
+        .spawn(move || {
+            crate::sys::set_timer_slack_min();
+            if let Some(core) = core {
+                if !core_affinity::set_for_current(core_affinity::CoreId { id: core }) {
+                    let _ = ready_tx.send(Err(std::io::Error::other(format!(
+                        "cannot pin reactor {id} to cpu {core}"
+                    ))));
+                    return ReactorStats::default();
+                }
+            }
+            match Reactor::with_config(id, core, config) {
+                Ok((reactor, handle)) => {
+                    let _ = ready_tx.send(Ok(handle));
+                    reactor.run()
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    ReactorStats::default()
+                }
+            }
+        })
+        .map_err(ReactorPoolError::Spawn)?;
+    match ready_rx.recv() {
+        Ok(Ok(handle)) => Ok((handle, thread)),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(ReactorPoolError::Spawn(e))
+        }
+        Err(_) => {
+            let _ = thread.join();
+            Err(ReactorPoolError::Spawn(std::io::Error::other(format!(
+                "reactor {id} exited while starting"
+            ))))
+        }
+    }
+}
+
 impl ReactorPool {
-    /// Starts one pinned reactor per core in `cores`.
+    /// Starts one pinned reactor per core in `cores`, in the default configuration (adaptive
+    /// polling).
     pub fn start(cores: &[usize]) -> Result<Self, ReactorPoolError> {
+        Self::start_with(cores, ReactorConfig::default())
+    }
+
+    /// Starts one pinned reactor per core in `cores`, configured.
+    pub fn start_with(cores: &[usize], config: ReactorConfig) -> Result<Self, ReactorPoolError> {
         let available = core_affinity::get_core_ids().unwrap_or_default();
         if let Some(&c) = cores
             .iter()
@@ -98,29 +155,34 @@ impl ReactorPool {
         {
             return Err(ReactorPoolError::NoSuchCore(c));
         }
+        Self::spawn_all(cores.iter().map(|&c| Some(c)), config)
+    }
+
+    /// Starts `count` reactors that are not pinned (tests, and hosts where the scheduler should
+    /// place them).
+    pub fn start_unpinned(count: usize, config: ReactorConfig) -> Result<Self, ReactorPoolError> {
+        Self::spawn_all(std::iter::repeat_n(None, count), config)
+    }
+
+    fn spawn_all(
+        cores: impl Iterator<Item = Option<usize>>,
+        config: ReactorConfig,
+    ) -> Result<Self, ReactorPoolError> {
         crate::clock::Tick::calibrate();
         let mut pool = ReactorPool {
             handles: Vec::new(),
             threads: Vec::new(),
         };
-        for (id, &core) in cores.iter().enumerate() {
-            let (handle, inbox) = Reactor::channel(id, Some(core));
-            let (pinned_tx, pinned_rx) = crossbeam_channel::bounded(1);
-            let thread = std::thread::Builder::new()
-                .name(format!("reactor{id}"))
-                .spawn(move || {
-                    let pinned = core_affinity::set_for_current(core_affinity::CoreId { id: core });
-                    let _ = pinned_tx.send(pinned);
-                    Reactor::with_inbox(id, Some(core), inbox).run()
-                })
-                .map_err(ReactorPoolError::Spawn)?;
-            pool.handles.push(handle);
-            pool.threads.push(thread);
-            if pinned_rx.recv() != Ok(true) {
-                pool.shutdown();
-                return Err(ReactorPoolError::Spawn(std::io::Error::other(format!(
-                    "cannot pin reactor {id} to cpu {core}"
-                ))));
+        for (id, core) in cores.enumerate() {
+            match spawn(id, core, config) {
+                Ok((handle, thread)) => {
+                    pool.handles.push(handle);
+                    pool.threads.push(thread);
+                }
+                Err(e) => {
+                    pool.shutdown();
+                    return Err(e);
+                }
             }
         }
         Ok(pool)
@@ -131,12 +193,36 @@ impl ReactorPool {
         &self.handles
     }
 
-    /// Current busy/idle time of every reactor (asked of each reactor by message).
+    /// Current accounting of every reactor that answers within [`STATS_TIMEOUT`] (asked of all
+    /// reactors at once, by message).
     pub fn stats(&self) -> Vec<ReactorStats> {
-        self.handles
+        self.stats_within(STATS_TIMEOUT)
+    }
+
+    /// Current accounting of every reactor that answers within `timeout` in all.
+    pub fn stats_within(&self, timeout: Duration) -> Vec<ReactorStats> {
+        let deadline = Instant::now() + timeout;
+        let pending: Vec<_> = self
+            .handles
             .iter()
-            .filter_map(|h| h.call(|r| r.stats()).ok())
+            .filter_map(|h| {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                h.send(move |r| {
+                    let _ = tx.send(r.stats());
+                })
+                .ok()
+                .map(|()| rx)
+            })
+            .collect();
+        pending
+            .into_iter()
+            .filter_map(|rx| rx.recv_deadline(deadline).ok())
             .collect()
+    }
+
+    /// Switches every reactor to `mode` (each after its current pass).
+    pub fn set_poll_mode(&self, mode: PollMode) -> Result<(), ReactorGone> {
+        self.handles.iter().try_for_each(|h| h.set_poll_mode(mode))
     }
 
     /// Stops every reactor after its current pass and joins the threads.

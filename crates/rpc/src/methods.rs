@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 use spinblk_bdev::IoOp;
 use spinblk_protocol::{ControllerReport, QueueStats, SocketOptions};
+use spinblk_reactor::{PollMode, Tick};
 use spinblk_target::config::socket_options;
 use spinblk_target::{
     BdevEntry, BdevKind, BdevParams, Coalescing, ControllerEntry, ControllerParams, CoreMask,
@@ -61,6 +62,8 @@ pub const METHODS: &[&str] = &[
     "spinblk_bdev_nvme_delete",
     "spinblk_bdev_set_options",
     "spinblk_get_stats",
+    "spinblk_set_poll_mode",
+    "spinblk_get_poll_mode",
 ];
 
 /// Methods SPDK allows only before initialization (spinblk is always initialized).
@@ -305,6 +308,12 @@ struct GetStats {
     ctrlr: Option<String>,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SetPollMode {
+    mode: String,
+}
+
 fn rate_limits(e: &BdevEntry) -> Value {
     let q = e.qos();
     json!({
@@ -419,9 +428,9 @@ fn bdev_info(e: &BdevEntry) -> Value {
     out
 }
 
-/// SPDK's io stat keys from spinblk's counters. Latency per operation type is not kept yet
-/// (see docs/rpc.md), so its keys are 0.
+/// SPDK's io stat keys from spinblk's counters. Latencies are in nanoseconds (TICK_RATE).
 fn io_stat(s: &QueueStats, out: &mut Map<String, Value>) {
+    let ns = Tick::to_nanos;
     let kv = [
         ("bytes_read", s.read.bytes),
         ("num_read_ops", s.read.ops),
@@ -431,15 +440,15 @@ fn io_stat(s: &QueueStats, out: &mut Map<String, Value>) {
         ("num_unmap_ops", s.discard.ops),
         ("bytes_copied", 0),
         ("num_copy_ops", 0),
-        ("read_latency_ticks", 0),
-        ("max_read_latency_ticks", 0),
-        ("min_read_latency_ticks", 0),
-        ("write_latency_ticks", 0),
-        ("max_write_latency_ticks", 0),
-        ("min_write_latency_ticks", 0),
-        ("unmap_latency_ticks", 0),
-        ("max_unmap_latency_ticks", 0),
-        ("min_unmap_latency_ticks", 0),
+        ("read_latency_ticks", ns(s.read.latency_ticks)),
+        ("max_read_latency_ticks", ns(s.read.max_ticks)),
+        ("min_read_latency_ticks", ns(s.read.min_ticks)),
+        ("write_latency_ticks", ns(s.write.latency_ticks)),
+        ("max_write_latency_ticks", ns(s.write.max_ticks)),
+        ("min_write_latency_ticks", ns(s.write.min_ticks)),
+        ("unmap_latency_ticks", ns(s.discard.latency_ticks)),
+        ("max_unmap_latency_ticks", ns(s.discard.max_ticks)),
+        ("min_unmap_latency_ticks", ns(s.discard.min_ticks)),
         ("copy_latency_ticks", 0),
         ("max_copy_latency_ticks", 0),
         ("min_copy_latency_ticks", 0),
@@ -461,7 +470,7 @@ fn io_stat(s: &QueueStats, out: &mut Map<String, Value>) {
 
 /// spinblk's own statistics object (spinblk_get_stats).
 fn stats_json(s: &QueueStats) -> Value {
-    let l = &s.latency_ns;
+    let l = &s.latency_ns();
     let mut hist = Vec::new();
     if !l.is_empty() {
         for v in l.iter_log(1_000, 2.0) {
@@ -794,6 +803,7 @@ impl SpdkMethods {
             serial: p.serial,
             socket: p.socket.map(PathBuf::from),
             socket_options,
+            coalescing: None,
         };
         self.target
             .create_controller(params)
@@ -1011,6 +1021,7 @@ impl SpdkMethods {
         // Batches are never emitted, so with_batches changes nothing.
         let _ = p.with_batches;
         match p.name.as_str() {
+            "spinblk" => Ok(Value::Array(self.spinblk_config())),
             "bdev" => Ok(Value::Array(self.bdev_config())),
             "vhost_blk" => Ok(Value::Array(self.vhost_blk_config())),
             _ => Err(RpcError::invalid_params("Subsystem not found")),
@@ -1025,13 +1036,15 @@ impl SpdkMethods {
             .iter()
             .map(|r| {
                 let mask = CoreMask::from_cores([r.core]);
+                let st = &r.stats;
+                // spdk_top's decoder takes exactly these keys.
                 json!({
                     "lcore": r.core,
                     "numa_id": r.numa_id,
-                    "tid": r.tid,
-                    "busy": r.stats.busy.as_nanos() as u64,
-                    "idle": r.stats.idle.as_nanos() as u64,
-                    "in_interrupt": false,
+                    "tid": st.tid,
+                    "busy": st.busy.as_nanos() as u64,
+                    "idle": (st.idle + st.sleep).as_nanos() as u64,
+                    "in_interrupt": st.in_interrupt,
                     "irq": r.irq,
                     "sys": r.sys,
                     "usr": r.usr,
@@ -1053,14 +1066,15 @@ impl SpdkMethods {
             .reactors()
             .iter()
             .map(|r| {
+                let st = &r.stats;
                 json!({
                     "name": format!("reactor_{}", r.core),
                     "id": self.thread_id(r.core),
                     "cpumask": CoreMask::from_cores([r.core]).hex(),
-                    "busy": r.stats.busy.as_nanos() as u64,
-                    "idle": r.stats.idle.as_nanos() as u64,
-                    "active_pollers_count": r.stats.pollers,
-                    "timed_pollers_count": 0,
+                    "busy": st.busy.as_nanos() as u64,
+                    "idle": (st.idle + st.sleep).as_nanos() as u64,
+                    "active_pollers_count": st.pollers.saturating_sub(st.timed_pollers),
+                    "timed_pollers_count": st.timed_pollers,
                     "paused_pollers_count": 0,
                 })
             })
@@ -1069,23 +1083,55 @@ impl SpdkMethods {
     }
 
     fn thread_pollers(&self) -> Value {
-        // Per-poller names and counters need the reactor's poller listing (requested from
-        // crates/reactor); until then each thread lists no pollers.
         let threads: Vec<Value> = self
             .target
             .reactors()
             .iter()
             .map(|r| {
+                let poller = |p: &spinblk_reactor::PollerInfo| {
+                    let mut v = json!({
+                        "name": p.name,
+                        "id": p.id.get(),
+                        "state": "waiting",
+                        "run_count": p.run_count,
+                        "busy_count": p.busy_count,
+                    });
+                    if let Some(period) = p.period {
+                        v["period_ticks"] = json!(period.as_nanos() as u64);
+                    }
+                    v
+                };
+                let active: Vec<Value> = r
+                    .pollers
+                    .iter()
+                    .filter(|p| p.period.is_none())
+                    .map(poller)
+                    .collect();
+                let timed: Vec<Value> = r
+                    .pollers
+                    .iter()
+                    .filter(|p| p.period.is_some())
+                    .map(poller)
+                    .collect();
                 json!({
                     "name": format!("reactor_{}", r.core),
                     "id": self.thread_id(r.core),
-                    "active_pollers": [],
-                    "timed_pollers": [],
+                    "active_pollers": active,
+                    "timed_pollers": timed,
                     "paused_pollers": [],
                 })
             })
             .collect();
         json!({ "tick_rate": TICK_RATE, "threads": threads })
+    }
+
+    /// spinblk's own subsystem: the poll mode, when it is not the default.
+    pub fn spinblk_config(&self) -> Vec<Value> {
+        let mode = self.target.poll_mode();
+        if mode == PollMode::default() {
+            return Vec::new();
+        }
+        vec![json!({ "method": "spinblk_set_poll_mode", "params": { "mode": mode.to_string() } })]
     }
 
     fn stats(&self, params: Option<&Value>) -> Result<Value, RpcError> {
@@ -1155,6 +1201,7 @@ impl SpdkMethods {
             "framework_get_subsystems" => {
                 no_params(method, params)?;
                 Ok(json!([
+                    { "subsystem": "spinblk", "depends_on": [] },
                     { "subsystem": "bdev", "depends_on": [] },
                     { "subsystem": "vhost_blk", "depends_on": ["bdev"] },
                 ]))
@@ -1206,6 +1253,21 @@ impl SpdkMethods {
             "vhost_get_controllers" => self.get_controllers(params),
             "vhost_controller_set_coalescing" => self.set_coalescing(params),
             "spinblk_get_stats" => self.stats(params),
+            "spinblk_set_poll_mode" => {
+                let p: SetPollMode = decode(method, params)?;
+                let mode: PollMode =
+                    p.mode
+                        .parse()
+                        .map_err(|e: spinblk_reactor::UnknownPollMode| {
+                            RpcError::invalid_params(e.to_string())
+                        })?;
+                self.target.set_poll_mode(mode).map_err(target_error)?;
+                Ok(Value::Bool(true))
+            }
+            "spinblk_get_poll_mode" => {
+                no_params(method, params)?;
+                Ok(json!({ "mode": self.target.poll_mode().to_string() }))
+            }
             _ => Err(RpcError::method_not_found()),
         }
     }

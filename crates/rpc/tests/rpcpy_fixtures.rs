@@ -56,6 +56,7 @@ fn every_captured_rpcpy_request_is_accepted() {
             cores: vec![0],
             socket_dir: scratch.clone(),
             socket: SocketOptions::default(),
+            poll_mode: spinblk_target::PollMode::default(),
         })
         .expect("target starts"),
     );

@@ -10,8 +10,9 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use crate::bdev::{BdevKind, BdevParams, FileFlavor};
-use crate::target::{ControllerParams, DEFAULT_NUM_QUEUES};
-use spinblk_protocol::{parse_socket_mode, resolve_group, SocketOptions};
+use crate::target::{ControllerParams, DEFAULT_IOPS_THRESHOLD, DEFAULT_NUM_QUEUES};
+use spinblk_protocol::{parse_socket_mode, resolve_group, Coalescing, SocketOptions};
+use spinblk_reactor::PollMode;
 
 /// Parses "4096", "64K", "512M", "1G", "2T" (binary multiples).
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -61,6 +62,9 @@ pub struct TargetConfig {
     /// Group of every controller socket (a name or a gid).
     #[serde(default)]
     pub socket_group: Option<String>,
+    /// Reactor poll mode: "adaptive" (default) or "busy".
+    #[serde(default)]
+    pub poll_mode: Option<String>,
 }
 
 /// What kind of block device.
@@ -234,6 +238,12 @@ pub struct ControllerConfig {
     /// Group of this controller's socket (default: the target's).
     #[serde(default)]
     pub socket_group: Option<String>,
+    /// Interrupt coalescing base delay in microseconds (SPDK's delay_base_us; default 0: off).
+    #[serde(default)]
+    pub delay_base_us: Option<u32>,
+    /// Interrupt coalescing IOPS threshold (default 60000).
+    #[serde(default)]
+    pub iops_threshold: Option<u32>,
 }
 
 /// Socket permissions from a mode and a group given as text, over `base`.
@@ -347,7 +357,7 @@ pub fn parse_kv(text: &str) -> Result<Value, String> {
                     .collect::<Result<Vec<_>, _>>()?;
                 map.insert(key, Value::Array(cores));
             }
-            "num_queues" | "block_size" => {
+            "num_queues" | "block_size" | "delay_base_us" | "iops_threshold" => {
                 let n: u64 = value
                     .parse()
                     .map_err(|_| format!("{key} must be a number"))?;
@@ -402,11 +412,26 @@ impl ResolvedController {
             serial: c.serial.clone(),
             socket: Some(self.socket.clone()),
             socket_options: self.socket_options,
+            coalescing: c.delay_base_us.map(|delay_base_us| Coalescing {
+                delay_base_us,
+                iops_threshold: c.iops_threshold.unwrap_or(DEFAULT_IOPS_THRESHOLD),
+            }),
         }
     }
 }
 
 impl TargetConfig {
+    /// The poll mode this configuration asks for, if any.
+    pub fn poll_mode(&self) -> Result<Option<PollMode>, String> {
+        self.poll_mode
+            .as_deref()
+            .map(|m| {
+                m.parse()
+                    .map_err(|e: spinblk_reactor::UnknownPollMode| e.to_string())
+            })
+            .transpose()
+    }
+
     /// The default socket permissions this configuration asks for, over `base`.
     pub fn socket_options(&self, base: SocketOptions) -> Result<SocketOptions, String> {
         socket_options(
@@ -424,6 +449,7 @@ impl TargetConfig {
         socket_dir: &std::path::Path,
     ) -> Result<(Vec<usize>, Vec<ResolvedController>), String> {
         self.socket_options(SocketOptions::default())?;
+        self.poll_mode()?;
         let mut bdev_index = HashMap::new();
         for (i, b) in self.bdevs.iter().enumerate() {
             b.check()?;
@@ -584,6 +610,22 @@ mod tests {
         );
         let d = controller_from_kv("name=vm1,bdev=m0,socket-mode=0660").expect("no socket");
         assert_eq!((d.socket, d.socket_mode.as_deref()), (None, Some("0660")));
+        let co = controller_from_kv("bdev=m0,delay-base-us=20,iops-threshold=5000").expect("co");
+        let r = ResolvedController {
+            config: co.clone(),
+            name: "x".into(),
+            bdev: 0,
+            queue_cores: vec![0],
+            socket: "/s".into(),
+            socket_options: None,
+        };
+        assert_eq!(
+            r.params("m0").coalescing,
+            Some(Coalescing {
+                delay_base_us: 20,
+                iops_threshold: 5000
+            })
+        );
     }
 
     #[test]
@@ -673,6 +715,7 @@ mod tests {
             stats_interval: None,
             socket_mode: None,
             socket_group: None,
+            poll_mode: None,
         }
     }
 

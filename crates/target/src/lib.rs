@@ -19,8 +19,10 @@ pub use bdev::{
 };
 pub use cpumask::{BadCpuMask, CoreMask, MAX_CORES};
 pub use error::TargetError;
+pub use spinblk_protocol::Coalescing;
+pub use spinblk_reactor::PollMode;
 pub use target::{
-    Coalescing, ControllerEntry, ControllerParams, ReactorInfo, Target, TargetOptions,
-    DEFAULT_IOPS_THRESHOLD, DEFAULT_NUM_QUEUES, DELETE_TIMEOUT, REACTOR_TIMEOUT,
+    ControllerEntry, ControllerParams, ReactorInfo, Target, TargetOptions, DEFAULT_IOPS_THRESHOLD,
+    DEFAULT_NUM_QUEUES, DELETE_TIMEOUT, REACTOR_TIMEOUT,
 };
 pub use uuid::{BadUuid, Uuid};

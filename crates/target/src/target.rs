@@ -9,10 +9,12 @@ use std::time::{Duration, Instant};
 use log::{info, warn};
 use spinblk_bdev::IoOp;
 use spinblk_protocol::{
-    serial_bytes, Controller, ControllerReport, ControllerSpec, DeviceInfo, DeviceLimits,
-    QueueStats, SessionInfo, SocketOptions, ID_BYTES,
+    serial_bytes, Coalescing, Controller, ControllerReport, ControllerSpec, DeviceInfo,
+    DeviceLimits, QueueStats, SessionInfo, SocketOptions, ID_BYTES,
 };
-use spinblk_reactor::{ReactorHandle, ReactorPool, ReactorStats};
+use spinblk_reactor::{
+    PollMode, PollerInfo, ReactorConfig, ReactorHandle, ReactorPool, ReactorStats,
+};
 
 use crate::bdev::{check_name, BdevEntry, BdevEvent, BdevParams, BdevRegistry, ListenerId};
 use crate::cpumask::CoreMask;
@@ -37,6 +39,8 @@ pub struct TargetOptions {
     pub socket_dir: PathBuf,
     /// Default permissions of controller sockets.
     pub socket: SocketOptions,
+    /// How the reactors poll (adaptive: sleep when idle; busy: always spin).
+    pub poll_mode: PollMode,
 }
 
 /// Everything needed to create a controller.
@@ -60,6 +64,8 @@ pub struct ControllerParams {
     pub socket: Option<PathBuf>,
     /// Socket permissions (default: the target's).
     pub socket_options: Option<SocketOptions>,
+    /// Interrupt coalescing from the start (default: off).
+    pub coalescing: Option<Coalescing>,
 }
 
 impl ControllerParams {
@@ -75,24 +81,7 @@ impl ControllerParams {
             serial: None,
             socket: None,
             socket_options: None,
-        }
-    }
-}
-
-/// Interrupt coalescing settings of a controller (SPDK's vhost_controller_set_coalescing).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Coalescing {
-    /// Base delay in microseconds; 0 = off.
-    pub delay_base_us: u32,
-    /// IOPS above which coalescing applies.
-    pub iops_threshold: u32,
-}
-
-impl Default for Coalescing {
-    fn default() -> Self {
-        Coalescing {
-            delay_base_us: 0,
-            iops_threshold: DEFAULT_IOPS_THRESHOLD,
+            coalescing: None,
         }
     }
 }
@@ -105,7 +94,6 @@ pub struct ControllerEntry {
     socket: PathBuf,
     bdev: Arc<BdevEntry>,
     controller: Controller,
-    coalescing: Mutex<Coalescing>,
     listener: ListenerId,
 }
 
@@ -161,7 +149,7 @@ impl ControllerEntry {
 
     /// The interrupt coalescing settings.
     pub fn coalescing(&self) -> Coalescing {
-        *lock(&self.coalescing)
+        self.controller.coalescing()
     }
 
     /// The GET_ID serial it answers.
@@ -180,15 +168,16 @@ enum CtrlSlot {
     Ready(Arc<ControllerEntry>),
 }
 
-/// One reactor as the framework_get_reactors / thread_get_stats methods report it.
+/// One reactor as the framework_get_reactors / thread_get_stats / thread_get_pollers methods
+/// report it.
 #[derive(Debug, Clone)]
 pub struct ReactorInfo {
-    /// Busy/idle accounting from the reactor itself.
+    /// Busy/idle/sleep accounting from the reactor itself (its thread id included).
     pub stats: ReactorStats,
+    /// Its pollers, with their run and busy counts.
+    pub pollers: Vec<PollerInfo>,
     /// The core it is pinned to.
     pub core: usize,
-    /// Its thread's kernel id.
-    pub tid: u64,
     /// The core's NUMA node (-1 if unknown).
     pub numa_id: i32,
     /// User, system and interrupt time (irq + softirq) of the core since the target started,
@@ -211,6 +200,7 @@ pub struct Target {
     controllers: Mutex<BTreeMap<String, CtrlSlot>>,
     started: Instant,
     proc_stat_base: HashMap<usize, (u64, u64, u64)>,
+    poll_mode: Mutex<PollMode>,
     /// Held while a bdev's statistics are summed and while a deleted controller's totals move
     /// into its bdev's retired counts, so a sum sees each controller exactly once.
     stats_lock: Mutex<()>,
@@ -225,8 +215,14 @@ impl Target {
         opts.socket
             .check()
             .map_err(|e| TargetError::Invalid(e.to_string()))?;
-        let pool = ReactorPool::start(&opts.cores)
-            .map_err(|e| TargetError::Invalid(format!("cannot start reactors: {e}")))?;
+        let pool = ReactorPool::start_with(
+            &opts.cores,
+            ReactorConfig {
+                poll_mode: opts.poll_mode,
+                ..ReactorConfig::default()
+            },
+        )
+        .map_err(|e| TargetError::Invalid(format!("cannot start reactors: {e}")))?;
         let reactors = pool.handles().to_vec();
         let by_core = reactors
             .iter()
@@ -235,7 +231,6 @@ impl Target {
         let proc_stat_base = proc_stat();
         Ok(Target {
             app_mask: CoreMask::from_cores(opts.cores.iter().copied()),
-            opts,
             pool: Mutex::new(Some(pool)),
             reactors,
             by_core,
@@ -243,13 +238,34 @@ impl Target {
             controllers: Mutex::new(BTreeMap::new()),
             started: Instant::now(),
             proc_stat_base,
+            poll_mode: Mutex::new(opts.poll_mode),
             stats_lock: Mutex::new(()),
+            opts,
         })
     }
 
     /// The options it started with.
     pub fn options(&self) -> &TargetOptions {
         &self.opts
+    }
+
+    /// How the reactors poll now.
+    pub fn poll_mode(&self) -> PollMode {
+        *lock(&self.poll_mode)
+    }
+
+    /// Switches every reactor's poll mode (each after its current pass).
+    pub fn set_poll_mode(&self, mode: PollMode) -> Result<(), TargetError> {
+        let pool = lock(&self.pool);
+        let pool = pool
+            .as_ref()
+            .ok_or_else(|| TargetError::Busy("the target is shutting down".into()))?;
+        pool.set_poll_mode(mode).map_err(|e| {
+            TargetError::System("reactor".into(), std::io::Error::other(e.to_string()))
+        })?;
+        *lock(&self.poll_mode) = mode;
+        info!("poll mode: {mode}");
+        Ok(())
     }
 
     /// The app's cores.
@@ -424,6 +440,23 @@ impl Target {
             ctrls.insert(params.name.clone(), CtrlSlot::Creating);
         }
         let made = self.make_controller(&params, cores, queue_cores, socket, &socket_opts);
+        let made = made.and_then(|entry| match params.coalescing {
+            Some(c) => match check_coalescing(c).and_then(|()| {
+                entry
+                    .controller
+                    .set_coalescing(c.delay_base_us, c.iops_threshold)
+                    .map_err(TargetError::Invalid)
+            }) {
+                Ok(()) => Ok(entry),
+                Err(e) => {
+                    let report = entry.controller.delete(DELETE_TIMEOUT);
+                    entry.bdev.unsubscribe(entry.listener);
+                    entry.bdev.release(&entry.params.name, Some(&report.total));
+                    Err(e)
+                }
+            },
+            None => Ok(entry),
+        });
         let mut ctrls = lock(&self.controllers);
         match made {
             Ok(entry) => {
@@ -509,6 +542,8 @@ impl Target {
             params.num_queues,
             queue_cores
         );
+        // SPDK's defaults: off, with a 60000 IOPS threshold once a delay is set.
+        let _ = controller.set_coalescing(0, DEFAULT_IOPS_THRESHOLD);
         Ok(Arc::new(ControllerEntry {
             params: params.clone(),
             cores,
@@ -516,7 +551,6 @@ impl Target {
             socket,
             bdev,
             controller,
-            coalescing: Mutex::new(Coalescing::default()),
             listener,
         }))
     }
@@ -551,27 +585,19 @@ impl Target {
         Ok(report)
     }
 
-    /// Sets a controller's interrupt coalescing (SPDK's rules: iops_threshold of at least 100,
-    /// a delay below one second).
+    /// Sets a controller's interrupt coalescing, applied to its running queues at once (SPDK's
+    /// rules: an iops_threshold that leaves one request per 10 ms interval, a delay below one
+    /// second).
     pub fn set_coalescing(&self, name: &str, c: Coalescing) -> Result<(), TargetError> {
         let entry = self.controller(name).ok_or_else(|| TargetError::NotFound {
             what: "controller",
             name: name.to_string(),
         })?;
-        if c.iops_threshold < 100 {
-            return Err(TargetError::Invalid(format!(
-                "iops_threshold {} is too low (at least 100)",
-                c.iops_threshold
-            )));
-        }
-        if c.delay_base_us >= 1_000_000 {
-            return Err(TargetError::Invalid(format!(
-                "delay_base_us {} is too big (below 1000000)",
-                c.delay_base_us
-            )));
-        }
-        *lock(&entry.coalescing) = c;
-        Ok(())
+        check_coalescing(c)?;
+        entry
+            .controller
+            .set_coalescing(c.delay_base_us, c.iops_threshold)
+            .map_err(TargetError::Invalid)
     }
 
     /// Handles of the reactors, in core-list order.
@@ -589,9 +615,7 @@ impl Target {
                 let (tx, rx) = crossbeam_channel::bounded(1);
                 let sent = h
                     .send(move |r| {
-                        // SAFETY: gettid(2) has no preconditions.
-                        let tid = unsafe { libc::gettid() } as u64;
-                        let _ = tx.send((r.stats(), tid));
+                        let _ = tx.send((r.stats(), r.poller_info()));
                     })
                     .is_ok();
                 (h, sent.then_some(rx))
@@ -602,7 +626,7 @@ impl Target {
         let mut out = Vec::new();
         for (h, rx) in asked {
             let Some(rx) = rx else { continue };
-            let Ok((stats, tid)) = rx.recv_deadline(deadline) else {
+            let Ok((stats, pollers)) = rx.recv_deadline(deadline) else {
                 warn!(
                     "reactor {} did not answer a statistics request in time",
                     h.id()
@@ -614,8 +638,8 @@ impl Target {
             let cur = now.get(&core).copied().unwrap_or(base);
             out.push(ReactorInfo {
                 stats,
+                pollers,
                 core,
-                tid,
                 numa_id: numa_node(core),
                 usr: cur.0.saturating_sub(base.0),
                 sys: cur.1.saturating_sub(base.1),
@@ -651,6 +675,21 @@ impl Drop for Target {
             self.shutdown();
         }
     }
+}
+
+/// The limits the target adds to the protocol's own check: a delay below one second (SPDK: its
+/// tick count must fit 32 bits) and a threshold above 0.
+fn check_coalescing(c: Coalescing) -> Result<(), TargetError> {
+    if c.delay_base_us >= 1_000_000 {
+        return Err(TargetError::Invalid(format!(
+            "delay_base_us {} is too big (below 1000000)",
+            c.delay_base_us
+        )));
+    }
+    if c.iops_threshold == 0 {
+        return Err(TargetError::Invalid("iops_threshold must be > 0".into()));
+    }
+    Ok(())
 }
 
 /// Per-core (user, system, irq + softirq) clock ticks from /proc/stat.

@@ -5,7 +5,6 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::os::unix::fs::FileTypeExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -237,30 +236,4 @@ impl RawRpc {
             e["message"].as_str().unwrap_or("").to_string(),
         )
     }
-}
-
-/// Waits until `path` is a socket.
-pub fn wait_for_socket(path: &Path, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    while !std::fs::metadata(path).is_ok_and(|m| m.file_type().is_socket()) {
-        assert!(
-            Instant::now() < deadline,
-            "{} did not appear within {timeout:?}",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// (open fds, mappings, threads) of a process, from /proc.
-pub fn footprint(pid: u32) -> (usize, usize, usize) {
-    let count = |what: &str| {
-        std::fs::read_dir(format!("/proc/{pid}/{what}"))
-            .map(|d| d.count())
-            .unwrap_or(0)
-    };
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
-        .map(|m| m.lines().count())
-        .unwrap_or(0);
-    (count("fd"), maps, count("task"))
 }

@@ -1,4 +1,4 @@
-//! A vhost-user-blk verify client (libblkio): writes a pattern through a running spinblk,
+//! A vhost-user-blk verify client (libblkio, data from the test kit's `pattern_at`): writes a pattern through a running spinblk,
 //! flushes, reads it back with a different request layout and compares, then checks that
 //! write-zeroes (and, with `--discard-reads-zeroes`, discard) read back as zeroes. Used by
 //! scripts/nvme-vm-test.sh to run data through spinblk's NVMe passthrough bdev; `--dump FILE`
@@ -18,20 +18,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use blkio::{Blkio, Blkioq, Completion, ReqFlags};
+use spinblk_testkit::{first_difference, pattern_at};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-fn pattern(seed: u64, at: u64, len: usize) -> Vec<u8> {
-    (0..len as u64)
-        .map(|i| {
-            let mut x = ((at + i) / 8) ^ seed.wrapping_mul(0x9e37_79b9_7f4a_7c15);
-            x ^= x >> 31;
-            x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            x ^= x >> 27;
-            (x >> (8 * ((at + i) % 8))) as u8
-        })
-        .collect()
-}
 
 /// One request for [`run`].
 enum Req {
@@ -144,7 +133,7 @@ fn verify(
         .get_u64("mem-region-alignment")
         .map_err(|e| e.to_string())? as usize;
     println!("VHOST-INFO capacity={capacity} max-segment-len={max_seg}");
-    if offset + len as u64 > capacity || len < (4 << 20) || !len.is_multiple_of(1 << 20) {
+    if offset + len as u64 > capacity || len < (4 << 20) || len % (1 << 20) != 0 {
         return Err(format!(
             "range {offset}+{len} must fit the capacity {capacity}, be whole MiB, >= 4 MiB"
         ));
@@ -181,7 +170,7 @@ fn verify(
     };
 
     // Writes of assorted sizes (4 KiB .. 1 MiB), each in up to three segments.
-    let mut model = pattern(seed, offset, len);
+    let mut model = pattern_at(seed, offset, len);
     w.copy_from_slice(&model);
     let sizes = [4096usize, 65536, 131072, 12288, 1 << 20, 8192, 524288];
     let mut reqs = Vec::new();
@@ -221,7 +210,7 @@ fn verify(
             .collect();
         run(q, &reqs)
     };
-    let diff = |a: &[u8], b: &[u8]| match a.iter().zip(b).position(|(x, y)| x != y) {
+    let diff = |a: &[u8], b: &[u8]| match first_difference(a, b) {
         Some(i) => format!("first difference at +{i}"),
         None => "equal".to_string(),
     };

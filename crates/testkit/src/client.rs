@@ -1,409 +1,28 @@
-//! Shared helpers for the spinblk integration tests: start the real target binary on a private
-//! unix socket, connect to it with libblkio's `virtio-blk-vhost-user` driver, and issue
-//! synchronous requests (submit, wait for the completion, return the virtio-blk `ret`).
-//!
-//! Setting `SPINBLK_TEST_TARGET=qemu-storage-daemon` runs the same tests against
-//! `qemu-storage-daemon` (a file-backed or `null-co` export) as a reference implementation, to tell
-//! test bugs from target bugs.
-#![allow(dead_code)]
+//! A libblkio `virtio-blk-vhost-user` client: the well-behaved frontend the tests drive the
+//! target with. Request helpers are synchronous: submit, wait for the completion, return the
+//! virtio-blk `ret` (0 = success, negative errno otherwise).
 
-use std::fs::{self, File};
 use std::marker::PhantomData;
 use std::mem::MaybeUninit;
-use std::os::unix::fs::FileTypeExt;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use blkio::{Blkio, Blkioq, Completion, Errno, MemoryRegion, ReqFlags};
 
-pub const KIB: u64 = 1 << 10;
-pub const MIB: u64 = 1 << 20;
-pub const GIB: u64 = 1 << 30;
+use crate::data::POISON;
 
-/// How long the target may take to create its socket, and a request to complete.
-pub const STARTUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a request may take to complete.
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Bytes of the shared memory region each client queue owns for its buffers.
 pub const SLOT_LEN: usize = 4 << 20;
 
-/// A polled-mode target spins a core; running several test targets at once on a small machine
-/// only makes every one of them slow. Each [`Target`] holds this lock for its whole life, so the
-/// tests in one binary take turns.
-static ONE_TARGET_AT_A_TIME: Mutex<()> = Mutex::new(());
-static NEXT_ID: AtomicUsize = AtomicUsize::new(0);
-
-/// What the target serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    /// No backend flag: the documented default (a 1 GiB malloc disk).
-    Default,
-    /// `--malloc SIZE`.
-    Malloc(u64),
-    /// `--null SIZE`.
-    Null(u64),
-}
-
-/// The command line of one target.
-#[derive(Clone, Debug)]
-pub struct TargetConfig {
-    pub backend: Backend,
-    pub block_size: Option<u32>,
-    pub readonly: bool,
-    pub num_queues: Option<u32>,
-    pub serial: Option<String>,
-    pub cpus: Option<String>,
-}
-
-impl TargetConfig {
-    pub fn malloc(size: u64) -> Self {
-        Self::new(Backend::Malloc(size))
-    }
-
-    pub fn null(size: u64) -> Self {
-        Self::new(Backend::Null(size))
-    }
-
-    pub fn new(backend: Backend) -> Self {
-        TargetConfig {
-            backend,
-            block_size: None,
-            readonly: false,
-            num_queues: None,
-            serial: None,
-            cpus: None,
-        }
-    }
-
-    pub fn block_size(mut self, bs: u32) -> Self {
-        self.block_size = Some(bs);
-        self
-    }
-
-    pub fn readonly(mut self) -> Self {
-        self.readonly = true;
-        self
-    }
-
-    pub fn num_queues(mut self, n: u32) -> Self {
-        self.num_queues = Some(n);
-        self
-    }
-
-    pub fn serial(mut self, s: &str) -> Self {
-        self.serial = Some(s.to_string());
-        self
-    }
-
-    /// The disk size the target should report.
-    pub fn expected_capacity(&self) -> u64 {
-        match self.backend {
-            Backend::Default => GIB,
-            Backend::Malloc(s) | Backend::Null(s) => s,
-        }
-    }
-}
-
-/// Formats `bytes` with the largest K/M/G suffix that divides it, as the CLI accepts.
-pub fn size_arg(bytes: u64) -> String {
-    for (suffix, unit) in [("G", GIB), ("M", MIB), ("K", KIB)] {
-        if bytes >= unit && bytes / unit * unit == bytes {
-            return format!("{}{suffix}", bytes / unit);
-        }
-    }
-    bytes.to_string()
-}
-
-/// Whether the tests run against qemu-storage-daemon instead of spinblk.
-pub fn reference_target() -> bool {
-    std::env::var("SPINBLK_TEST_TARGET").is_ok_and(|v| v == "qemu-storage-daemon")
-}
-
-/// A private directory under the system temp dir, removed on drop.
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let dir =
-            std::env::temp_dir().join(format!("spinblk-{tag}-{}-{id}-{nanos}", std::process::id()));
-        fs::create_dir_all(&dir).expect("create test temp dir");
-        TempDir(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A running target process. Dropping it kills the process (so a failing test leaves nothing
-/// behind) and, if the test is panicking, prints the target's output (so panic messages need not
-/// include it).
-pub struct Target {
-    child: Child,
-    socket: PathBuf,
-    log: PathBuf,
-    pub config: TargetConfig,
-    // Dropped after the child is killed: the socket and log live in here.
-    dir: TempDir,
-    _turn: MutexGuard<'static, ()>,
-}
-
-impl Target {
-    /// Starts a target and waits for its socket to appear.
-    pub fn start(config: TargetConfig) -> Target {
-        let turn = ONE_TARGET_AT_A_TIME
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let dir = TempDir::new("test");
-        let socket = dir.path().join("vhost.sock");
-        let log = dir.path().join("target.log");
-        let mut cmd = if reference_target() {
-            reference_command(&config, &socket, dir.path())
-        } else {
-            spinblk_command(&config, &socket)
-        };
-        let out = File::create(&log).expect("create target log");
-        let err = out.try_clone().expect("clone target log fd");
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err))
-            .env("RUST_BACKTRACE", "1");
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("failed to spawn {cmd:?}: {e}"));
-        let mut target = Target {
-            child,
-            socket,
-            log,
-            config,
-            dir,
-            _turn: turn,
-        };
-        let socket = target.socket.clone();
-        target.wait_for_socket(&socket, &format!("{cmd:?}"));
-        target
-    }
-
-    /// Starts spinblk with `args`, in which `{dir}` stands for the target's private directory,
-    /// and waits for each of `sockets` (file names in that directory) to appear.
-    pub fn start_args(args: &[&str], sockets: &[&str]) -> Target {
-        let turn = ONE_TARGET_AT_A_TIME
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let dir = TempDir::new("test");
-        let d = dir.path().display().to_string();
-        let log = dir.path().join("target.log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spinblk"));
-        cmd.args(args.iter().map(|a| a.replace("{dir}", &d)));
-        let out = File::create(&log).expect("create target log");
-        let err = out.try_clone().expect("clone target log fd");
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(out))
-            .stderr(Stdio::from(err));
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("failed to spawn {cmd:?}: {e}"));
-        // With no socket named (they live elsewhere), the caller waits for them itself.
-        let socket = dir
-            .path()
-            .join(sockets.first().copied().unwrap_or("vhost.sock"));
-        let mut target = Target {
-            child,
-            socket,
-            log,
-            config: TargetConfig::new(Backend::Default),
-            dir,
-            _turn: turn,
-        };
-        for name in sockets {
-            let path = target.socket_named(name);
-            target.wait_for_socket(&path, &format!("{cmd:?}"));
-        }
-        target
-    }
-
-    /// The target's process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// The path of socket `name` in the target's directory.
-    pub fn socket_named(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Sends `signal` (e.g. libc::SIGTERM) and waits up to 30 s for the target to exit; returns
-    /// its exit code and everything it printed.
-    pub fn stop_with(&mut self, signal: i32) -> (Option<i32>, String) {
-        let pid = self.child.id() as i32;
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        unsafe { libc::kill(pid, signal) };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let code = loop {
-            if let Some(status) = self.child.try_wait().expect("poll target process") {
-                break status.code();
-            }
-            assert!(Instant::now() < deadline, "target ignored signal {signal}");
-            std::thread::sleep(Duration::from_millis(20));
-        };
-        (code, fs::read_to_string(&self.log).unwrap_or_default())
-    }
-
-    /// Sends SIGUSR1 and returns the output that appeared within `wait`.
-    pub fn dump_stats(&mut self, wait: Duration) -> String {
-        let before = fs::read_to_string(&self.log).unwrap_or_default().len();
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGUSR1) };
-        std::thread::sleep(wait);
-        let all = fs::read_to_string(&self.log).unwrap_or_default();
-        all.get(before..).unwrap_or_default().to_string()
-    }
-
-    fn wait_for_socket(&mut self, socket: &Path, cmdline: &str) {
-        let deadline = Instant::now() + STARTUP_TIMEOUT;
-        loop {
-            if let Ok(meta) = fs::metadata(socket) {
-                if meta.file_type().is_socket() {
-                    return;
-                }
-            }
-            if let Some(status) = self.child.try_wait().expect("poll target process") {
-                panic!(
-                    "target exited with {status} before creating its socket\ncommand: {cmdline}"
-                );
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "target did not create {} within {STARTUP_TIMEOUT:?}\ncommand: {cmdline}",
-                    socket.display()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
-    /// Everything the target wrote to stdout and stderr so far.
-    pub fn output(&self) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        format!("--- target output ---\n{text}--- end of target output ---")
-    }
-
-    /// Panics if the process has exited.
-    pub fn assert_running(&mut self) {
-        if let Some(status) = self.child.try_wait().expect("poll target process") {
-            panic!("target exited unexpectedly with {status}");
-        }
-    }
-
-    /// Connects a client with one queue and starts it.
-    pub fn connect(&self) -> Client {
-        self.connect_with(ClientConfig::default())
-    }
-
-    /// Connects and starts a client, panicking on failure.
-    pub fn connect_with(&self, cfg: ClientConfig) -> Client {
-        Client::connect(&self.socket, cfg)
-            .unwrap_or_else(|e| panic!("client failed to connect: {e}"))
-    }
-}
-
-impl Drop for Target {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("{}", self.output());
-        }
-    }
-}
-
-fn spinblk_command(config: &TargetConfig, socket: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_spinblk"));
-    cmd.arg("--socket").arg(socket);
-    match config.backend {
-        Backend::Default => {}
-        Backend::Malloc(size) => {
-            cmd.arg("--malloc").arg(size_arg(size));
-        }
-        Backend::Null(size) => {
-            cmd.arg("--null").arg(size_arg(size));
-        }
-    }
-    if let Some(bs) = config.block_size {
-        cmd.arg("--block-size").arg(bs.to_string());
-    }
-    if config.readonly {
-        cmd.arg("--readonly");
-    }
-    if let Some(serial) = &config.serial {
-        cmd.arg("--serial").arg(serial);
-    }
-    if let Some(cpus) = &config.cpus {
-        cmd.arg("--cpus").arg(cpus);
-    }
-    if let Some(n) = config.num_queues {
-        cmd.arg("--num-queues").arg(n.to_string());
-    }
-    cmd
-}
-
-/// The equivalent qemu-storage-daemon export (reference mode only).
-fn reference_command(config: &TargetConfig, socket: &Path, dir: &Path) -> Command {
-    let size = config.expected_capacity();
-    let blockdev = match config.backend {
-        Backend::Default | Backend::Malloc(_) => {
-            let img = dir.join("disk.img");
-            File::create(&img)
-                .and_then(|f| f.set_len(size))
-                .expect("create reference disk image");
-            format!(
-                "driver=file,node-name=disk,filename={},discard=unmap",
-                img.display()
-            )
-        }
-        Backend::Null(_) => format!("driver=null-co,node-name=disk,size={size},read-zeroes=on"),
-    };
-    let mut export = format!(
-        "type=vhost-user-blk,id=exp,node-name=disk,addr.type=unix,addr.path={},writable={}",
-        socket.display(),
-        if config.readonly { "off" } else { "on" }
-    );
-    if let Some(bs) = config.block_size {
-        export.push_str(&format!(",logical-block-size={bs}"));
-    }
-    if let Some(n) = config.num_queues {
-        export.push_str(&format!(",num-queues={n}"));
-    }
-    let mut cmd = Command::new("qemu-storage-daemon");
-    cmd.arg("--blockdev")
-        .arg(blockdev)
-        .arg("--export")
-        .arg(export);
-    cmd
-}
-
 /// How a client is set up before `start`.
 #[derive(Clone, Copy, Debug)]
 pub struct ClientConfig {
+    /// libblkio's `num-queues`.
     pub num_queues: i32,
+    /// libblkio's `queue-size` (ring entries).
     pub queue_size: i32,
     /// libblkio's `read-only` property (must be set when the device reports VIRTIO_BLK_F_RO).
     pub read_only: bool,
@@ -422,11 +41,14 @@ impl Default for ClientConfig {
 /// A failed client setup step.
 #[derive(Debug)]
 pub struct ConnectError {
+    /// The libblkio call that failed.
     pub step: &'static str,
+    /// Its error.
     pub error: blkio::Error,
 }
 
 impl ConnectError {
+    /// The error's errno.
     pub fn errno(&self) -> Errno {
         self.error.errno()
     }
@@ -486,10 +108,15 @@ pub fn connect_only(socket: &Path, cfg: ClientConfig) -> Result<Blkio, ConnectEr
 /// Transfer limits the device advertised (0 = none advertised).
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
+    /// `request-alignment` (the logical block size).
     pub request_alignment: u64,
+    /// `max-segment-len` (the device's `size_max`).
     pub max_segment_len: usize,
+    /// `max-segments` (the device's `seg_max`).
     pub max_segments: usize,
+    /// `max-discard-len`.
     pub max_discard_len: u64,
+    /// `max-write-zeroes-len`.
     pub max_write_zeroes_len: u64,
 }
 
@@ -499,6 +126,7 @@ pub struct Client {
     queues: Vec<Blkioq>,
     blkio: Blkio,
     mem: MemoryRegion,
+    /// What the device advertised.
     pub limits: Limits,
 }
 
@@ -532,14 +160,17 @@ impl Client {
         })
     }
 
+    /// The libblkio instance (for properties).
     pub fn blkio(&self) -> &Blkio {
         &self.blkio
     }
 
+    /// The disk's capacity in bytes.
     pub fn capacity(&self) -> u64 {
         self.blkio.get_u64("capacity").expect("capacity property")
     }
 
+    /// Started queues.
     pub fn num_queues(&self) -> usize {
         self.queues.len()
     }
@@ -576,11 +207,13 @@ impl Client {
 /// synchronous: they submit, wait (up to [`IO_TIMEOUT`]) and return the completion's `ret`
 /// (0 = success, negative errno otherwise).
 pub struct Queue<'a> {
+    /// The queue's index.
     pub index: usize,
     q: &'a mut Blkioq,
     buf: *mut u8,
     limits: Limits,
     next_tag: usize,
+    timeout: Duration,
     _slot: PhantomData<&'a mut [u8]>,
 }
 
@@ -602,8 +235,14 @@ impl<'a> Queue<'a> {
             buf,
             limits,
             next_tag: index << 32,
+            timeout: IO_TIMEOUT,
             _slot: PhantomData,
         }
+    }
+
+    /// How long each request may take before the helpers panic (default [`IO_TIMEOUT`]).
+    pub fn set_timeout(&mut self, timeout: Duration) {
+        self.timeout = timeout;
     }
 
     fn check_bounds(at: usize, len: usize) {
@@ -722,7 +361,7 @@ impl<'a> Queue<'a> {
         let mut got = 0;
         let mut completions: Vec<MaybeUninit<Completion>> = Vec::with_capacity(tags.len());
         completions.resize_with(tags.len(), MaybeUninit::uninit);
-        let deadline = Instant::now() + IO_TIMEOUT;
+        let deadline = Instant::now() + self.timeout;
         while got < tags.len() {
             let mut timeout = deadline.saturating_duration_since(Instant::now());
             let want = tags.len() - got;
@@ -735,7 +374,7 @@ impl<'a> Queue<'a> {
                          (errno {:?}); is the target answering?",
                         self.index,
                         tags.len(),
-                        IO_TIMEOUT,
+                        self.timeout,
                         e.errno()
                     )
                 });
@@ -780,6 +419,7 @@ impl<'a> Queue<'a> {
         data
     }
 
+    /// Writes `data` at `off`; returns the `ret`.
     pub fn write(&mut self, off: u64, data: &[u8]) -> i32 {
         self.write_flags(off, data, ReqFlags::empty())
     }
@@ -845,12 +485,14 @@ impl<'a> Queue<'a> {
         (ret, out)
     }
 
+    /// A flush request; returns the `ret`.
     pub fn flush(&mut self) -> i32 {
         let tag = self.tag();
         self.q.flush(tag, ReqFlags::empty());
         self.wait_one(tag)
     }
 
+    /// A discard of `len` bytes at `off`; returns the `ret`.
     pub fn discard(&mut self, off: u64, len: u64) -> i32 {
         let tag = self.tag();
         self.q.discard(off, len, tag, ReqFlags::empty());
@@ -932,76 +574,5 @@ impl<'a> Queue<'a> {
     }
 }
 
-/// The byte read buffers are filled with before a read.
-pub const POISON: u8 = 0xa5;
 /// Bytes between scattered segments in a slot.
 const SEG_GAP: usize = 320;
-
-/// `len` deterministic pseudo-random bytes for `seed` (splitmix64).
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut rng = Rng::new(seed ^ 0x5350_494e_424c_4b21);
-    let mut out = vec![0u8; len];
-    for chunk in out.chunks_mut(8) {
-        let word = rng.next_u64().to_le_bytes();
-        chunk.copy_from_slice(&word[..chunk.len()]);
-    }
-    out
-}
-
-/// A small deterministic generator for offsets and sizes.
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in `0..n` (n > 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n
-    }
-}
-
-/// Asserts that `got` equals `want`, reporting the first differing byte rather than dumping
-/// megabytes.
-#[track_caller]
-pub fn assert_bytes_eq(got: &[u8], want: &[u8], what: &str) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    if got == want {
-        return; // one memcmp; the byte-by-byte search below is slow in debug builds
-    }
-    if let Some(i) = got.iter().zip(want).position(|(g, w)| g != w) {
-        let end = (i + 16).min(got.len());
-        panic!(
-            "{what}: first difference at byte {i} of {}: got {:02x?}, want {:02x?}",
-            got.len(),
-            &got[i..end],
-            &want[i..end]
-        );
-    }
-}
-
-/// Asserts that every byte of `got` is zero.
-#[track_caller]
-pub fn assert_zeroes(got: &[u8], what: &str) {
-    static ZEROES: [u8; 4096] = [0; 4096];
-    if got.chunks(ZEROES.len()).all(|c| c == &ZEROES[..c.len()]) {
-        return;
-    }
-    if let Some(i) = got.iter().position(|&b| b != 0) {
-        let end = (i + 16).min(got.len());
-        panic!(
-            "{what}: expected zeroes, byte {i} of {} is not: {:02x?}",
-            got.len(),
-            &got[i..end]
-        );
-    }
-}

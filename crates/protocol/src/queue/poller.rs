@@ -1,0 +1,287 @@
+//! [`VirtqPoller`]: one started virtqueue, owned by one reactor. Each pass: control messages,
+//! the backlog, new requests, one doorbell for the channel, completions, and one publish of the
+//! used index (with at most one interrupt).
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::sync::Arc;
+
+use crossbeam_channel::{Receiver, Sender};
+use spinblk_bdev::{BdevIo, Completion, IoChannel, IoVec};
+use spinblk_reactor::{PollStatus, Poller, Tick};
+
+use super::notify::Coalescer;
+use super::{QueueCtrl, QueueLog, QueueStart, QueueStartError, QueueStopped};
+use crate::device::DeviceInfo;
+use crate::inflight::InflightQueue;
+use crate::memory::GuestMemory;
+use crate::request::{DeviceLimits, RequestKind, StatusByte, MAX_IOVECS};
+use crate::ring::{RingError, SplitRing};
+use crate::stats::QueueStats;
+
+/// Most memory tables a queue keeps mapped for requests still in flight. A frontend that
+/// replaces its table faster than requests complete gets its new table refused beyond this.
+const MAX_RETIRED_TABLES: usize = 16;
+
+/// Per-request state, indexed by descriptor head (preallocated: no allocation per request).
+#[derive(Clone, Copy)]
+pub(super) struct Slot {
+    pub busy: bool,
+    pub kind: RequestKind,
+    pub status: StatusByte,
+    pub used_len: u32,
+    pub len: u64,
+    /// Data iovecs (dirty logging marks them at completion).
+    pub iovcnt: u16,
+    /// When it was submitted.
+    pub submitted: Option<Tick>,
+    /// Generation of the memory table the request was parsed with.
+    pub table: u32,
+    /// The pass in which the bdev's completion was finished.
+    pub finished_pass: u64,
+}
+
+impl Default for Slot {
+    fn default() -> Self {
+        Slot {
+            busy: false,
+            kind: RequestKind::Flush,
+            status: StatusByte {
+                gpa: 0,
+                host: std::ptr::null_mut(),
+            },
+            used_len: 0,
+            len: 0,
+            iovcnt: 0,
+            submitted: None,
+            table: 0,
+            finished_pass: 0,
+        }
+    }
+}
+
+/// An older memory table, mapped until the last request parsed with it completes.
+pub(super) struct Retired {
+    pub generation: u32,
+    pub users: u32,
+    pub mem: Arc<GuestMemory>,
+}
+
+/// Polls one virtqueue. Built on a control thread, then moved to (and never out of) its reactor.
+pub(crate) struct VirtqPoller {
+    // Declared first, so it is dropped first: a kernel-backed channel's Drop waits until the
+    // kernel is done with guest buffers, which the memory tables below keep mapped (B9).
+    pub(super) channel: Box<dyn IoChannel>,
+    pub(super) ring: SplitRing,
+    pub(super) mem: Arc<GuestMemory>,
+    /// Generation of `mem`, and how many requests in flight were parsed with it.
+    pub(super) generation: u32,
+    pub(super) users: u32,
+    pub(super) retired: Vec<Retired>,
+    pub(super) device: Arc<DeviceInfo>,
+    /// This queue's copy of the device limits (capacity changes arrive by message).
+    pub(super) limits: DeviceLimits,
+    pub(super) slots: Box<[Slot]>,
+    pub(super) iovecs: Box<[IoVec]>,
+    /// Completions of one pass (capacity: the ring size, so collecting never allocates).
+    pub(super) done: Vec<Completion>,
+    /// A used element was pushed this pass (the used index needs publishing).
+    pub(super) used_pending: bool,
+    /// Requests the channel handed back (full); retried before new ones are popped.
+    pub(super) backlog: VecDeque<BdevIo>,
+    pub(super) in_flight: usize,
+    ctrl: Receiver<QueueCtrl>,
+    pub(super) call: Option<File>,
+    pub(super) enabled: bool,
+    /// Write-back mode; in write-through mode writes are submitted as durable.
+    pub(super) write_cache: bool,
+    stop_reply: Option<Sender<QueueStopped>>,
+    pub(super) stats: QueueStats,
+    pub(super) inflight: Option<InflightQueue>,
+    /// Heads a previous backend left in flight, resubmitted before anything new is popped.
+    pub(super) resubmit: VecDeque<u16>,
+    /// The driver published an avail index more than a ring ahead: no more requests are taken
+    /// from this queue until it is reset (in-flight ones still complete).
+    pub(super) broken: bool,
+    /// Dirty logging while the frontend migrates the VM (one branch per request when off).
+    pub(super) log: Option<QueueLog>,
+    /// Guest interrupt coalescing.
+    pub(super) coalescer: Coalescer,
+    /// Passes so far (numbers the requests each pass finished).
+    pub(super) pass: u64,
+    /// Faults repaired in guest memory (see `sigbus.rs`) already accounted for.
+    pub(super) repaired_seen: u64,
+}
+
+// SAFETY: the raw pointers a poller holds (ring parts, iovecs and status bytes) point into guest
+// memory kept mapped by the `GuestMemory` snapshots it owns, and its channel is `Send`. It is
+// built on a control thread and moved to its reactor once, before it has taken any request; from
+// then on only that reactor touches it.
+unsafe impl Send for VirtqPoller {}
+
+impl VirtqPoller {
+    /// Builds the poller on the control thread (inflight recovery included); the caller then
+    /// hands it to its reactor.
+    pub(crate) fn new(s: QueueStart) -> Result<Self, QueueStartError> {
+        let mut ring = SplitRing::new(s.size, s.addrs, s.event_idx, s.next_avail, &s.mem)
+            .map_err(QueueStartError::Ring)?;
+        let mut inflight = s.inflight;
+        let mut resubmit = VecDeque::with_capacity(usize::from(s.size));
+        if let Some(inf) = inflight.as_mut() {
+            // After a restart the used ring, not the frontend's base, says where we are: the
+            // frontend never learned the avail index of requests the old backend popped.
+            let used = ring.used_idx();
+            if let Some(rec) = inf
+                .recover(used, |i| ring.used_head(i))
+                .map_err(QueueStartError::Inflight)?
+            {
+                ring.set_indices(rec.next_avail, rec.used_idx);
+                resubmit.extend(rec.resubmit);
+            }
+        }
+        // Suppress guest kicks while we poll.
+        ring.set_notification(false);
+        if let Some(l) = &s.log {
+            l.log.mark(l.used_gpa, ring.used_len());
+        }
+        let size = usize::from(s.size);
+        let empty = IoVec {
+            iov_base: std::ptr::null_mut(),
+            iov_len: 0,
+        };
+        Ok(VirtqPoller {
+            channel: s.channel,
+            ring,
+            mem: s.mem,
+            generation: 0,
+            users: 0,
+            retired: Vec::with_capacity(MAX_RETIRED_TABLES),
+            limits: s.device.limits,
+            device: s.device,
+            slots: vec![Slot::default(); size].into_boxed_slice(),
+            iovecs: vec![empty; size * MAX_IOVECS].into_boxed_slice(),
+            done: Vec::with_capacity(size),
+            used_pending: false,
+            backlog: VecDeque::with_capacity(size),
+            in_flight: 0,
+            ctrl: s.ctrl,
+            call: s.call,
+            enabled: s.enabled,
+            write_cache: s.write_cache,
+            stop_reply: None,
+            stats: QueueStats::default(),
+            inflight,
+            resubmit,
+            broken: false,
+            log: s.log,
+            coalescer: {
+                let mut c = Coalescer::default();
+                c.configure(s.coalescing);
+                c
+            },
+            pass: 1,
+            repaired_seen: 0,
+        })
+    }
+
+    fn handle_ctrl(&mut self) -> bool {
+        let mut any = false;
+        while let Ok(msg) = self.ctrl.try_recv() {
+            any = true;
+            self.handle(msg);
+        }
+        any
+    }
+
+    /// Applies one control message.
+    pub(crate) fn handle(&mut self, msg: QueueCtrl) {
+        match msg {
+            QueueCtrl::Memory(mem, ack) => {
+                let _ = ack.send(self.set_memory(mem));
+            }
+            QueueCtrl::Call(call) => self.call = call,
+            QueueCtrl::Enable(on) => self.enabled = on,
+            QueueCtrl::WriteCache(on) => self.write_cache = on,
+            QueueCtrl::Stop(reply) => self.stop_reply = Some(reply),
+            QueueCtrl::Stats(reply) => {
+                let _ = reply.send(self.stats.clone());
+            }
+            QueueCtrl::Coalescing(c) => self.coalescer.configure(c),
+            QueueCtrl::Log(log, ack) => {
+                self.log = log;
+                let _ = ack.send(());
+            }
+        }
+    }
+
+    /// Switches to a new memory table; the old one stays mapped while requests parsed with it
+    /// are in flight.
+    fn set_memory(&mut self, mem: Arc<GuestMemory>) -> Result<(), RingError> {
+        if self.users > 0 && self.retired.len() >= MAX_RETIRED_TABLES {
+            return Err(RingError::OutsideMemory);
+        }
+        self.ring.remap(&mem)?;
+        let old = std::mem::replace(&mut self.mem, mem);
+        if self.users > 0 {
+            self.retired.push(Retired {
+                generation: self.generation,
+                users: self.users,
+                mem: old,
+            });
+        }
+        self.generation = self.generation.wrapping_add(1);
+        self.users = 0;
+        Ok(())
+    }
+
+    /// A request parsed with table `generation` is done with it. A retired table nobody uses
+    /// any more is dropped at the end of the pass (`drop_unused_tables`), after everything
+    /// this pass wrote through it.
+    pub(super) fn release_table(&mut self, generation: u32) {
+        if generation == self.generation {
+            self.users -= 1;
+        } else if let Some(r) = self.retired.iter_mut().find(|r| r.generation == generation) {
+            r.users -= 1;
+        }
+    }
+
+    fn drop_unused_tables(&mut self) {
+        if !self.retired.is_empty() {
+            self.retired.retain(|r| r.users > 0);
+        }
+    }
+}
+
+impl Poller for VirtqPoller {
+    fn poll(&mut self) -> PollStatus {
+        self.pass += 1;
+        let mut busy = self.handle_ctrl();
+        // The backlog holds requests already taken from the ring: always push them on, even
+        // while disabled or stopping, or a stop would wait for them forever.
+        busy |= self.submit_backlog();
+        if self.enabled && self.stop_reply.is_none() {
+            busy |= self.pop_requests();
+        }
+        self.channel.flush_submissions();
+        busy |= self.reap() > 0;
+        self.publish();
+        self.drop_unused_tables();
+        if self.coalescer.pending {
+            self.flush_coalesced();
+        }
+        if self.in_flight == 0 {
+            if let Some(reply) = self.stop_reply.take() {
+                let _ = reply.send(QueueStopped {
+                    next_avail: self.ring.next_avail(),
+                    stats: std::mem::take(&mut self.stats),
+                });
+                return PollStatus::Done;
+            }
+        }
+        if busy {
+            PollStatus::Busy
+        } else {
+            PollStatus::Idle
+        }
+    }
+}

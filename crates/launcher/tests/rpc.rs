@@ -136,6 +136,8 @@ fn bdevs_and_controllers_created_by_rpc_serve_verified_io_and_count_it() {
             "vhost_user_blk"
         );
         assert_eq!(c["sessions"].as_array().map(Vec::len), Some(1), "{c}");
+        assert_eq!(c["sessions"][0]["started"], true, "{c}");
+        assert_eq!(c["sessions"][0]["max_queues"], 16, "{c}");
         assert_eq!(c["delay_base_us"], 0);
         assert_eq!(c["iops_threshold"], 60000);
     }

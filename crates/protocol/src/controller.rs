@@ -310,6 +310,8 @@ pub struct SessionInfo {
     pub name: String,
     /// How long ago the frontend connected.
     pub connected_for: Duration,
+    /// Queues running now (`None` when the session was busy with a message and not asked).
+    pub running_queues: Option<usize>,
 }
 
 struct Session {
@@ -421,14 +423,19 @@ impl Controller {
     /// The frontends connected now.
     pub fn sessions(&self) -> Vec<SessionInfo> {
         let name = &self.inner.spec.name;
-        lock(&self.inner.sessions)
+        let live: Vec<(u64, u64, Instant, Arc<Mutex<BlkBackend>>)> = lock(&self.inner.sessions)
             .iter()
             .filter(|s| !s.finished())
-            .map(|s| SessionInfo {
-                vid: s.vid,
-                id: s.id,
-                name: format!("{name}s{}", s.vid),
-                connected_for: s.since.elapsed(),
+            .map(|s| (s.vid, s.id, s.since, Arc::clone(&s.backend)))
+            .collect();
+        live.into_iter()
+            .map(|(vid, id, since, backend)| SessionInfo {
+                vid,
+                id,
+                name: format!("{name}s{vid}"),
+                connected_for: since.elapsed(),
+                running_queues: try_lock_for(&backend, Duration::from_millis(100))
+                    .map(|b| b.running_queues().len()),
             })
             .collect()
     }

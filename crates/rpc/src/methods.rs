@@ -821,7 +821,7 @@ impl SpdkMethods {
                     "vid": s.vid,
                     "id": s.id,
                     "name": s.name,
-                    "started": true,
+                    "started": s.running_queues.is_some_and(|n| n > 0),
                     "max_queues": c.params().num_queues,
                     "inflight_task_cnt": 0,
                 })

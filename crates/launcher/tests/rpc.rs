@@ -647,3 +647,127 @@ fn deleting_a_controller_under_a_connected_client_returns_quickly() {
     rpc.ok(&["vhost_delete_controller", "c0"]);
     rpc.ok(&["bdev_null_delete", "n0"]);
 }
+
+/// The keys of an object, sorted.
+fn keys(v: &Value) -> Vec<String> {
+    let mut k: Vec<String> = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"))
+        .keys()
+        .cloned()
+        .collect();
+    k.sort();
+    k
+}
+
+fn sorted(k: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = k.iter().map(|s| s.to_string()).collect();
+    v.sort();
+    v
+}
+
+/// spdk_top decodes these answers with SPDK's strict object decoders (app/spdk_top/spdk_top.c:
+/// rpc_core_info_decoders, rpc_core_thread_info_decoders, rpc_thread_info_decoders,
+/// rpc_pollers_decoders): an unknown or a missing key makes it fail. The figures must be real.
+#[test]
+fn spdk_top_calls_answer_with_exactly_spdks_keys_and_real_figures() {
+    let (target, rpc) = rpc_target(&[]);
+    rpc.ok(&["bdev_malloc_create", "-b", "m0", "16", "512"]);
+    rpc.ok(&["vhost_create_blk_controller", "c0", "m0"]);
+    let mut c =
+        Client::connect(&target.socket_named("c0"), ClientConfig::default()).expect("connect");
+    for i in 0..200u64 {
+        c.queue(0).write_ok(i * 4096, &pattern(i, 4096));
+    }
+    let mut raw = RawRpc::connect(&target.socket_named("rpc.sock"));
+    assert_eq!(raw.ok("framework_wait_init", None), true);
+
+    let r = raw.ok("framework_get_reactors", None);
+    assert_eq!(keys(&r), sorted(&["tick_rate", "pid", "reactors"]));
+    assert_eq!(r["pid"].as_u64(), Some(u64::from(target.pid())));
+    let reactors = r["reactors"].as_array().expect("reactors");
+    assert_eq!(reactors.len(), 1);
+    let core = &reactors[0];
+    assert_eq!(
+        keys(core),
+        sorted(&[
+            "lcore",
+            "numa_id",
+            "tid",
+            "busy",
+            "idle",
+            "in_interrupt",
+            "irq",
+            "sys",
+            "usr",
+            "lw_threads"
+        ])
+    );
+    assert_eq!(core["lcore"], 0);
+    let tid = core["tid"].as_u64().expect("tid");
+    assert!(
+        Path::new(&format!("/proc/{}/task/{tid}", target.pid())).exists(),
+        "tid {tid} is one of spinblk's threads"
+    );
+    assert!(
+        core["busy"].as_u64() > Some(0),
+        "200 writes made it busy: {core}"
+    );
+    assert!(core["idle"].as_u64() > Some(0), "{core}");
+    assert!(core["in_interrupt"].is_boolean());
+    for t in core["lw_threads"].as_array().expect("lw_threads") {
+        assert_eq!(keys(t), sorted(&["name", "id", "cpumask", "elapsed"]));
+    }
+
+    let s = raw.ok("thread_get_stats", None);
+    assert_eq!(keys(&s), sorted(&["tick_rate", "threads"]));
+    for t in s["threads"].as_array().expect("threads") {
+        assert_eq!(
+            keys(t),
+            sorted(&[
+                "name",
+                "id",
+                "cpumask",
+                "busy",
+                "idle",
+                "active_pollers_count",
+                "timed_pollers_count",
+                "paused_pollers_count"
+            ])
+        );
+        assert!(t["active_pollers_count"].as_u64() >= Some(1), "{t}");
+    }
+
+    let p = raw.ok("thread_get_pollers", None);
+    assert_eq!(keys(&p), sorted(&["tick_rate", "threads"]));
+    let mut polled = 0;
+    for t in p["threads"].as_array().expect("threads") {
+        assert_eq!(
+            keys(t),
+            sorted(&[
+                "name",
+                "id",
+                "active_pollers",
+                "timed_pollers",
+                "paused_pollers"
+            ])
+        );
+        for kind in ["active_pollers", "timed_pollers"] {
+            for poller in t[kind].as_array().expect("pollers") {
+                let mut want = vec!["name", "id", "state", "run_count", "busy_count"];
+                if kind == "timed_pollers" {
+                    want.push("period_ticks");
+                }
+                assert_eq!(keys(poller), sorted(&want));
+                polled += poller["busy_count"].as_u64().unwrap_or(0);
+            }
+        }
+    }
+    assert!(polled > 0, "some poller was busy: {p}");
+
+    let sched = raw.ok("framework_get_scheduler", None);
+    assert!(sched["scheduler_period"].is_u64(), "{sched}");
+    assert!(sched["scheduler_name"].is_string(), "{sched}");
+    drop(c);
+    rpc.ok(&["vhost_delete_controller", "c0"]);
+}

@@ -209,7 +209,7 @@ impl BdevConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControllerConfig {
-    /// Unique name (default "vhost<N>").
+    /// Unique name (default `vhost<N>`).
     #[serde(default)]
     pub name: Option<String>,
     /// Unix socket it listens on (default: `<socket dir>/<name>`).

@@ -70,6 +70,8 @@ impl RpcServer {
             .create(true)
             .truncate(false)
             .mode(0o600)
+            // Never through a symlink someone put in a shared directory such as /var/tmp.
+            .custom_flags(libc::O_NOFOLLOW)
             .open(&lock_path)
             .map_err(|e| format!("cannot open {}: {e}", lock_path.display()))?;
         // SAFETY: flock on a descriptor we own.

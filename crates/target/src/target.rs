@@ -222,7 +222,15 @@ impl Target {
                 ..ReactorConfig::default()
             },
         )
-        .map_err(|e| TargetError::Invalid(format!("cannot start reactors: {e}")))?;
+        .map_err(|e| match e {
+            spinblk_reactor::ReactorPoolError::NoSuchCore(_) => {
+                TargetError::Invalid(format!("cannot start reactors: {e}"))
+            }
+            other => TargetError::System(
+                "cannot start reactors".into(),
+                std::io::Error::other(other.to_string()),
+            ),
+        })?;
         let reactors = pool.handles().to_vec();
         let by_core = reactors
             .iter()

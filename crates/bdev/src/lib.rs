@@ -10,6 +10,7 @@ mod malloc;
 mod memory;
 mod null;
 mod nvme;
+mod qos;
 mod ring;
 mod sys;
 #[cfg(test)]
@@ -20,4 +21,5 @@ pub use io::{Bdev, BdevError, BdevIo, Completion, IoChannel, IoOp, IoStatus, IoV
 pub use malloc::MallocBdev;
 pub use null::NullBdev;
 pub use nvme::{NvmeBdev, NvmeError, NvmeOptions};
+pub use qos::{QosClient, QosKind, QosLimiter, QosLimits, BURST as QOS_BURST, SLICE as QOS_SLICE};
 pub use uring::{UringBdev, UringOptions};

@@ -16,8 +16,9 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Receiver;
 use log::{debug, info, warn};
+use spinblk_reactor::{PollerId, ReactorHandle};
 use vhost::vhost_user::message::{
     VhostTransferStateDirection, VhostTransferStatePhase, VhostUserConfigFlags, VhostUserInflight,
     VhostUserLog, VhostUserMemoryRegion, VhostUserProtocolFeatures, VhostUserShMemConfig,
@@ -37,6 +38,7 @@ use crate::inflight::{queue_region_size, InflightRegion};
 use crate::log::DirtyLog;
 use crate::memory::GuestMemory;
 use crate::queue::{QueueCtrl, QueueLog, QueueStart, QueueStopped, VirtqPoller};
+use crate::request::DeviceLimits;
 use crate::ring::{RingAddrs, SplitRing, MAX_QUEUE_SIZE};
 use crate::sigbus::{check_file, Guard};
 
@@ -61,7 +63,45 @@ struct MappedRegion {
 /// A queue running on a reactor: how to reach it.
 #[derive(Clone)]
 pub(crate) struct RunningQueue {
-    pub ctrl: Sender<QueueCtrl>,
+    reactor: ReactorHandle,
+    id: PollerId,
+}
+
+impl RunningQueue {
+    /// Delivers `msg` to the queue as a reactor message. If the queue has ended meanwhile the
+    /// message is dropped (and any reply channel in it disconnects).
+    pub(crate) fn send(&self, msg: QueueCtrl) -> bool {
+        let id = self.id;
+        self.reactor
+            .send(move |r| {
+                if let Some(p) = r.poller_mut::<VirtqPoller>(id) {
+                    p.handle(msg);
+                }
+            })
+            .is_ok()
+    }
+
+    /// Hands the queue a new kick fd and moves the reactor's watch to it.
+    fn replace_kick(&self, kick: Option<File>) -> bool {
+        let id = self.id;
+        self.reactor
+            .send(move |r| {
+                let new_fd = kick.as_ref().map(AsRawFd::as_raw_fd);
+                let Some(p) = r.poller_mut::<VirtqPoller>(id) else {
+                    return;
+                };
+                let old = p.replace_kick(kick);
+                if let Some(old) = &old {
+                    r.unwatch_fd(id, old.as_raw_fd());
+                }
+                if let Some(fd) = new_fd {
+                    if let Err(e) = r.watch_fd(id, fd) {
+                        warn!("cannot watch a kick fd: {e}");
+                    }
+                }
+            })
+            .is_ok()
+    }
 }
 
 /// A vring as the frontend has described it so far.
@@ -213,7 +253,7 @@ impl BlkBackend {
             .filter_map(|v| v.running.as_ref().map(|q| (q, self.queue_log(v))))
             .filter_map(|(q, log)| {
                 let (tx, rx) = crossbeam_channel::bounded(1);
-                q.ctrl.send(QueueCtrl::Log(log, tx)).ok().map(|_| rx)
+                q.send(QueueCtrl::Log(log, tx)).then_some(rx)
             })
             .collect();
         for rx in acks {
@@ -311,10 +351,8 @@ impl BlkBackend {
             .filter_map(|v| v.running.as_ref())
             .filter_map(|q| {
                 let (tx, rx) = crossbeam_channel::bounded(1);
-                q.ctrl
-                    .send(QueueCtrl::Memory(Arc::clone(&mem), tx))
-                    .ok()
-                    .map(|_| rx)
+                q.send(QueueCtrl::Memory(Arc::clone(&mem), tx))
+                    .then_some(rx)
             })
             .collect();
         for rx in acks {
@@ -430,7 +468,10 @@ impl BlkBackend {
             })?),
             None => None,
         };
-        let (ctrl_tx, ctrl_rx) = crossbeam_channel::unbounded();
+        let kick = match &v.kick {
+            Some(f) => Some(f.try_clone().map_err(VhostError::ReqHandlerError)?),
+            None => None,
+        };
         let poller = VirtqPoller::new(QueueStart {
             size: v.size,
             addrs,
@@ -442,10 +483,12 @@ impl BlkBackend {
             mem: Arc::clone(&self.mem),
             device: Arc::clone(&self.spec.device),
             channel,
-            ctrl: ctrl_rx,
+            kick,
             inflight,
             log: self.queue_log(v),
             coalescing: *lock(&self.shared.coalescing),
+            qos: lock(&self.shared.qos).clone(),
+            capacity: self.shared.capacity.load(Ordering::SeqCst),
         })
         .map_err(|e| {
             warn!("{}: queue {index} not started: {e}", self.spec.name);
@@ -460,34 +503,51 @@ impl BlkBackend {
         let state = Arc::new(AtomicU8::new(PENDING));
         let (tx, rx) = crossbeam_channel::bounded(1);
         let reactor_state = Arc::clone(&state);
+        let name = self.spec.name.clone();
         reactor
             .send(move |r| {
                 if reactor_state
                     .compare_exchange(PENDING, STARTED, Ordering::SeqCst, Ordering::SeqCst)
                     .is_ok()
                 {
-                    r.add_poller(Box::new(poller));
+                    let fds = poller.wake_fds();
+                    let id = r.add_poller(Box::new(poller));
+                    for fd in fds {
+                        if let Err(e) = r.watch_fd(id, fd) {
+                            // The queue still works; this reactor just cannot sleep on it.
+                            warn!("{name}: queue {index}: cannot watch fd {fd}: {e}");
+                        }
+                    }
+                    let _ = tx.send(id);
                 }
-                let _ = tx.send(());
             })
             .map_err(|_| VhostError::BackendInternalError)?;
-        let started = rx.recv_timeout(REACTOR_ACK_TIMEOUT).is_ok()
-            || state
-                .compare_exchange(PENDING, CANCELLED, Ordering::SeqCst, Ordering::SeqCst)
-                .is_err();
-        if !started {
-            warn!(
-                "{}: queue {index}: reactor did not answer; start cancelled",
-                self.spec.name
-            );
-            return Err(VhostError::BackendInternalError);
-        }
+        let id = match rx.recv_timeout(REACTOR_ACK_TIMEOUT) {
+            Ok(id) => id,
+            Err(_) => {
+                if state
+                    .compare_exchange(PENDING, CANCELLED, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+                {
+                    warn!(
+                        "{}: queue {index}: reactor did not answer; start cancelled",
+                        self.spec.name
+                    );
+                    return Err(VhostError::BackendInternalError);
+                }
+                // The reactor took it just now: its id is on the way.
+                rx.recv().map_err(|_| VhostError::BackendInternalError)?
+            }
+        };
         debug!(
             "{}: queue {index} started on reactor {}",
             self.spec.name,
             reactor.id()
         );
-        self.vrings[index].running = Some(RunningQueue { ctrl: ctrl_tx });
+        self.vrings[index].running = Some(RunningQueue {
+            reactor: reactor.clone(),
+            id,
+        });
         Ok(())
     }
 
@@ -498,9 +558,9 @@ impl BlkBackend {
             return Ok(self.vrings[index].base);
         };
         let (tx, rx) = crossbeam_channel::bounded(1);
-        q.ctrl
-            .send(QueueCtrl::Stop(tx))
-            .map_err(|_| VhostError::BackendInternalError)?;
+        if !q.send(QueueCtrl::Stop(tx)) {
+            return Err(VhostError::BackendInternalError);
+        }
         let t0 = Instant::now();
         let stopped: QueueStopped = rx.recv_timeout(STOP_TIMEOUT).map_err(|_| {
             warn!(
@@ -535,7 +595,71 @@ impl BlkBackend {
     /// read them from the controller).
     pub(crate) fn set_coalescing(&self, c: Coalescing) {
         for q in self.vrings.iter().filter_map(|v| v.running.as_ref()) {
-            let _ = q.ctrl.send(QueueCtrl::Coalescing(c));
+            q.send(QueueCtrl::Coalescing(c));
+        }
+    }
+
+    /// Online resize: every running queue takes the new capacity (acknowledged), then the
+    /// frontend is told the config space changed, over the backend request channel.
+    pub(crate) fn resize(&mut self, capacity: u64) -> VhostResult<()> {
+        let acks: Vec<Receiver<()>> = self
+            .vrings
+            .iter()
+            .filter_map(|v| v.running.as_ref())
+            .filter_map(|q| {
+                let (tx, rx) = crossbeam_channel::bounded(1);
+                q.send(QueueCtrl::Capacity(capacity, tx)).then_some(rx)
+            })
+            .collect();
+        for rx in acks {
+            // A queue that has ended meanwhile has nothing to check any more.
+            let _ = rx.recv_timeout(REACTOR_ACK_TIMEOUT);
+        }
+        self.notify_config_change()
+    }
+
+    /// Sends VHOST_USER_BACKEND_CONFIG_CHANGE_MSG on the backend request channel (the `vhost`
+    /// crate's `Backend` cannot send it), waiting for the frontend's ack when REPLY_ACK is on.
+    fn notify_config_change(&mut self) -> VhostResult<()> {
+        use std::io::{Read, Write};
+        const CONFIG_CHANGE_MSG: u32 = 2;
+        const VERSION_1: u32 = 0x1;
+        const NEED_REPLY: u32 = 0x8;
+        let want_ack = self.reply_ack_negotiated();
+        let Some(chan) = self.backend_channel.as_mut() else {
+            info!(
+                "{}: capacity changed; the frontend gave no backend channel to tell it",
+                self.spec.name
+            );
+            return Ok(());
+        };
+        let flags = VERSION_1 | if want_ack { NEED_REPLY } else { 0 };
+        let mut msg = [0u8; 12];
+        msg[..4].copy_from_slice(&CONFIG_CHANGE_MSG.to_le_bytes());
+        msg[4..8].copy_from_slice(&flags.to_le_bytes());
+        chan.write_all(&msg).map_err(VhostError::ReqHandlerError)?;
+        if want_ack {
+            let _ = chan.set_read_timeout(Some(REACTOR_ACK_TIMEOUT));
+            let mut reply = [0u8; 20];
+            let got = chan.read_exact(&mut reply);
+            let _ = chan.set_read_timeout(None);
+            got.map_err(VhostError::ReqHandlerError)?;
+            let value = u64::from_le_bytes(reply[12..20].try_into().unwrap_or([0xff; 8]));
+            if value != 0 {
+                warn!("{}: the frontend refused the config change", self.spec.name);
+            }
+        }
+        info!(
+            "{}: told the frontend the config space changed",
+            self.spec.name
+        );
+        Ok(())
+    }
+
+    /// Gives the running queues the bdev's limiter (`None`: no limits).
+    pub(crate) fn set_qos(&self, limiter: Option<Arc<spinblk_bdev::QosLimiter>>) {
+        for q in self.vrings.iter().filter_map(|v| v.running.as_ref()) {
+            q.send(QueueCtrl::Qos(limiter.clone()));
         }
     }
 
@@ -692,8 +816,19 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         if let Some(f) = &fd {
             check_eventfd(f)?;
         }
-        // Receiving the kick fd is what starts the ring (vhost-user spec, "Ring states").
-        self.vrings[usize::from(index)].kick = fd;
+        // Receiving the kick fd is what starts the ring (vhost-user spec, "Ring states"); a
+        // running ring just moves to the new fd.
+        let v = &mut self.vrings[usize::from(index)];
+        if let Some(q) = &v.running {
+            let copy = match &fd {
+                Some(f) => Some(f.try_clone().map_err(VhostError::ReqHandlerError)?),
+                None => None,
+            };
+            q.replace_kick(copy);
+            v.kick = fd;
+            return Ok(());
+        }
+        v.kick = fd;
         self.start_queue(usize::from(index))
     }
 
@@ -709,7 +844,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         };
         let v = &mut self.vrings[usize::from(index)];
         if let Some(q) = &v.running {
-            let _ = q.ctrl.send(QueueCtrl::Call(copy));
+            q.send(QueueCtrl::Call(copy));
         }
         v.call = fd;
         Ok(())
@@ -742,7 +877,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         let v = self.vring(index)?;
         v.enabled = enable;
         if let Some(q) = &v.running {
-            let _ = q.ctrl.send(QueueCtrl::Enable(enable));
+            q.send(QueueCtrl::Enable(enable));
         }
         Ok(())
     }
@@ -753,11 +888,11 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         size: u32,
         _flags: VhostUserConfigFlags,
     ) -> VhostResult<Vec<u8>> {
-        let config = config_space(
-            &self.spec.device.limits,
-            self.spec.num_queues,
-            self.writeback,
-        );
+        let limits = DeviceLimits {
+            capacity: self.shared.capacity.load(Ordering::SeqCst),
+            ..self.spec.device.limits
+        };
+        let config = config_space(&limits, self.spec.num_queues, self.writeback);
         // Bytes past the structure read as zero; the caller bounds offset + size to 4 KiB.
         let mut out = vec![0u8; size as usize];
         let start = (offset as usize).min(config.len());
@@ -777,7 +912,7 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
             (WRITEBACK_OFFSET, [wb]) if wce_acked => {
                 self.writeback = *wb != 0;
                 for q in self.vrings.iter().filter_map(|v| v.running.as_ref()) {
-                    let _ = q.ctrl.send(QueueCtrl::WriteCache(self.writeback));
+                    q.send(QueueCtrl::WriteCache(self.writeback));
                 }
                 info!(
                     "{}: write cache {}",
@@ -927,6 +1062,9 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
 impl BlkBackend {
     /// SET_BACKEND_REQ_FD: the channel for backend-initiated messages (config changes).
     pub(crate) fn set_backend_channel(&mut self, file: File) -> VhostResult<()> {
+        if !fd_kind(&file).starts_with("socket:") {
+            return Err(invalid("the backend request fd must be a socket"));
+        }
         let fd = std::os::fd::OwnedFd::from(file);
         let stream = UnixStream::from(fd);
         self.backend_channel = Some(stream);

@@ -370,12 +370,15 @@ impl Controller {
         bound: BoundSocket,
     ) -> Result<Controller, ControllerError> {
         let num_queues = usize::from(spec.num_queues);
+        let capacity = spec.device.limits.capacity;
         let inner = Arc::new(Inner {
             spec: Arc::new(spec),
             shared: Arc::new(ControllerShared {
                 finished: Mutex::new(vec![QueueStats::default(); num_queues]),
                 stopping: AtomicBool::new(false),
                 coalescing: Mutex::new(Coalescing::default()),
+                qos: Mutex::new(None),
+                capacity: AtomicU64::new(capacity),
             }),
             sessions: Mutex::new(Vec::new()),
             next_session: AtomicU64::new(0),
@@ -452,8 +455,8 @@ impl Controller {
                 sessions.iter().map(|s| Arc::clone(&s.backend)).collect();
             (backends, sessions.iter().any(|s| !s.finished()))
         };
-        // A queue stops only under its session's lock, by a message behind any stats request
-        // already in its channel. So: under every session's lock, ask each running queue for
+        // A queue stops only under its session's lock, by a reactor message behind any stats
+        // request already in that reactor's inbox. So: under every session's lock, ask each running queue for
         // its statistics and copy the stopped queues' totals; then let go and wait for the
         // answers. A queue that stops meanwhile answers first (its counts up to then) and adds
         // its final counts to the stopped totals after the copy: each queue counts once.
@@ -475,7 +478,7 @@ impl Controller {
         for g in &guards {
             for (i, q) in g.running_queues() {
                 let (tx, rx) = crossbeam_channel::bounded(1);
-                if q.ctrl.send(QueueCtrl::Stats(tx)).is_ok() {
+                if q.send(QueueCtrl::Stats(tx)) {
                     asked.push((i, rx));
                 }
             }
@@ -522,11 +525,7 @@ impl Controller {
     pub fn set_coalescing(&self, delay_base_us: u32, iops_threshold: u32) -> Result<(), String> {
         let c = Coalescing::checked(delay_base_us, iops_threshold)?;
         *lock(&self.inner.shared.coalescing) = c;
-        let backends: Vec<Arc<Mutex<BlkBackend>>> = lock(&self.inner.sessions)
-            .iter()
-            .map(|s| Arc::clone(&s.backend))
-            .collect();
-        for b in backends {
+        for b in self.backends() {
             lock(&b).set_coalescing(c);
         }
         Ok(())
@@ -535,6 +534,48 @@ impl Controller {
     /// The current interrupt coalescing settings.
     pub fn coalescing(&self) -> Coalescing {
         *lock(&self.inner.shared.coalescing)
+    }
+
+    /// Every session's backend, for a control operation on all of them.
+    fn backends(&self) -> Vec<Arc<Mutex<BlkBackend>>> {
+        lock(&self.inner.sessions)
+            .iter()
+            .map(|s| Arc::clone(&s.backend))
+            .collect()
+    }
+
+    /// Enforces the bdev's I/O limits (`None`: none) on this controller's queues, in every
+    /// session now and for queues that start later. Every controller of a bdev gets the same
+    /// limiter, so the limits hold for the bdev as a whole.
+    pub fn set_qos(&self, limiter: Option<Arc<spinblk_bdev::QosLimiter>>) {
+        *lock(&self.inner.shared.qos) = limiter.clone();
+        for b in self.backends() {
+            lock(&b).set_qos(limiter.clone());
+        }
+    }
+
+    /// Online resize: the controller serves `capacity` bytes from now on, in every session.
+    /// Running queues accept requests up to the new end once they have acknowledged it, and then
+    /// each frontend is told (VHOST_USER_BACKEND_CONFIG_CHANGE_MSG), so the guest re-reads the
+    /// config space. Whether a shrink is allowed is the caller's decision. Sessions that start
+    /// later get the new capacity. Every session is updated even if one fails; the first
+    /// failure is returned.
+    pub fn resize(&self, capacity: u64) -> Result<(), String> {
+        self.inner.shared.capacity.store(capacity, Ordering::SeqCst);
+        let mut first_error = Ok(());
+        for b in self.backends() {
+            if let Err(e) = lock(&b).resize(capacity) {
+                if first_error.is_ok() {
+                    first_error = Err(e.to_string());
+                }
+            }
+        }
+        first_error
+    }
+
+    /// The capacity served now, in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.inner.shared.capacity.load(Ordering::SeqCst)
     }
 
     /// Stops the controller for good: no new connections or queues, every queue stopped once

@@ -3,10 +3,10 @@
 //! share with it. Both the controller (accept loop) and each connection's backend use these, so
 //! they live here rather than in either.
 
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use spinblk_bdev::Bdev;
+use spinblk_bdev::{Bdev, QosLimiter};
 use spinblk_reactor::ReactorHandle;
 
 use crate::request::{DeviceLimits, ID_BYTES};
@@ -46,6 +46,11 @@ pub(crate) struct ControllerShared {
     pub stopping: AtomicBool,
     /// Guest interrupt coalescing (vhost_controller_set_coalescing), for queues that start.
     pub coalescing: Mutex<Coalescing>,
+    /// The bdev's I/O limiter, for queues that start (`None`: no limits).
+    pub qos: Mutex<Option<Arc<QosLimiter>>>,
+    /// The capacity the controller serves now, in bytes (online resize changes it; starts at
+    /// `DeviceInfo::limits.capacity`).
+    pub capacity: AtomicU64,
 }
 
 /// Guest interrupt coalescing, with SPDK's `vhost_controller_set_coalescing` meaning: every

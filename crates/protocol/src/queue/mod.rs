@@ -20,8 +20,8 @@ mod submit;
 use std::fs::File;
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender};
-use spinblk_bdev::IoChannel;
+use crossbeam_channel::Sender;
+use spinblk_bdev::{IoChannel, QosLimiter};
 
 use crate::device::{Coalescing, DeviceInfo};
 use crate::inflight::{InflightError, InflightQueue};
@@ -45,13 +45,18 @@ pub(crate) struct QueueStart {
     pub mem: Arc<GuestMemory>,
     pub device: Arc<DeviceInfo>,
     pub channel: Box<dyn IoChannel>,
-    pub ctrl: Receiver<QueueCtrl>,
+    /// The kick eventfd (an adaptive reactor sleeps on it), if the frontend gave one.
+    pub kick: Option<File>,
     /// This queue's part of the inflight region, when the frontend set one.
     pub inflight: Option<InflightQueue>,
     /// Dirty logging, when the frontend is migrating the VM.
     pub log: Option<QueueLog>,
     /// Guest interrupt coalescing settings.
     pub coalescing: Coalescing,
+    /// The bdev's I/O limits, when it has any.
+    pub qos: Option<Arc<QosLimiter>>,
+    /// The capacity served now (bytes; may differ from the device's after a resize).
+    pub capacity: u64,
 }
 
 /// Dirty logging for one queue: the shared bitmap and the guest address the frontend wants
@@ -62,7 +67,8 @@ pub(crate) struct QueueLog {
     pub used_gpa: u64,
 }
 
-/// Messages from the control plane to a running queue.
+/// Messages from the control plane to a running queue (delivered as reactor messages: the
+/// closure finds the poller by id and calls [`VirtqPoller::handle`]).
 pub(crate) enum QueueCtrl {
     /// A new memory table; acknowledged once the queue uses it (`Err` when the ring no longer
     /// fits it, or too many older tables are still held by requests in flight).
@@ -79,6 +85,11 @@ pub(crate) enum QueueCtrl {
     Stats(Sender<QueueStats>),
     /// New interrupt coalescing settings.
     Coalescing(Coalescing),
+    /// The bdev's limiter (`None`: no limits).
+    Qos(Option<Arc<QosLimiter>>),
+    /// Online resize: requests are checked against this capacity (bytes) from now on;
+    /// acknowledged.
+    Capacity(u64, Sender<()>),
     /// Start, stop or move dirty logging; acknowledged once the queue logs to the new place.
     Log(Option<QueueLog>, Sender<()>),
 }

@@ -6,8 +6,10 @@ use std::collections::VecDeque;
 use std::fs::File;
 use std::sync::Arc;
 
-use crossbeam_channel::{Receiver, Sender};
-use spinblk_bdev::{BdevIo, Completion, IoChannel, IoVec};
+use std::os::fd::{AsRawFd, RawFd};
+
+use crossbeam_channel::Sender;
+use spinblk_bdev::{BdevIo, Completion, IoChannel, IoVec, QosClient};
 use spinblk_reactor::{PollStatus, Poller, Tick};
 
 use super::notify::Coalescer;
@@ -87,11 +89,19 @@ pub(crate) struct VirtqPoller {
     pub(super) done: Vec<Completion>,
     /// A used element was pushed this pass (the used index needs publishing).
     pub(super) used_pending: bool,
+    /// Requests waiting for the bdev's I/O limits to admit them (oldest first).
+    pub(super) throttled: VecDeque<BdevIo>,
+    /// This queue's share of the bdev's I/O limits, when it has any.
+    pub(super) qos: Option<QosClient>,
     /// Requests the channel handed back (full); retried before new ones are popped.
     pub(super) backlog: VecDeque<BdevIo>,
     pub(super) in_flight: usize,
-    ctrl: Receiver<QueueCtrl>,
     pub(super) call: Option<File>,
+    /// The kick eventfd the reactor watches while it sleeps (owned here, so it stays open for
+    /// as long as it is watched).
+    kick: Option<File>,
+    /// Guest notifications are enabled for a sleep (`prepare_sleep` .. `wake`).
+    armed: bool,
     pub(super) enabled: bool,
     /// Write-back mode; in write-through mode writes are submitted as durable.
     pub(super) write_cache: bool,
@@ -156,16 +166,22 @@ impl VirtqPoller {
             generation: 0,
             users: 0,
             retired: Vec::with_capacity(MAX_RETIRED_TABLES),
-            limits: s.device.limits,
+            limits: DeviceLimits {
+                capacity: s.capacity,
+                ..s.device.limits
+            },
             device: s.device,
             slots: vec![Slot::default(); size].into_boxed_slice(),
             iovecs: vec![empty; size * MAX_IOVECS].into_boxed_slice(),
             done: Vec::with_capacity(size),
             used_pending: false,
+            throttled: VecDeque::with_capacity(size),
+            qos: s.qos.map(QosClient::new),
             backlog: VecDeque::with_capacity(size),
             in_flight: 0,
-            ctrl: s.ctrl,
             call: s.call,
+            kick: s.kick,
+            armed: false,
             enabled: s.enabled,
             write_cache: s.write_cache,
             stop_reply: None,
@@ -184,13 +200,27 @@ impl VirtqPoller {
         })
     }
 
-    fn handle_ctrl(&mut self) -> bool {
-        let mut any = false;
-        while let Ok(msg) = self.ctrl.try_recv() {
-            any = true;
-            self.handle(msg);
+    /// The fds an adaptive reactor should sleep on for this queue: the kick eventfd and the
+    /// channel's completion eventfd.
+    pub(crate) fn wake_fds(&self) -> Vec<RawFd> {
+        self.kick
+            .iter()
+            .map(AsRawFd::as_raw_fd)
+            .chain(self.channel.completion_fd())
+            .collect()
+    }
+
+    /// Takes a new kick fd, returning the old one (the caller unwatches it before dropping).
+    pub(crate) fn replace_kick(&mut self, kick: Option<File>) -> Option<File> {
+        std::mem::replace(&mut self.kick, kick)
+    }
+
+    /// Guest notifications on (`true`) or off, with the used-ring write logged if logging.
+    fn set_guest_notification(&mut self, on: bool) {
+        self.ring.set_notification(on);
+        if let Some(l) = &self.log {
+            l.log.mark(l.used_gpa, self.ring.used_len());
         }
-        any
     }
 
     /// Applies one control message.
@@ -207,6 +237,11 @@ impl VirtqPoller {
                 let _ = reply.send(self.stats.clone());
             }
             QueueCtrl::Coalescing(c) => self.coalescer.configure(c),
+            QueueCtrl::Qos(limiter) => self.qos = limiter.map(QosClient::new),
+            QueueCtrl::Capacity(bytes, ack) => {
+                self.limits.capacity = bytes;
+                let _ = ack.send(());
+            }
             QueueCtrl::Log(log, ack) => {
                 self.log = log;
                 let _ = ack.send(());
@@ -255,11 +290,13 @@ impl VirtqPoller {
 impl Poller for VirtqPoller {
     fn poll(&mut self) -> PollStatus {
         self.pass += 1;
-        let mut busy = self.handle_ctrl();
         // The backlog holds requests already taken from the ring: always push them on, even
         // while disabled or stopping, or a stop would wait for them forever.
-        busy |= self.submit_backlog();
-        if self.enabled && self.stop_reply.is_none() {
+        let mut busy = self.submit_backlog();
+        if !self.throttled.is_empty() {
+            busy |= self.admit_throttled();
+        }
+        if self.enabled && self.stop_reply.is_none() && self.throttled.is_empty() {
             busy |= self.pop_requests();
         }
         self.channel.flush_submissions();
@@ -282,6 +319,37 @@ impl Poller for VirtqPoller {
             PollStatus::Busy
         } else {
             PollStatus::Idle
+        }
+    }
+
+    fn name(&self) -> &str {
+        "vhost_blk_vq"
+    }
+
+    /// The reactor wants to sleep: say whether this queue can be woken by an fd, enable guest
+    /// kicks and re-check the ring (a driver that added a request just before kicks were
+    /// enabled would otherwise wait for a kick that never comes: virtio 1.2, 2.7.10).
+    fn prepare_sleep(&mut self) -> bool {
+        let quiet = self.kick.is_some()
+            && self.backlog.is_empty()
+            && self.throttled.is_empty()
+            && self.resubmit.is_empty()
+            && !self.used_pending
+            && !self.coalescer.pending
+            && self.stop_reply.is_none()
+            && (self.in_flight == 0 || self.channel.completion_fd().is_some());
+        if !quiet {
+            return false;
+        }
+        self.set_guest_notification(true);
+        self.armed = true;
+        !(self.enabled && !self.broken && self.ring.has_work_after_enabling())
+    }
+
+    fn wake(&mut self) {
+        if self.armed {
+            self.armed = false;
+            self.set_guest_notification(false);
         }
     }
 }

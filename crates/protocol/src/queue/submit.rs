@@ -2,7 +2,7 @@
 //! channel hands it back and it waits in the backlog (retried before anything new is popped,
 //! like SPDK's NOMEM queue). GET_ID is answered here, from the serial.
 
-use spinblk_bdev::BdevIo;
+use spinblk_bdev::{BdevIo, IoOp, QosKind};
 use spinblk_reactor::Tick;
 
 use super::finish::Outcome;
@@ -48,9 +48,46 @@ impl VirtqPoller {
             BdevIo::without_data(u32::from(head), op, req.offset, req.len)
         };
         let io = io.with_durable(req.kind == RequestKind::Write && !self.write_cache);
+        if !self.throttled.is_empty() || !self.admitted(&io) {
+            self.throttled.push_back(io);
+            return;
+        }
         if let Err(io) = self.channel.submit(io) {
             self.backlog.push_back(io);
         }
+    }
+
+    /// Whether the bdev's I/O limits let `io` go now (charging it if so).
+    fn admitted(&mut self, io: &BdevIo) -> bool {
+        let Some(qos) = self.qos.as_mut() else {
+            return true;
+        };
+        let kind = match io.op {
+            IoOp::Read => QosKind::Read,
+            IoOp::Write => QosKind::Write,
+            _ => QosKind::Other,
+        };
+        let bytes = if kind == QosKind::Other { 0 } else { io.len };
+        qos.try_admit(kind, bytes)
+    }
+
+    /// Submits throttled requests the limits now admit, oldest first; returns whether any went.
+    pub(super) fn admit_throttled(&mut self) -> bool {
+        let mut any = false;
+        while self.backlog.is_empty() {
+            let Some(io) = self.throttled.pop_front() else {
+                break;
+            };
+            if !self.admitted(&io) {
+                self.throttled.push_front(io);
+                break;
+            }
+            any = true;
+            if let Err(io) = self.channel.submit(io) {
+                self.backlog.push_back(io);
+            }
+        }
+        any
     }
 
     /// Retries requests a full channel handed back earlier; returns whether any went through.

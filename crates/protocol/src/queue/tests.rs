@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use spinblk_bdev::{Bdev, BdevError, BdevIo, Completion, IoChannel, IoStatus, IoVec, MallocBdev};
 use spinblk_reactor::{PollStatus, Poller};
+use std::fs::File;
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
@@ -121,8 +122,7 @@ fn start(
     vq: &MockSplitQueue<GuestMemoryMmap>,
     dev: Arc<DeviceInfo>,
     region: Option<&Arc<InflightRegion>>,
-) -> (VirtqPoller, crossbeam_channel::Sender<QueueCtrl>) {
-    let (tx, ctrl) = crossbeam_channel::unbounded();
+) -> (VirtqPoller, ()) {
     let channel = dev.bdev.open_channel(usize::from(RING)).expect("channel");
     let p = VirtqPoller::new(QueueStart {
         size: RING,
@@ -139,13 +139,15 @@ fn start(
         mem: GuestMemory::shared(mem.clone()),
         device: dev,
         channel,
-        ctrl,
+        kick: None,
         inflight: region.map(|r| r.queue(0, RING).expect("inflight queue")),
         log: None,
         coalescing: Default::default(),
+        qos: None,
+        capacity: 1 << 20,
     })
     .unwrap_or_else(|e| panic!("queue start: {e}"));
-    (p, tx)
+    (p, ())
 }
 
 fn memory() -> GuestMemoryMmap {
@@ -380,4 +382,77 @@ fn dirty_logging_marks_device_writes_and_moves_to_a_new_log() {
     p.poll();
     assert!(!bigger.is_marked(page(DATA + 0x3000)));
     assert_eq!(vq.used().idx().load(), 4);
+}
+
+#[test]
+fn sleeping_enables_kicks_and_a_request_that_raced_it_keeps_the_reactor_awake() {
+    let mem = memory();
+    let vq = MockSplitQueue::new(&mem, RING);
+    let (mut p, _tx) = start(&mem, &vq, device(malloc()), None);
+    let kick = vmm_sys_util::eventfd::EventFd::new(0).expect("eventfd");
+    // SAFETY: a fresh duplicate of the eventfd, owned by the File from here on.
+    let dup: File = unsafe {
+        std::os::fd::FromRawFd::from_raw_fd(libc::dup(std::os::fd::AsRawFd::as_raw_fd(&kick)))
+    };
+    p.replace_kick(Some(dup));
+    let used_flags = || mem.read_obj::<u16>(vq.used_addr()).expect("flags");
+    let no_notify = virtio_bindings::virtio_ring::VRING_USED_F_NO_NOTIFY as u16;
+    assert_eq!(used_flags(), no_notify, "kicks suppressed while polling");
+    // Idle: arming enables kicks and says it is safe to sleep.
+    assert!(p.prepare_sleep());
+    assert_eq!(used_flags(), 0);
+    p.wake();
+    assert_eq!(used_flags(), no_notify, "suppressed again after the sleep");
+    // A request published before arming is noticed by the re-check: no sleep.
+    add_request(&mem, &vq, 0, VIRTIO_BLK_T_OUT, 0, 1);
+    assert!(!p.prepare_sleep());
+    p.wake();
+    assert_eq!(p.poll(), PollStatus::Busy);
+    assert_eq!(vq.used().idx().load(), 1);
+    // Without a kick fd nothing could wake the reactor: never sleep.
+    p.replace_kick(None);
+    assert!(!p.prepare_sleep());
+    p.wake();
+}
+
+#[test]
+fn requests_over_the_limit_wait_and_are_never_failed() {
+    use spinblk_bdev::{QosLimiter, QosLimits};
+    let mem = memory();
+    let vq = MockSplitQueue::new(&mem, RING);
+    let (mut p, _tx) = start(&mem, &vq, device(malloc()), None);
+    // 50 IOPS: the burst admits one request, the rest wait.
+    let limiter = Arc::new(QosLimiter::new(QosLimits {
+        rw_ios_per_sec: 50,
+        ..Default::default()
+    }));
+    p.handle(QueueCtrl::Qos(Some(Arc::clone(&limiter))));
+    for c in 0..4u16 {
+        add_request(&mem, &vq, c, VIRTIO_BLK_T_OUT, u64::from(c), 3);
+    }
+    p.poll();
+    p.poll();
+    let done = vq.used().idx().load();
+    assert!(done < 4, "throttled: only {done} of 4 done at once");
+    assert_eq!(
+        p.throttled.len() as u16 + done,
+        4,
+        "the rest wait, none failed"
+    );
+    assert!(
+        !p.prepare_sleep(),
+        "a queue with throttled requests stays awake"
+    );
+    p.wake();
+    // Lifting the limit lets them through.
+    p.handle(QueueCtrl::Qos(None));
+    p.poll();
+    assert_eq!(vq.used().idx().load(), 4);
+    assert_eq!(p.stats.io_errors, 0);
+    for c in 0..4u64 {
+        let s: u8 = mem
+            .read_obj(GuestAddress(STATUS + c * 0x1000))
+            .expect("status");
+        assert_eq!(s, 0);
+    }
 }

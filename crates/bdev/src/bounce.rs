@@ -1,7 +1,8 @@
 //! Page-aligned buffers for the kernel-backed bdevs: a channel's pool of bounce buffers for
 //! requests whose iovecs miss the zero-copy alignment (one allocation made when the channel
-//! opens, carved into fixed slots handed out by index), the copies in and out of them, and
-//! one-off aligned buffers (a direct-I/O probe, Identify data).
+//! opens, carved into fixed slots handed out by index; a request larger than one buffer moves
+//! through it in buffer-sized chunks, so nothing is allocated per request), the copies in and
+//! out of them, and one-off aligned buffers (a direct-I/O probe, Identify data).
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
@@ -13,10 +14,11 @@ use crate::{BdevError, BdevIo, IoOp, IoVec};
 /// 4096), any DMA alignment a device asks of direct I/O, and the NVMe PRP rules.
 pub(crate) const BOUNCE_ALIGN: usize = 4096;
 /// Bytes per pool buffer: virtio-blk's `size_max` (one segment), so a misaligned request of one
-/// segment always fits.
+/// segment moves in one go; larger ones move in chunks of this size.
 pub(crate) const BOUNCE_SLOT_SIZE: usize = 1 << 20;
-/// Most pool buffers per channel (fewer when the depth is smaller).
-pub(crate) const BOUNCE_SLOTS_MAX: usize = 16;
+/// Most pool buffers per channel (fewer when the depth is smaller): misaligned requests in
+/// flight at once; more wait (are handed back by `submit`) until one is free.
+pub(crate) const BOUNCE_SLOTS_MAX: usize = 8;
 
 /// A zero-filled, [`BOUNCE_ALIGN`]-aligned heap buffer.
 pub(crate) struct AlignedBuf {
@@ -39,9 +41,13 @@ impl AlignedBuf {
     }
 
     /// The buffer's bytes.
-    pub(crate) fn bytes(&self) -> &[u8] {
-        // SAFETY: `layout.size()` initialised (zeroed) bytes owned by `self`; callers only look
-        // while no device command is writing into the buffer.
+    ///
+    /// # Safety
+    /// Nothing may write into the buffer while the returned slice lives: no request (kernel or
+    /// device) whose data lands in it may be in flight.
+    pub(crate) unsafe fn bytes(&self) -> &[u8] {
+        // SAFETY: `layout.size()` initialised (zeroed) bytes owned by `self`; the caller
+        // promises that no one writes into them while the slice is alive.
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.layout.size()) }
     }
 }
@@ -53,22 +59,17 @@ impl Drop for AlignedBuf {
     }
 }
 
-/// Where a read or write's data lives while the kernel moves it.
-pub(crate) enum Bounce {
-    /// In the request's own iovecs.
-    None,
-    /// In buffer `i` of the channel's pool.
-    Pool(usize),
-    /// In a buffer allocated for this request (larger than a pool buffer, or no pool).
-    Owned(AlignedBuf),
-}
-
-/// Why [`BouncePool::stage`] gave a request no buffer.
-pub(crate) enum StageError {
-    /// Every pool buffer is lent to a request in flight: hand the request back, try later.
-    NoBuffer,
-    /// The request cannot be served (no memory for a buffer of its own): fail it.
-    Failed,
+/// A bounced request's chunk: the request's bytes `[start, end)` are staged in pool buffer
+/// `buf`. A request larger than one buffer moves chunk by chunk through the same buffer, so
+/// no request ever needs more memory than the pool was given when the channel opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Chunk {
+    /// The pool buffer.
+    pub(crate) buf: usize,
+    /// First request byte staged.
+    pub(crate) start: u64,
+    /// One past the last request byte staged (`end - start` <= the buffer size).
+    pub(crate) end: u64,
 }
 
 /// A channel's bounce buffers: `slots` buffers of `slot_size` bytes carved out of one aligned
@@ -84,7 +85,7 @@ impl BouncePool {
     /// A pool of `slots` buffers of `slot_size` bytes (a multiple of [`BOUNCE_ALIGN`]); `slots`
     /// may be zero.
     pub(crate) fn new(slots: usize, slot_size: usize) -> Result<Self, BdevError> {
-        debug_assert!(slot_size.is_multiple_of(BOUNCE_ALIGN));
+        debug_assert!(slot_size.is_multiple_of(BOUNCE_ALIGN) && slot_size > 0);
         let oom = || BdevError::Os(std::io::Error::from(std::io::ErrorKind::OutOfMemory));
         let mem = if slots == 0 {
             None
@@ -99,21 +100,7 @@ impl BouncePool {
         })
     }
 
-    /// Bytes per buffer (0 for an empty pool).
-    pub(crate) fn slot_size(&self) -> usize {
-        if self.mem.is_some() {
-            self.slot_size
-        } else {
-            0
-        }
-    }
-
-    /// Whether the pool has any buffers at all.
-    pub(crate) fn is_empty_pool(&self) -> bool {
-        self.mem.is_none()
-    }
-
-    /// A free buffer's index, or `None` while all are lent out.
+    /// A free buffer's index, or `None` while all are lent out (or the pool has none).
     pub(crate) fn take(&mut self) -> Option<usize> {
         self.free.take()
     }
@@ -141,99 +128,102 @@ impl BouncePool {
         }
     }
 
-    /// Stages a read or write of `io.len` bytes in one contiguous buffer: one of the pool's if
-    /// it fits one, else one allocated for it (the rare path: larger than a pool buffer, or no
-    /// pool). A write's data is gathered into it. Returns the buffer and its start.
+    /// Takes a buffer for `io` (a read or write of `io.len` bytes) and stages its first chunk
+    /// in it ([`stage`](Self::stage)); `None` while every buffer is lent out.
     ///
     /// # Safety
-    /// The request's iovec lengths must add up to `io.len` (`io_in_range`).
-    pub(crate) unsafe fn stage(&mut self, io: &BdevIo) -> Result<(Bounce, *mut u8), StageError> {
-        let len = usize::try_from(io.len).map_err(|_| StageError::Failed)?;
-        let (bounce, dst) = if len <= self.slot_size() && !self.is_empty_pool() {
-            let i = self.take().ok_or(StageError::NoBuffer)?;
-            (Bounce::Pool(i), self.ptr(i))
-        } else {
-            let buf = AlignedBuf::new(len).ok_or(StageError::Failed)?;
-            let dst = buf.as_ptr();
-            (Bounce::Owned(buf), dst)
+    /// As for [`stage`](Self::stage).
+    pub(crate) unsafe fn start(&mut self, io: &BdevIo) -> Option<Chunk> {
+        let buf = self.take()?;
+        let mut chunk = Chunk {
+            buf,
+            start: 0,
+            end: 0,
         };
-        if io.op == IoOp::Write {
-            // SAFETY: `dst` has room for `len` bytes (a pool buffer of at least `len`, or an
-            // allocation of `len`), which is the sum of the iovec lengths (the caller's
-            // promise); the iovecs are live readable request buffers (`BdevIo::with_iovecs`)
-            // and none of them is channel memory.
-            unsafe { gather(io.iovecs(), dst) };
-        }
-        Ok((bounce, dst))
+        // SAFETY: the caller's promise, passed on.
+        unsafe { self.stage(&mut chunk, io, 0) };
+        Some(chunk)
     }
 
-    /// The start of the buffer `bounce` names; `None` for [`Bounce::None`].
-    pub(crate) fn buffer(&self, bounce: &Bounce) -> Option<*mut u8> {
-        match bounce {
-            Bounce::None => None,
-            Bounce::Pool(i) => Some(self.ptr(*i)),
-            Bounce::Owned(buf) => Some(buf.as_ptr()),
-        }
-    }
-
-    /// Copies a bounced read's data out of its buffer into the request's iovecs; nothing for an
-    /// unbounced one.
+    /// Makes `chunk` the request's bytes from `start` on, as many as the buffer holds, and for
+    /// a write gathers them into the buffer.
     ///
     /// # Safety
-    /// `bounce` is what [`stage`](Self::stage) gave `io`, and holds the `io.len` bytes the
-    /// kernel has read (it is done with the buffer); the iovec lengths add up to `io.len`.
-    pub(crate) unsafe fn copy_out(&self, bounce: &Bounce, io: &BdevIo) {
-        if let Some(src) = self.buffer(bounce) {
-            // SAFETY: the bounce buffer holds `len` bytes the kernel has just read; the iovecs
-            // describe `len` writable bytes of the request (the caller's promise) that live
-            // until completion (`BdevIo::with_iovecs`), in other memory.
-            unsafe { scatter(src, io.iovecs()) };
+    /// The request's iovec lengths must add up to `io.len` (`io_in_range`), `start < io.len`,
+    /// and the kernel must not be using the chunk's buffer.
+    pub(crate) unsafe fn stage(&self, chunk: &mut Chunk, io: &BdevIo, start: u64) {
+        let len = (io.len - start).min(self.slot_size as u64);
+        chunk.start = start;
+        chunk.end = start + len;
+        if io.op == IoOp::Write {
+            // SAFETY: the buffer has `slot_size` >= `len` bytes and the kernel is not using it
+            // (the caller's promise); `[start, start + len)` lies within the request's iovecs,
+            // which are live readable buffers (`BdevIo::with_iovecs`) and none of them is
+            // channel memory.
+            unsafe { copy_range(io.iovecs(), start, len as usize, self.ptr(chunk.buf), true) };
         }
     }
 
-    /// Frees the buffer `bounce` names (back to the pool, or dropped) and leaves
-    /// [`Bounce::None`].
-    pub(crate) fn release(&mut self, bounce: &mut Bounce) {
-        match std::mem::replace(bounce, Bounce::None) {
-            Bounce::Pool(i) => self.give(i),
-            Bounce::Owned(buf) => drop(buf),
-            Bounce::None => {}
+    /// Copies a bounced read's chunk out of its buffer into the request's iovecs.
+    ///
+    /// # Safety
+    /// `chunk` belongs to `io` and its buffer holds the chunk's bytes as the kernel read them
+    /// (it is done with the buffer); the iovec lengths add up to `io.len`.
+    pub(crate) unsafe fn copy_out(&self, chunk: &Chunk, io: &BdevIo) {
+        let len = (chunk.end - chunk.start) as usize;
+        // SAFETY: the buffer holds `len` bytes the kernel has just read; `[start, end)` lies
+        // within the request's iovecs (the caller's promise), which are writable request
+        // buffers that live until completion (`BdevIo::with_iovecs`), in other memory.
+        unsafe { copy_range(io.iovecs(), chunk.start, len, self.ptr(chunk.buf), false) };
+    }
+
+    /// Returns `chunk`'s buffer to the pool and leaves `None`.
+    pub(crate) fn release(&mut self, chunk: &mut Option<Chunk>) {
+        if let Some(c) = chunk.take() {
+            self.give(c.buf);
         }
     }
 }
 
-/// Copies the bytes the iovecs describe, in order, to `dst`.
+/// Copies between the bytes `[skip, skip + len)` of the buffers `iov` describes (in order) and
+/// `buf`: into `buf` when `gather`, out of it otherwise.
 ///
 /// # Safety
-/// Each iovec must describe a readable buffer of `iov_len` bytes, and `dst` must be valid for
-/// writes of the sum of the lengths and overlap none of them.
-pub(crate) unsafe fn gather(iov: &[IoVec], dst: *mut u8) {
-    let mut pos = 0;
+/// The iovecs must describe live buffers (readable when gathering, writable when scattering)
+/// holding at least `skip + len` bytes in all, and `buf` must be valid for `len` bytes the other
+/// way and overlap none of them.
+unsafe fn copy_range(iov: &[IoVec], skip: u64, len: usize, buf: *mut u8, gather: bool) {
+    let mut skip = skip;
+    let mut pos = 0usize;
     for v in iov {
-        // SAFETY: the caller guarantees the source buffer, room at `dst + pos` and no overlap.
-        unsafe { std::ptr::copy_nonoverlapping(v.iov_base.cast::<u8>(), dst.add(pos), v.iov_len) };
-        pos += v.iov_len;
-    }
-}
-
-/// Copies `src`, in order, into the buffers the iovecs describe.
-///
-/// # Safety
-/// Each iovec must describe a writable buffer of `iov_len` bytes, and `src` must be valid for
-/// reads of the sum of the lengths and overlap none of them.
-pub(crate) unsafe fn scatter(src: *const u8, iov: &[IoVec]) {
-    let mut pos = 0;
-    for v in iov {
-        // SAFETY: the caller guarantees `src + pos` is readable, the destination buffer and no
-        // overlap.
-        unsafe { std::ptr::copy_nonoverlapping(src.add(pos), v.iov_base.cast::<u8>(), v.iov_len) };
-        pos += v.iov_len;
+        if pos == len {
+            return;
+        }
+        if skip >= v.iov_len as u64 {
+            skip -= v.iov_len as u64;
+            continue;
+        }
+        let from = skip as usize;
+        skip = 0;
+        let n = (v.iov_len - from).min(len - pos);
+        let seg = v.iov_base.cast::<u8>().wrapping_add(from);
+        // SAFETY: `seg` has `n` bytes left in its iovec and `buf + pos` has `n` bytes left of
+        // `len` (the caller's promises); they do not overlap.
+        unsafe {
+            if gather {
+                std::ptr::copy_nonoverlapping(seg, buf.add(pos), n);
+            } else {
+                std::ptr::copy_nonoverlapping(buf.add(pos), seg, n);
+            }
+        }
+        pos += n;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{rw, Buf};
 
     #[test]
     fn pool_hands_out_distinct_aligned_buffers() {
@@ -252,49 +242,80 @@ mod tests {
             .all(|w| w[1] as usize - w[0] as usize >= 8192));
         pool.give(b);
         assert_eq!(pool.take(), Some(b));
-        assert!(BouncePool::new(0, 4096).expect("empty").is_empty_pool());
+        let mut empty = BouncePool::new(0, 4096).expect("empty");
+        assert!(empty.take().is_none(), "an empty pool lends nothing");
     }
 
+    /// A request several buffers long moves through one buffer chunk by chunk: each chunk
+    /// gathers (writes) or scatters (reads) exactly its share, across iovec boundaries.
     #[test]
-    fn pool_buffers_are_adjacent_and_an_empty_pool_has_none() {
-        let mut pool = BouncePool::new(2, 8192).expect("pool");
-        let a = pool.take().expect("a");
-        let b = pool.take().expect("b");
-        assert!(pool.take().is_none());
-        assert_eq!(pool.ptr(a) as usize % BOUNCE_ALIGN, 0);
-        assert_eq!((pool.ptr(b) as usize).abs_diff(pool.ptr(a) as usize), 8192);
-        pool.give(a);
-        assert_eq!(pool.take(), Some(a));
-        assert_eq!(BouncePool::new(0, 4096).expect("empty").slot_size(), 0);
-    }
-
-    #[test]
-    fn gather_and_scatter_round_trip() {
-        let mut a = [1u8, 2, 3];
-        let mut b = [4u8, 5];
-        let iov = [
-            IoVec {
-                iov_base: a.as_mut_ptr().cast(),
-                iov_len: 3,
-            },
-            IoVec {
-                iov_base: b.as_mut_ptr().cast(),
-                iov_len: 2,
-            },
-        ];
-        let buf = AlignedBuf::new(5).expect("buf");
-        // SAFETY: the buffer has 5 bytes; the iovecs describe 5 live bytes elsewhere.
-        unsafe { gather(&iov, buf.as_ptr()) };
-        // SAFETY: 5 initialised bytes at the start of the buffer.
-        let got = unsafe { std::slice::from_raw_parts(buf.as_ptr(), 5) }.to_vec();
-        assert_eq!(got, [1, 2, 3, 4, 5]);
-        assert_eq!(buf.bytes()[..5], [1, 2, 3, 4, 5]);
-        for fill in [9, 7] {
-            // SAFETY: as above, in the other direction.
-            unsafe { std::ptr::write_bytes(buf.as_ptr(), fill, 5) };
-            // SAFETY: as above.
-            unsafe { scatter(buf.as_ptr(), &iov) };
-            assert_eq!((a, b), ([fill; 3], [fill; 2]));
+    fn chunks_walk_the_request_through_one_buffer() {
+        let mut pool = BouncePool::new(1, 8192).expect("pool");
+        let len = 3 * 8192 + 1000;
+        let mut src = Buf::new(len + 7, 0);
+        for (i, b) in src.bytes_mut().iter_mut().enumerate() {
+            *b = (i * 7 + 3) as u8;
         }
+        // Iovec boundaries that fall inside chunks and on them.
+        let cuts = [0, 1, 5000, 8192, 8193, 20000, len];
+        let iov: Vec<IoVec> = cuts
+            .windows(2)
+            .map(|w| src.iov(7 + w[0], w[1] - w[0]))
+            .collect();
+        let w = rw(1, IoOp::Write, 0, &iov);
+        // SAFETY: the iovecs add up to len; no kernel uses the buffer.
+        let mut chunk = unsafe { pool.start(&w) }.expect("buffer");
+        assert!(pool.take().is_none(), "the only buffer is lent");
+        let mut staged = Vec::new();
+        loop {
+            let n = (chunk.end - chunk.start) as usize;
+            assert!(n <= 8192);
+            // SAFETY: the pool buffer holds 8192 bytes; no kernel uses it.
+            staged.extend_from_slice(unsafe { std::slice::from_raw_parts(pool.ptr(chunk.buf), n) });
+            if chunk.end == len as u64 {
+                break;
+            }
+            let next = chunk.end;
+            // SAFETY: as above; next < len.
+            unsafe { pool.stage(&mut chunk, &w, next) };
+        }
+        assert_eq!(staged, src.bytes()[7..]);
+
+        // Reads: scatter each chunk back into a differently cut destination.
+        let dst = Buf::new(len, 0);
+        let dcuts = [0, 4096, 4097, 16384, len];
+        let diov: Vec<IoVec> = dcuts
+            .windows(2)
+            .map(|w| dst.iov(w[0], w[1] - w[0]))
+            .collect();
+        let r = rw(2, IoOp::Read, 0, &diov);
+        let mut chunk = Some(Chunk {
+            buf: chunk.buf,
+            start: 0,
+            end: 0,
+        });
+        let mut at = 0u64;
+        while at < len as u64 {
+            let c = chunk.as_mut().expect("chunk");
+            // SAFETY: as above (a read stages nothing).
+            unsafe { pool.stage(c, &r, at) };
+            let n = (c.end - c.start) as usize;
+            // The "kernel" fills the buffer with the source bytes of this chunk.
+            // SAFETY: n <= 8192 bytes of the pool buffer.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    src.bytes()[7 + at as usize..].as_ptr(),
+                    pool.ptr(c.buf),
+                    n,
+                )
+            };
+            // SAFETY: the chunk belongs to `r` and holds its bytes.
+            unsafe { pool.copy_out(c, &r) };
+            at = c.end;
+        }
+        assert_eq!(dst.bytes(), &src.bytes()[7..]);
+        pool.release(&mut chunk);
+        assert!(chunk.is_none());
+        assert!(pool.take().is_some(), "the buffer is back");
     }
 }

@@ -1,4 +1,17 @@
 //! The bdev traits and the request/completion types that cross them.
+//!
+//! # Copies into shared memory
+//!
+//! A request's buffers are usually guest memory, which the guest (another process, another
+//! CPU) may read or write while a channel copies: the RAM bdevs' copies, the bounce buffers'
+//! gather and scatter, and null's zero fill use plain `memcpy`/`memset`
+//! (`ptr::copy_nonoverlapping`, `ptr::write_bytes`), not volatile or atomic accesses. In Rust's
+//! memory model a concurrent access by the guest is a data race; the code never forms a Rust
+//! reference into such memory and never reads back what it copied, so the only effect of a racing
+//! guest is torn data in its own buffer — the same practice as vm-memory, which uses `memcpy`
+//! for copies above 8 bytes. The malloc bdev's memory is shared the same way by every channel of
+//! the bdev (a disk written from several queues at once). This is said here once instead of at
+//! every copy.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -103,8 +116,12 @@ impl BdevIo {
 
     /// Marks a write as durable (or not): a channel completes a durable write only once its data
     /// would survive a power loss (virtio-blk with the write cache disabled; SCSI's FUA). Kernel-
-    /// backed channels write it with `RWF_DSYNC`; RAM-backed ones ignore it. Other operations
-    /// ignore the flag. Requests start non-durable.
+    /// backed channels write it with `RWF_DSYNC` (NVMe: FUA); RAM-backed ones ignore it. Other
+    /// operations ignore the flag. Requests start non-durable.
+    ///
+    /// The caller (the protocol layer, from virtio-blk's writeback mode) is the only owner of the
+    /// write-cache policy: bdevs have no "every write durable" option of their own, so a guest
+    /// that turns its write cache on gets non-durable writes plus explicit flushes.
     pub fn with_durable(mut self, durable: bool) -> Self {
         self.durable = durable;
         self
@@ -165,6 +182,16 @@ pub enum BdevError {
     },
     /// The path names something other than a regular file or a block device.
     NotAFileOrBlockDevice(PathBuf),
+    /// The bdev does not implement this control operation (named).
+    Unsupported(&'static str),
+    /// A rescan found the backing file or device smaller than the bdev's size; the new size is
+    /// not applied (requests already accepted up to the old end would fail) unless forced.
+    Shrunk {
+        /// The bdev's size in bytes.
+        current: u64,
+        /// The size found, rounded down to whole blocks.
+        found: u64,
+    },
     /// The NVMe passthrough bdev refused the device: see [`NvmeError`](crate::NvmeError).
     Nvme {
         /// The path as given.
@@ -193,6 +220,12 @@ impl fmt::Display for BdevError {
                 "{}: not a regular file or a block device",
                 path.display()
             ),
+            BdevError::Unsupported(what) => write!(f, "this bdev does not support {what}"),
+            BdevError::Shrunk { current, found } => write!(
+                f,
+                "the backing store shrank from {current} to {found} bytes; not applied (a \
+                 forced rescan applies it)"
+            ),
             BdevError::Nvme { path, error } => write!(f, "{}: {error}", path.display()),
         }
     }
@@ -214,7 +247,9 @@ pub trait Bdev: Send + Sync {
     fn name(&self) -> &str;
     /// Logical block size in bytes (512 or 4096).
     fn block_size(&self) -> u32;
-    /// Capacity in logical blocks.
+    /// Capacity in logical blocks, now: it changes with [`resize`](Bdev::resize) and
+    /// [`rescan`](Bdev::rescan). A control-plane read (an atomic load); the data plane keeps its
+    /// own copy per queue, updated by message, and channels never read it per request.
     fn num_blocks(&self) -> u64;
     /// Whether the bdev implements `op`.
     fn supports(&self, op: IoOp) -> bool;
@@ -223,9 +258,40 @@ pub trait Bdev: Send + Sync {
     /// session); the channel is then moved to the reactor that owns it.
     fn open_channel(&self, depth: usize) -> Result<Box<dyn IoChannel>, BdevError>;
 
-    /// Capacity in bytes.
+    /// Bytes of memory a channel opened with `depth` reserves, at most (ring, request slots,
+    /// bounce buffers; guest memory excluded): for the per-connection memory budget. Every bdev
+    /// in this crate reports it; the default, 0, means "not reported".
+    fn channel_memory(&self, depth: usize) -> usize {
+        let _ = depth;
+        0
+    }
+
+    /// Capacity in bytes, now.
     fn size_bytes(&self) -> u64 {
         self.num_blocks() * u64::from(self.block_size())
+    }
+
+    /// Changes the capacity to `new_size_bytes` (a non-zero multiple of the block size). Growing
+    /// never moves memory that requests in flight use, and the new blocks read as zeroes;
+    /// shrinking only lowers the capacity (requests already accepted beyond the new end still
+    /// complete safely). Whether shrinking a bdev in use is allowed is the caller's decision.
+    /// Default: [`BdevError::Unsupported`].
+    fn resize(&self, new_size_bytes: u64) -> Result<(), BdevError> {
+        let _ = new_size_bytes;
+        Err(BdevError::Unsupported("resize"))
+    }
+
+    /// Re-reads the size of the backing file or device and applies it if it grew (rounded down
+    /// to whole blocks); returns the size in bytes now. A size below the current one is reported
+    /// ([`BdevError::Shrunk`]) and not applied; [`rescan_forced`](Bdev::rescan_forced) applies
+    /// it. Default: [`BdevError::Unsupported`].
+    fn rescan(&self) -> Result<u64, BdevError> {
+        Err(BdevError::Unsupported("rescan"))
+    }
+
+    /// Like [`rescan`](Bdev::rescan), but applies a smaller size too.
+    fn rescan_forced(&self) -> Result<u64, BdevError> {
+        Err(BdevError::Unsupported("rescan"))
     }
 }
 
@@ -244,9 +310,25 @@ pub trait IoChannel: Send {
     fn in_flight(&self) -> usize;
     /// An fd that becomes readable (an eventfd written by the kernel or by the bdev's own
     /// threads) whenever a completion is ready, so an idle reactor can sleep on it while
-    /// requests are in flight. `None`: completions are decided in `submit` and reported by the
-    /// next `poll_completions`, so a reactor must not sleep while `in_flight() > 0`.
+    /// requests are in flight. The channel never reads it (that would be a system call per
+    /// pass): watch it edge-triggered (`EPOLLET`: every completion is a new edge, whether or not
+    /// it was read), or read it to reset it before a level-triggered wait. `None`: nothing
+    /// signals completions (malloc and null decide them in `submit` and report them on the next
+    /// `poll_completions`; a polled NVMe ring finds them only while polled), so a reactor must
+    /// not sleep while `in_flight() > 0`.
+    ///
+    /// io_uring posts the CQE of a request submitted by the reactor's thread by running task
+    /// work on that thread, which interrupts a blocking wait first: `epoll_wait` then returns
+    /// `EINTR`, which a reactor must treat as a wake-up (look for work), not an error.
     fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
         None
+    }
+    /// Requests failed, since the channel opened, because the device's queue itself broke (a
+    /// non-transient `io_uring_enter` failure: the ring cannot be used any more). From then on
+    /// every request fails with [`IoStatus::IoError`] and counts here; requests the kernel had
+    /// already taken still complete as the kernel reports them. Always 0 for channels without
+    /// such a queue.
+    fn submit_failures(&self) -> u64 {
+        0
     }
 }

@@ -18,7 +18,7 @@ mod testing;
 mod uring;
 
 pub use io::{Bdev, BdevError, BdevIo, Completion, IoChannel, IoOp, IoStatus, IoVec};
-pub use malloc::MallocBdev;
+pub use malloc::{MallocBdev, MallocOptions};
 pub use null::NullBdev;
 pub use nvme::{NvmeBdev, NvmeError, NvmeOptions};
 pub use qos::{QosClient, QosKind, QosLimiter, QosLimits, BURST as QOS_BURST, SLICE as QOS_SLICE};

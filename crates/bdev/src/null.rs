@@ -1,14 +1,17 @@
 //! The null bdev: reads return zeroes, writes are dropped (SPDK's `bdev_null_create`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use crate::malloc::check_geometry;
 use crate::memory::{io_in_range, zero_iovecs, CompletionRing};
 use crate::{Bdev, BdevError, BdevIo, Completion, IoChannel, IoOp, IoStatus};
 
-/// A bdev that stores nothing: for measuring the target without a device behind it.
+/// A bdev that stores nothing: for measuring the target without a device behind it. It can
+/// take any size at any time ([`Bdev::resize`]).
 pub struct NullBdev {
     name: String,
     block_size: u32,
-    num_blocks: u64,
+    num_blocks: AtomicU64,
 }
 
 impl NullBdev {
@@ -18,7 +21,7 @@ impl NullBdev {
         Ok(NullBdev {
             name: name.to_string(),
             block_size,
-            num_blocks: size_bytes / u64::from(block_size),
+            num_blocks: AtomicU64::new(size_bytes / u64::from(block_size)),
         })
     }
 }
@@ -31,21 +34,36 @@ impl Bdev for NullBdev {
         self.block_size
     }
     fn num_blocks(&self) -> u64 {
-        self.num_blocks
+        self.num_blocks.load(Ordering::Relaxed)
     }
     fn supports(&self, _op: IoOp) -> bool {
         true
     }
+    /// A completion ring of `depth` entries.
+    fn channel_memory(&self, depth: usize) -> usize {
+        CompletionRing::footprint(depth)
+    }
     fn open_channel(&self, depth: usize) -> Result<Box<dyn IoChannel>, BdevError> {
         Ok(Box::new(NullChannel {
-            size: self.size_bytes(),
             done: CompletionRing::new(depth.max(1)),
         }))
     }
+
+    /// Any non-zero multiple of the block size.
+    fn resize(&self, new_size_bytes: u64) -> Result<(), BdevError> {
+        check_geometry(new_size_bytes, self.block_size)?;
+        self.num_blocks.store(
+            new_size_bytes / u64::from(self.block_size),
+            Ordering::Relaxed,
+        );
+        Ok(())
+    }
 }
 
+/// A reactor's channel to a [`NullBdev`]. It has no memory to protect, so it checks only that a
+/// request's range does not overflow and its iovecs add up; the size is the protocol layer's to
+/// check (channels never read the shared size).
 struct NullChannel {
-    size: u64,
     done: CompletionRing,
 }
 
@@ -54,11 +72,11 @@ impl IoChannel for NullChannel {
         if self.done.is_full() {
             return Err(io);
         }
-        let status = if !io_in_range(&io, self.size) {
+        let status = if !io_in_range(&io, u64::MAX) {
             IoStatus::IoError
         } else {
             if io.op == IoOp::Read {
-                zero_iovecs(io.iovecs());
+                zero_iovecs(&io);
             }
             IoStatus::Success
         };
@@ -103,5 +121,38 @@ mod tests {
         });
         assert_eq!(tags, [1, 2]);
         assert!(buf.iter().all(|&b| b == 0));
+    }
+
+    /// Any size at any time; a channel opened before serves the new range (the protocol layer
+    /// checks the size, not the channel).
+    #[test]
+    fn resize_to_any_size() {
+        let bdev = NullBdev::new("n0", 1 << 20, 512).expect("bdev");
+        let mut ch = bdev.open_channel(1).expect("channel");
+        bdev.resize(1 << 40).expect("grow to 1 TiB");
+        assert_eq!(bdev.size_bytes(), 1 << 40);
+        bdev.resize(4096).expect("shrink");
+        assert_eq!(bdev.num_blocks(), 8);
+        assert!(bdev.resize(4097).is_err());
+        assert!(bdev.resize(0).is_err());
+        assert_eq!(bdev.num_blocks(), 8);
+        bdev.resize(1 << 40).expect("grow");
+        let mut buf = vec![0x5au8; 512];
+        let v = [IoVec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: 512,
+        }];
+        // SAFETY: the buffer outlives the request, which completes synchronously.
+        let r = unsafe { BdevIo::with_iovecs(1, IoOp::Read, (1 << 40) - 512, 512, v.as_ptr(), 1) };
+        ch.submit(r).expect("room");
+        let mut st = None;
+        ch.poll_completions(&mut |c| st = Some(c.status));
+        assert_eq!(st, Some(IoStatus::Success));
+        assert!(buf.iter().all(|&b| b == 0));
+        // An overflowing range is still refused.
+        ch.submit(BdevIo::without_data(2, IoOp::Discard, u64::MAX - 10, 512))
+            .expect("room");
+        ch.poll_completions(&mut |c| st = Some(c.status));
+        assert_eq!(st, Some(IoStatus::IoError));
     }
 }

@@ -774,21 +774,29 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
     fn set_vring_addr(
         &mut self,
         index: u32,
-        _flags: VhostUserVringAddrFlags,
+        flags: VhostUserVringAddrFlags,
         descriptor: u64,
         used: u64,
         available: u64,
-        _log: u64,
+        log: u64,
     ) -> VhostResult<()> {
         if !descriptor.is_multiple_of(16) || !available.is_multiple_of(2) || !used.is_multiple_of(4)
         {
             return Err(invalid("misaligned ring address"));
         }
+        let log_flag = flags.contains(VhostUserVringAddrFlags::VHOST_VRING_F_LOG);
         let v = self.vring(index)?;
         if v.running.is_some() {
-            return Err(invalid("SET_VRING_ADDR on a running ring"));
+            // A running ring may only switch its logging (QEMU does that when migration starts
+            // and ends); moving it needs a stop first.
+            if (v.desc_va, v.used_va, v.avail_va) != (descriptor, used, available) {
+                return Err(invalid("SET_VRING_ADDR moves a running ring"));
+            }
+            (v.log_flag, v.log_addr) = (log_flag, log);
+            return self.update_logging();
         }
         (v.desc_va, v.used_va, v.avail_va, v.addr_set) = (descriptor, used, available, true);
+        (v.log_flag, v.log_addr) = (log_flag, log);
         Ok(())
     }
 

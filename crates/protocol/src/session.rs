@@ -79,8 +79,9 @@ impl std::fmt::Display for SessionEnd {
 
 /// What a handled message asks the loop to send back.
 enum Reply {
-    /// No data reply; an ack with this outcome if the frontend asked for one.
-    Ack(bool),
+    /// No data reply; an ack with this outcome if the frontend asked for one (`Err`: why
+    /// it was refused, for the log).
+    Ack(Result<(), String>),
     /// A reply with this payload (and fds).
     Data(Vec<u8>, Vec<File>),
     /// The frontend waits for a reply we cannot give: close the connection.
@@ -88,8 +89,17 @@ enum Reply {
 }
 
 fn ack(r: Result<(), VhostError>) -> Reply {
-    Reply::Ack(r.is_ok())
+    Reply::Ack(r.map_err(|e| e.to_string()))
 }
+
+/// A refusal for a malformed or unexpected message.
+fn refuse(why: &str) -> Reply {
+    Reply::Ack(Err(why.to_string()))
+}
+
+/// Refusals logged at warning level per connection before the rest go to debug level (a
+/// hostile frontend must not be able to flood the log).
+const LOGGED_REFUSALS: u32 = 16;
 
 fn data<T: ByteValued>(v: &T) -> Reply {
     Reply::Data(v.as_slice().to_vec(), Vec::new())
@@ -199,6 +209,7 @@ fn send(
 /// backend's mutex is taken per message (the control plane may take it between messages).
 pub fn serve(name: &str, mut stream: UnixStream, backend: &Mutex<BlkBackend>) -> SessionEnd {
     let mut errors = 0u32;
+    let mut refusals = 0u32;
     loop {
         let msg = match recv(&mut stream) {
             Ok(Some(m)) => m,
@@ -220,12 +231,18 @@ pub fn serve(name: &str, mut stream: UnixStream, backend: &Mutex<BlkBackend>) ->
             (reply, reply_ack || b.reply_ack_negotiated())
         };
         let outcome = match reply {
-            Reply::Ack(ok) => {
-                if ok {
-                    errors = 0;
-                } else {
+            Reply::Ack(result) => {
+                let ok = result.is_ok();
+                if let Err(why) = result {
                     errors += 1;
-                    debug!("{name}: request {raw_code} refused");
+                    refusals += 1;
+                    if refusals <= LOGGED_REFUSALS {
+                        warn!("{name}: request {raw_code} refused: {why}");
+                    } else {
+                        debug!("{name}: request {raw_code} refused: {why}");
+                    }
+                } else {
+                    errors = 0;
                 }
                 if need_reply && reply_ack {
                     let v = VhostUserU64::new(u64::from(!ok));
@@ -281,7 +298,7 @@ fn dispatch(b: &mut BlkBackend, code: u32, payload: Vec<u8>, files: Vec<File>) -
     let p = &payload[..];
     let Ok(req) = FrontendReq::try_from(code) else {
         // Unknown to the protocol: refused (an ack of 1 if the frontend asked for one).
-        return Reply::Ack(false);
+        return refuse("malformed or unexpected message");
     };
     // Every message without fds of its own must not carry any.
     let takes_fds = matches!(
@@ -300,7 +317,7 @@ fn dispatch(b: &mut BlkBackend, code: u32, payload: Vec<u8>, files: Vec<File>) -
         return if has_data_reply(req) {
             Reply::Close("unexpected fds on a request with a reply")
         } else {
-            Reply::Ack(false)
+            refuse("malformed or unexpected message")
         };
     }
     match req {
@@ -313,7 +330,7 @@ fn dispatch(b: &mut BlkBackend, code: u32, payload: Vec<u8>, files: Vec<File>) -
         },
         FrontendReq::SET_FEATURES => match body::<VhostUserU64>(p) {
             Some(v) => ack(b.set_features(v.value)),
-            None => Reply::Ack(false),
+            None => refuse("malformed or unexpected message"),
         },
         FrontendReq::GET_PROTOCOL_FEATURES if p.is_empty() => match b.get_protocol_features() {
             Ok(f) => data(&VhostUserU64::new(f.bits())),
@@ -321,7 +338,7 @@ fn dispatch(b: &mut BlkBackend, code: u32, payload: Vec<u8>, files: Vec<File>) -
         },
         FrontendReq::SET_PROTOCOL_FEATURES => match body::<VhostUserU64>(p) {
             Some(v) => ack(b.set_protocol_features(v.value)),
-            None => Reply::Ack(false),
+            None => refuse("malformed or unexpected message"),
         },
         FrontendReq::GET_QUEUE_NUM if p.is_empty() => match b.get_queue_num() {
             Ok(n) => data(&VhostUserU64::new(n)),
@@ -337,7 +354,7 @@ fn dispatch(b: &mut BlkBackend, code: u32, payload: Vec<u8>, files: Vec<File>) -
         {
             match (body::<VhostUserSingleMemoryRegion>(p), one_file(files)) {
                 (Some(r), Some(f)) => ack(b.add_mem_region(&r, f, None).map(|_| ())),
-                _ => Reply::Ack(false),
+                _ => refuse("malformed or unexpected message"),
             }
         }
         FrontendReq::REM_MEM_REG
@@ -345,25 +362,25 @@ fn dispatch(b: &mut BlkBackend, code: u32, payload: Vec<u8>, files: Vec<File>) -
         {
             match body::<VhostUserSingleMemoryRegion>(p) {
                 Some(r) => ack(b.remove_mem_region(&r)),
-                None => Reply::Ack(false),
+                None => refuse("malformed or unexpected message"),
             }
         }
         FrontendReq::SET_VRING_NUM => match body::<VhostUserVringState>(p) {
             Some(s) => ack(b.set_vring_num(s.index, s.num)),
-            None => Reply::Ack(false),
+            None => refuse("malformed or unexpected message"),
         },
         FrontendReq::SET_VRING_ADDR => {
             let Some(a) = body_unchecked::<VhostUserVringAddr>(p) else {
-                return Reply::Ack(false);
+                return refuse("malformed or unexpected message");
             };
             let Some(flags) = VhostUserVringAddrFlags::from_bits(a.flags) else {
-                return Reply::Ack(false);
+                return refuse("malformed or unexpected message");
             };
             ack(b.set_vring_addr(a.index, flags, a.descriptor, a.used, a.available, a.log))
         }
         FrontendReq::SET_VRING_BASE => match body::<VhostUserVringState>(p) {
             Some(s) => ack(b.set_vring_base(s.index, s.num)),
-            None => Reply::Ack(false),
+            None => refuse("malformed or unexpected message"),
         },
         FrontendReq::GET_VRING_BASE => match body::<VhostUserVringState>(p) {
             Some(s) => match b.get_vring_base(s.index) {
@@ -374,20 +391,20 @@ fn dispatch(b: &mut BlkBackend, code: u32, payload: Vec<u8>, files: Vec<File>) -
         },
         FrontendReq::SET_VRING_KICK => match vring_fd(p, files) {
             Some((i, f)) => ack(b.set_vring_kick(i, f)),
-            None => Reply::Ack(false),
+            None => refuse("malformed or unexpected message"),
         },
         FrontendReq::SET_VRING_CALL => match vring_fd(p, files) {
             Some((i, f)) => ack(b.set_vring_call(i, f)),
-            None => Reply::Ack(false),
+            None => refuse("malformed or unexpected message"),
         },
         FrontendReq::SET_VRING_ERR => match vring_fd(p, files) {
             Some((i, f)) => ack(b.set_vring_err(i, f)),
-            None => Reply::Ack(false),
+            None => refuse("malformed or unexpected message"),
         },
         FrontendReq::SET_VRING_ENABLE if b.features_acked_protocol() => {
             match body::<VhostUserVringState>(p) {
                 Some(s) if s.num <= 1 => ack(b.set_vring_enable(s.index, s.num == 1)),
-                _ => Reply::Ack(false),
+                _ => refuse("malformed or unexpected message"),
             }
         }
         FrontendReq::GET_CONFIG => get_config(b, p),
@@ -399,7 +416,7 @@ fn dispatch(b: &mut BlkBackend, code: u32, payload: Vec<u8>, files: Vec<File>) -
         {
             match one_file(files) {
                 Some(f) => ack(b.set_backend_channel(f)),
-                None => Reply::Ack(false),
+                None => refuse("malformed or unexpected message"),
             }
         }
         FrontendReq::GET_INFLIGHT_FD => {
@@ -423,7 +440,7 @@ fn dispatch(b: &mut BlkBackend, code: u32, payload: Vec<u8>, files: Vec<File>) -
         {
             match (body::<VhostUserInflight>(p), one_file(files)) {
                 (Some(r), Some(f)) => ack(b.set_inflight_fd(&r, f)),
-                _ => Reply::Ack(false),
+                _ => refuse("malformed or unexpected message"),
             }
         }
         FrontendReq::SET_LOG_BASE if b.protocol_acked(VhostUserProtocolFeatures::LOG_SHMFD) => {
@@ -439,12 +456,12 @@ fn dispatch(b: &mut BlkBackend, code: u32, payload: Vec<u8>, files: Vec<File>) -
         FrontendReq::SET_LOG_FD => {
             // The log fd is for a notification the target never sends: accepted and closed.
             drop(files);
-            Reply::Ack(true)
+            Reply::Ack(Ok(()))
         }
         other if has_data_reply(other) => {
             Reply::Close("a request with a reply that this target does not implement")
         }
-        _ => Reply::Ack(false),
+        _ => refuse("malformed or unexpected message"),
     }
 }
 

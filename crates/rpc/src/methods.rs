@@ -888,25 +888,20 @@ impl SpdkMethods {
             let b = e.bdev();
             let uuid = e.uuid().to_string();
             let (method, params) = match e.kind() {
-                BdevKind::Malloc {
-                    num_blocks,
-                    block_size,
-                } => (
+                BdevKind::Malloc { block_size, .. } => (
                     "bdev_malloc_create",
                     json!({
-                        "name": e.name(), "num_blocks": num_blocks, "block_size": block_size,
+                        // The size now (a resize changes it).
+                        "name": e.name(), "num_blocks": b.num_blocks(), "block_size": block_size,
                         "physical_block_size": block_size, "uuid": uuid,
                         "optimal_io_boundary": 0, "md_size": 0, "dif_type": 0,
                         "dif_is_head_of_md": false, "dif_pi_format": 0,
                     }),
                 ),
-                BdevKind::Null {
-                    num_blocks,
-                    block_size,
-                } => (
+                BdevKind::Null { block_size, .. } => (
                     "bdev_null_create",
                     json!({
-                        "name": e.name(), "num_blocks": num_blocks, "block_size": block_size,
+                        "name": e.name(), "num_blocks": b.num_blocks(), "block_size": block_size,
                         "physical_block_size": block_size, "md_size": 0, "dif_type": 0,
                         "dif_is_head_of_md": false, "dif_pi_format": 0, "uuid": uuid,
                     }),

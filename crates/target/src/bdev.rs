@@ -402,7 +402,6 @@ fn make_bdev(p: &BdevParams) -> Result<Arc<dyn Bdev>, spinblk_bdev::BdevError> {
                     block_size: *block_size,
                     buffered: *buffered,
                     read_only: *readonly,
-                    write_cache: p.write_cache,
                 },
             )?
             .with_name(p.name.clone()),
@@ -417,7 +416,6 @@ fn make_bdev(p: &BdevParams) -> Result<Arc<dyn Bdev>, spinblk_bdev::BdevError> {
                 NvmeOptions {
                     poll: *poll,
                     read_only: *readonly,
-                    write_cache: p.write_cache,
                 },
             )?
             .with_name(p.name.clone()),

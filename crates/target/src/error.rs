@@ -63,7 +63,8 @@ impl TargetError {
                     libc::EINVAL
                 }
                 BdevError::NotAFileOrBlockDevice(_) => libc::ENODEV,
-                BdevError::Nvme { .. } => libc::EINVAL,
+                BdevError::Nvme { .. } | BdevError::Shrunk { .. } => libc::EINVAL,
+                BdevError::Unsupported(_) => libc::ENOTSUP,
             },
             TargetError::System(_, e) => e.raw_os_error().unwrap_or(libc::EIO),
         }

@@ -6,6 +6,11 @@
 //! commands). Each part in the kernel holds a *command* entry (as many as the ring has SQEs),
 //! whose index is the SQE's `user_data`. Parts are issued in request order as command entries
 //! free up; a request completes when its last part does, failed if any part failed.
+//!
+//! A slot has room for [`CAPS`] parts and iovec pieces, reserved when the channel opens; a
+//! request that needs more moves in *rounds*: the next round is planned when every part of the
+//! previous one is back. A misaligned request moves through one bounce buffer in buffer-sized
+//! chunks (each chunk one or more rounds). Nothing is allocated per request.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -16,10 +21,13 @@ use super::cmd::{
     dsm_deallocate_cmd, flush_cmd, rw_cmd, status_of, write_zeroes_cmd, DsmRange, NvmeCmd,
     NVME_URING_CMD_IO, NVME_URING_CMD_IO_VEC,
 };
-use super::split::{plan_blocks, plan_rw, Limits, Part, Plan};
-use crate::bounce::{Bounce, BouncePool, StageError, BOUNCE_SLOTS_MAX, BOUNCE_SLOT_SIZE};
+use super::split::{plan_blocks, plan_rw, Caps, Limits, Part, Plan};
+use crate::bounce::{BouncePool, Chunk, BOUNCE_SLOTS_MAX, BOUNCE_SLOT_SIZE};
 use crate::memory::{io_in_range, CompletionRing, FreeList};
-use crate::ring::{self, register_fixed_file, ring_depth, RingChannel};
+use crate::ring::{
+    self, is_transient, register_completion_eventfd, register_fixed_file, ring_depth, RingChannel,
+    SqShadow,
+};
 use crate::{BdevError, BdevIo, Completion, IoChannel, IoOp, IoStatus, IoVec};
 
 /// The ring type: `IORING_SETUP_SQE128 | IORING_SETUP_CQE32`, which `URING_CMD` to NVMe needs.
@@ -33,6 +41,12 @@ pub(crate) const MAX_DEPTH: usize = 4096;
 pub(crate) const ZERO_COPY_ALIGN: usize = 512;
 /// The fixed-file index of the char device in the ring.
 const FD: types::Fixed = types::Fixed(0);
+/// Parts and pieces one slot holds per round: 16 commands (8 MiB at a 512 KiB MDTS) over up to
+/// 128 iovec pieces (virtio-blk's usual `seg_max` is 126), 2.5 KiB per slot.
+pub(crate) const CAPS: Caps = Caps {
+    parts: 16,
+    pieces: 128,
+};
 
 /// What a channel needs to know of its bdev.
 #[derive(Debug, Clone, Copy)]
@@ -51,8 +65,6 @@ pub(super) struct ChannelConfig {
     pub(super) max_discard_blocks: u64,
     /// Writes are refused.
     pub(super) read_only: bool,
-    /// Every write is FUA (no write cache on our side).
-    pub(super) all_durable: bool,
     /// Dataset Management is supported.
     pub(super) discard: bool,
     /// Write Zeroes is supported.
@@ -75,7 +87,7 @@ pub(super) fn new_ring(entries: u32, poll: bool) -> std::io::Result<Ring> {
 enum Source {
     /// The request's iovecs (one whole part).
     Request,
-    /// The slot's `bounce_iov` (parts index it as a one-element array, or `pieces` if split).
+    /// The slot's `bounce_iov` (one whole part).
     Bounce,
     /// The slot's `pieces`.
     Pieces,
@@ -85,14 +97,17 @@ enum Source {
 /// touched while parts are in the kernel, so both can be handed to it.
 struct Slot {
     io: Option<BdevIo>,
-    bounce: Bounce,
-    /// One iovec over the bounce buffer.
+    /// The pool buffer and the request's bytes staged in it, for a bounced request.
+    bounce: Option<Chunk>,
+    /// One iovec over what remains of the staged chunk.
     bounce_iov: IoVec,
-    /// The request's (or bounce buffer's) iovecs cut at command boundaries.
+    /// The request's (or bounce buffer's) iovecs cut at command boundaries: at most
+    /// `CAPS.pieces`, the capacity reserved at open.
     pieces: Vec<IoVec>,
+    /// This round's commands: at most `CAPS.parts`, the capacity reserved at open.
     parts: Vec<Part>,
     source: Source,
-    /// The next part to issue.
+    /// The next part of this round to issue.
     next_part: usize,
     /// Parts in the kernel.
     outstanding: usize,
@@ -100,24 +115,33 @@ struct Slot {
     status: IoStatus,
     /// Writes carry FUA.
     fua: bool,
+    /// Request bytes moved by earlier rounds.
+    done: u64,
+    /// Request bytes this round moves.
+    round: u64,
+    /// In `waiting`.
+    queued: bool,
 }
 
 impl Slot {
     fn empty() -> Self {
         Slot {
             io: None,
-            bounce: Bounce::None,
+            bounce: None,
             bounce_iov: IoVec {
                 iov_base: std::ptr::null_mut(),
                 iov_len: 0,
             },
-            pieces: Vec::new(),
-            parts: Vec::with_capacity(1),
+            pieces: Vec::with_capacity(CAPS.pieces),
+            parts: Vec::with_capacity(CAPS.parts),
             source: Source::Request,
             next_part: 0,
             outstanding: 0,
             status: IoStatus::Success,
             fua: false,
+            done: 0,
+            round: 0,
+            queued: false,
         }
     }
 }
@@ -127,6 +151,30 @@ impl Slot {
 struct Cmd {
     slot: usize,
     range: DsmRange,
+}
+
+/// Bytes one channel of `depth` requests reserves when it opens, and never more: the ring
+/// (`entries` = `depth` rounded up to a power of two; 128-byte SQEs plus a 4-byte index each,
+/// twice as many 32-byte CQEs), one command entry per SQE, the request slots with their
+/// [`CAPS`] of parts and pieces, the free lists, waiting queue and completion ring, and
+/// [`BOUNCE_SLOTS_MAX`] 1 MiB bounce buffers (fewer below depth 8).
+///
+/// At depth 1024: ring 196 KiB, command entries 24 KiB, slots 2.7 MiB, bounce buffers 8 MiB:
+/// about 11 MiB (`footprint_at_depth_1024` checks these figures). Bounce buffers and the parts
+/// and pieces of a slot are touched only when requests use them.
+pub(crate) fn footprint(depth: usize) -> usize {
+    use std::mem::size_of;
+    let (depth, entries) = ring_depth(depth, MAX_DEPTH);
+    let entries = entries as usize;
+    let ring = entries * (128 + 4) + 2 * entries * 32;
+    let cmds = entries * (size_of::<Cmd>() + size_of::<usize>());
+    let slots = depth
+        * (size_of::<Slot>()
+            + CAPS.pieces * size_of::<IoVec>()
+            + CAPS.parts * size_of::<Part>()
+            + 2 * size_of::<usize>()
+            + size_of::<Completion>());
+    ring + cmds + slots + depth.min(BOUNCE_SLOTS_MAX) * BOUNCE_SLOT_SIZE
 }
 
 /// One io_uring over one namespace, owned by one reactor.
@@ -145,6 +193,17 @@ pub(super) struct NvmeChannel {
     /// Requests in flight, and those decided without the device (refused, empty, failed while
     /// issuing), reported on the next poll.
     pending: CompletionRing,
+    /// The command entry of each SQE pushed, for a ring that breaks.
+    shadow: SqShadow,
+    /// The errno that broke the ring, if it broke: every request fails from then on.
+    broken: Option<i32>,
+    /// Requests failed because the ring broke.
+    submit_failures: u64,
+    /// Registered with `ring` unless it polls: the kernel signals it on every CQE.
+    completion_fd: Option<std::os::fd::OwnedFd>,
+    /// Errors the next `io_uring_enter`s return instead of entering (tests only).
+    #[cfg(test)]
+    inject_enter: Vec<i32>,
 }
 
 impl NvmeChannel {
@@ -162,6 +221,12 @@ impl NvmeChannel {
             ))
         })?;
         register_fixed_file(&ring, &file, "the char device")?;
+        // A polled ring completes commands only inside io_uring_enter and signals no eventfd.
+        let completion_fd = if cfg.poll {
+            None
+        } else {
+            Some(register_completion_eventfd(&ring)?)
+        };
         let ncmds = entries as usize;
         Ok(NvmeChannel {
             ring,
@@ -179,6 +244,12 @@ impl NvmeChannel {
             pool: BouncePool::new(depth.min(BOUNCE_SLOTS_MAX), BOUNCE_SLOT_SIZE)?,
             waiting: VecDeque::with_capacity(depth),
             pending: CompletionRing::new(depth),
+            shadow: SqShadow::new(ncmds),
+            broken: None,
+            submit_failures: 0,
+            completion_fd,
+            #[cfg(test)]
+            inject_enter: Vec::new(),
         })
     }
 
@@ -200,64 +271,176 @@ impl NvmeChannel {
         }
     }
 
-    /// Whether a read or write must be staged in a bounce buffer.
-    fn misaligned(io: &BdevIo) -> bool {
+    /// Whether a read or write must be staged in a bounce buffer: an iovec's base or length is
+    /// not a multiple of [`ZERO_COPY_ALIGN`] (of the block size, on a device whose commands may
+    /// touch fewer pages than a block of 512-byte segments can spread over, so that every block
+    /// of an unbounced request fits one command).
+    fn misaligned(&self, io: &BdevIo) -> bool {
+        let bs = self.cfg.limits.block_size as usize;
+        let align = if self.cfg.limits.max_pages < bs / ZERO_COPY_ALIGN {
+            bs
+        } else {
+            ZERO_COPY_ALIGN
+        };
         io.iovecs().iter().any(|v| {
-            !(v.iov_base as usize).is_multiple_of(ZERO_COPY_ALIGN)
-                || !v.iov_len.is_multiple_of(ZERO_COPY_ALIGN)
+            !(v.iov_base as usize).is_multiple_of(align) || !v.iov_len.is_multiple_of(align)
         })
     }
 
-    /// Plans slot `idx`'s read or write, bouncing it (misaligned iovecs, or a layout no split
-    /// fits) through a pool buffer or one of its own. The request's iovec lengths add up to its
-    /// length (it passed `precheck`). On error the slot holds no bounce buffer; `Failed` also
-    /// covers a request no plan fits.
-    fn plan_transfer(&mut self, idx: usize) -> Result<(), StageError> {
-        let limits = self.cfg.limits;
+    /// Plans slot `idx`'s next round from `slot.done` on: the commands of (part of) what
+    /// remains of the request, or of its staged chunk. `false` if nothing could be planned
+    /// (a layout no command fits).
+    fn plan_round(&mut self, idx: usize) -> bool {
+        let cfg = self.cfg;
+        let bs = cfg.limits.block_size;
         let slot = &mut self.slots[idx];
+        slot.next_part = 0;
+        slot.outstanding = 0;
         let Some(io) = slot.io.as_ref() else {
-            return Err(StageError::Failed);
+            return false;
         };
-        if !Self::misaligned(io) {
-            match plan_rw(
-                io.iovecs(),
-                io.offset,
-                limits,
-                &mut slot.pieces,
-                &mut slot.parts,
-            ) {
-                Plan::Whole => {
-                    slot.source = Source::Request;
-                    return Ok(());
+        let (rest, at) = (io.len - slot.done, io.offset + slot.done);
+        match io.op {
+            IoOp::Read | IoOp::Write => {
+                let plan = match slot.bounce {
+                    None => {
+                        let p = plan_rw(
+                            io.iovecs(),
+                            slot.done,
+                            at,
+                            cfg.limits,
+                            CAPS,
+                            &mut slot.pieces,
+                            &mut slot.parts,
+                        );
+                        slot.source = if p == Plan::Whole {
+                            Source::Request
+                        } else {
+                            Source::Pieces
+                        };
+                        p
+                    }
+                    Some(chunk) => {
+                        // `start <= done < end`: what remains of the chunk, contiguous in its
+                        // page-aligned buffer.
+                        slot.bounce_iov = IoVec {
+                            iov_base: self
+                                .pool
+                                .ptr(chunk.buf)
+                                .wrapping_add((slot.done - chunk.start) as usize)
+                                .cast(),
+                            iov_len: (chunk.end - slot.done) as usize,
+                        };
+                        let one = std::slice::from_ref(&slot.bounce_iov);
+                        let p = plan_rw(
+                            one,
+                            0,
+                            at,
+                            cfg.limits,
+                            CAPS,
+                            &mut slot.pieces,
+                            &mut slot.parts,
+                        );
+                        slot.source = if p == Plan::Whole {
+                            Source::Bounce
+                        } else {
+                            Source::Pieces
+                        };
+                        p
+                    }
+                };
+                if plan == Plan::Impossible {
+                    slot.parts.clear();
+                    return false;
                 }
-                Plan::Split => {
-                    slot.source = Source::Pieces;
-                    return Ok(());
-                }
-                Plan::Impossible => {}
+            }
+            IoOp::Flush => {
+                // One command flushes everything, whatever range the request names.
+                plan_blocks(0, bs, bs, 1, 1, &mut slot.parts);
+                slot.round = rest;
+                return true;
+            }
+            IoOp::WriteZeroes => {
+                let max = cfg.max_write_zeroes_blocks;
+                plan_blocks(at, rest, bs, max, CAPS.parts, &mut slot.parts);
+            }
+            IoOp::Discard => {
+                let max = cfg.max_discard_blocks;
+                plan_blocks(at, rest, bs, max, CAPS.parts, &mut slot.parts);
             }
         }
-        // Bounce: the whole request through one contiguous, page-aligned buffer.
-        let len = usize::try_from(io.len).map_err(|_| StageError::Failed)?;
-        // SAFETY: the iovec lengths add up to `io.len` (`io_in_range`, in `precheck`).
-        let (mut bounce, dst) = unsafe { self.pool.stage(io) }?;
-        slot.bounce_iov = IoVec {
-            iov_base: dst.cast(),
-            iov_len: len,
+        slot.round = slot.parts.iter().map(|p| p.len).sum();
+        slot.round > 0
+    }
+
+    /// Starts the request now in slot `idx`: stages a misaligned read or write (or one whose
+    /// layout no command fits) in a bounce buffer and plans its first round. `Err(())` when
+    /// it needs a bounce buffer and none is free: the caller hands the request back. `Ok(false)`
+    /// when nothing could be planned: the caller fails it.
+    fn prepare(&mut self, idx: usize) -> Result<bool, ()> {
+        let slot = &self.slots[idx];
+        let Some(io) = slot.io.as_ref() else {
+            return Ok(false);
         };
-        let one = std::slice::from_ref(&slot.bounce_iov);
-        let source = match plan_rw(one, io.offset, limits, &mut slot.pieces, &mut slot.parts) {
-            Plan::Whole => Source::Bounce,
-            Plan::Split => Source::Pieces,
-            // Not reached: a contiguous page-aligned buffer splits at any block boundary.
-            Plan::Impossible => {
-                self.pool.release(&mut bounce);
-                return Err(StageError::Failed);
-            }
-        };
-        slot.bounce = bounce;
-        slot.source = source;
+        let rw = matches!(io.op, IoOp::Read | IoOp::Write);
+        if rw && self.misaligned(io) {
+            self.bounce(idx)?;
+        }
+        if self.plan_round(idx) {
+            return Ok(true);
+        }
+        if rw && self.slots[idx].bounce.is_none() {
+            // Not reached (see `misaligned`): a block spread over more pages than a command may
+            // touch. A contiguous buffer always fits.
+            self.bounce(idx)?;
+            return Ok(self.plan_round(idx));
+        }
+        Ok(false)
+    }
+
+    /// Gives slot `idx`'s request a bounce buffer and stages its first chunk; `Err(())` if
+    /// none is free.
+    fn bounce(&mut self, idx: usize) -> Result<(), ()> {
+        let slot = &mut self.slots[idx];
+        let io = slot.io.as_ref().ok_or(())?;
+        // SAFETY: the request passed `precheck`, so its iovecs add up to `len` (`io_in_range`)
+        // and `len > 0`; a free buffer is not in the kernel's hands.
+        slot.bounce = Some(unsafe { self.pool.start(io) }.ok_or(())?);
         Ok(())
+    }
+
+    /// Slot `idx`'s round is back without error: moves `done` on, copies a bounced read's
+    /// chunk out and stages the next chunk when the chunk is done, and plans the next round.
+    /// `true` if the request is complete (or nothing more could be planned: then it failed).
+    fn next_round(&mut self, idx: usize) -> bool {
+        let slot = &mut self.slots[idx];
+        let Some(io) = slot.io.as_ref() else {
+            return true;
+        };
+        slot.done += slot.round;
+        slot.round = 0;
+        if let Some(chunk) = slot.bounce.as_mut() {
+            if slot.done == chunk.end {
+                if io.op == IoOp::Read {
+                    // SAFETY: the chunk was staged for this request and its buffer holds the
+                    // chunk's bytes, which the device has just read (every part of it is back);
+                    // the iovecs add up to `len` (`io_in_range`).
+                    unsafe { self.pool.copy_out(chunk, io) };
+                }
+                if slot.done < io.len {
+                    // SAFETY: as above; the device is done with the buffer and done < len.
+                    unsafe { self.pool.stage(chunk, io, slot.done) };
+                }
+            }
+        }
+        if slot.done >= io.len {
+            return true;
+        }
+        if self.plan_round(idx) {
+            return false;
+        }
+        self.slots[idx].status = IoStatus::IoError;
+        true
     }
 
     /// The SQE for part `k` of slot `idx`, through command entry `c`.
@@ -311,12 +494,26 @@ impl NvmeChannel {
         )
     }
 
-    /// Issues the parts of waiting requests, oldest first, while command entries are free.
+    /// Puts slot `idx` at the back of `waiting` (each slot at most once, so it never grows past
+    /// its capacity, the depth).
+    fn enqueue(&mut self, idx: usize) {
+        debug_assert!(!self.slots[idx].queued);
+        self.slots[idx].queued = true;
+        self.waiting.push_back(idx);
+    }
+
+    /// Issues the parts of waiting requests, oldest first, while command entries are free. On a
+    /// broken ring, fails them instead.
     fn pump(&mut self) {
+        if self.broken.is_some() {
+            self.fail_waiting();
+            return;
+        }
         while let Some(&idx) = self.waiting.front() {
             let slot = &self.slots[idx];
             if slot.next_part >= slot.parts.len() {
                 self.waiting.pop_front();
+                self.slots[idx].queued = false;
                 continue;
             }
             let Some(c) = self.free_cmds.take() else {
@@ -329,10 +526,16 @@ impl NvmeChannel {
                     // reaped: the request's iovec array and buffers by `with_iovecs`' contract
                     // (the request stays in its slot until its last part completes), the slot's
                     // bounce iovec and pieces because slots never move and are not replanned
-                    // while parts are out, bounce buffers and DSM ranges because they are
-                    // released only on completion and `Drop` waits for every command. The file
+                    // while parts are out, bounce buffers because they are restaged or
+                    // released only once every part of the round is back, DSM ranges because
+                    // command entries are reused only after their CQE, and `Drop` waits for
+                    // every command. The file
                     // is registered and kept open by `self`.
-                    unsafe { self.ring.submission().push(&entry).is_ok() }
+                    let ok = unsafe { self.ring.submission().push(&entry).is_ok() };
+                    if ok {
+                        self.shadow.record(c as u64);
+                    }
+                    ok
                 }
                 None => false,
             };
@@ -348,7 +551,6 @@ impl NvmeChannel {
                 slot.status = IoStatus::IoError;
                 slot.next_part = slot.parts.len();
                 if slot.outstanding == 0 {
-                    self.waiting.pop_front();
                     if let Some(c) = self.finish(idx) {
                         self.pending.defer(c);
                     }
@@ -357,21 +559,26 @@ impl NvmeChannel {
         }
     }
 
-    /// Completes slot `idx`: copies a bounced read out, frees the slot and its buffer.
+    /// Completes slot `idx`: frees the slot and its buffer, and takes it out of `waiting` (a
+    /// request failed with parts not yet issued).
     fn finish(&mut self, idx: usize) -> Option<Completion> {
+        if self.slots[idx].queued {
+            self.slots[idx].queued = false;
+            if let Some(at) = self.waiting.iter().position(|&i| i == idx) {
+                self.waiting.remove(at);
+            }
+        }
         let slot = &mut self.slots[idx];
         let io = slot.io.take()?;
-        if io.op == IoOp::Read && slot.status == IoStatus::Success {
-            // SAFETY: the slot's bounce buffer is the one `stage` gave the request, and holds
-            // the `len` bytes the device has just read (every part succeeded and is back); the
-            // iovecs add up to `len` (`io_in_range`).
-            unsafe { self.pool.copy_out(&slot.bounce, &io) };
-        }
         self.pool.release(&mut slot.bounce);
         let status = slot.status;
         slot.status = IoStatus::Success;
         slot.next_part = 0;
         slot.outstanding = 0;
+        slot.done = 0;
+        slot.round = 0;
+        slot.parts.clear();
+        slot.pieces.clear();
         self.free_slots.give(idx);
         Some(io.complete(status))
     }
@@ -395,7 +602,11 @@ impl NvmeChannel {
             }
         }
         if slot.outstanding == 0 && slot.next_part >= slot.parts.len() {
-            return self.finish(idx);
+            if slot.status != IoStatus::Success || self.next_round(idx) {
+                return self.finish(idx);
+            }
+            // The next round's parts wait for command entries like any others.
+            self.enqueue(idx);
         }
         None
     }
@@ -405,10 +616,74 @@ impl NvmeChannel {
         self.free_cmds.in_use()
     }
 
-    /// Hands the SQ to the kernel (and, on a polled ring, polls for completions).
+    /// Hands the SQ to the kernel (and, on a polled ring, polls for completions). A transient
+    /// failure leaves the entries queued for the next pass; any other breaks the ring.
     fn enter(&mut self) {
-        // EAGAIN/EBUSY (short of resources) and EINTR leave entries queued for the next pass.
-        let _ = self.ring.submit();
+        if self.broken.is_some() {
+            return;
+        }
+        #[cfg(test)]
+        if let Some(errno) = self.inject_enter.pop() {
+            let e = std::io::Error::from_raw_os_error(errno);
+            if !is_transient(&e) {
+                self.break_ring(&e);
+            }
+            return;
+        }
+        if let Err(e) = self.ring.submit() {
+            if !is_transient(&e) {
+                self.break_ring(&e);
+            }
+        }
+    }
+
+    /// The ring cannot be used: fails the commands the kernel never took (it never will: the
+    /// ring is not entered with entries to submit again) and with them their requests (once
+    /// their other parts are back), every part not yet issued, and every request from now on.
+    /// Commands the kernel took complete as their CQEs arrive; on a polled ring, which only
+    /// completes commands inside `io_uring_enter`, they never do, and their requests stay in
+    /// flight (the kernel may still move their data, so their buffers cannot be given back).
+    fn break_ring(&mut self, e: &std::io::Error) {
+        self.broken = Some(e.raw_os_error().unwrap_or(libc::EIO));
+        let unconsumed = self.ring.submission().len();
+        for i in 0..unconsumed {
+            let c = self.shadow.last(unconsumed, i) as usize;
+            let Some(idx) = self.cmds.get(c).map(|cmd| cmd.slot) else {
+                continue;
+            };
+            self.free_cmds.give(c);
+            let slot = &mut self.slots[idx];
+            slot.outstanding = slot.outstanding.saturating_sub(1);
+            slot.status = IoStatus::IoError;
+            slot.next_part = slot.parts.len();
+            if slot.outstanding == 0 {
+                if let Some(done) = self.finish(idx) {
+                    self.pending.defer(done);
+                    self.submit_failures += 1;
+                }
+            }
+        }
+        self.fail_waiting();
+    }
+
+    /// On a broken ring: fails every waiting request's parts not yet issued, and the request
+    /// once its issued parts are back.
+    fn fail_waiting(&mut self) {
+        while let Some(idx) = self.waiting.pop_front() {
+            let slot = &mut self.slots[idx];
+            slot.queued = false;
+            if slot.io.is_none() {
+                continue;
+            }
+            slot.status = IoStatus::IoError;
+            slot.next_part = slot.parts.len();
+            if slot.outstanding == 0 {
+                if let Some(done) = self.finish(idx) {
+                    self.pending.defer(done);
+                    self.submit_failures += 1;
+                }
+            }
+        }
     }
 }
 
@@ -427,63 +702,47 @@ impl IoChannel for NvmeChannel {
             self.pending.push(io.complete(status));
             return Ok(());
         }
+        if self.broken.is_some() {
+            self.pending.push(io.complete(IoStatus::IoError));
+            self.submit_failures += 1;
+            return Ok(());
+        }
         let Some(idx) = self.free_slots.take() else {
             return Err(io);
         };
-        let op = io.op;
-        let (offset, len) = (io.offset, io.len);
-        let fua = op == IoOp::Write && (io.durable() || self.cfg.all_durable);
+        let fua = io.op == IoOp::Write && io.durable();
         let slot = &mut self.slots[idx];
         slot.io = Some(io);
         slot.fua = fua;
         slot.status = IoStatus::Success;
-        slot.next_part = 0;
-        slot.outstanding = 0;
-        let bs = self.cfg.limits.block_size;
-        match op {
-            IoOp::Read | IoOp::Write => match self.plan_transfer(idx) {
-                Ok(()) => {}
-                Err(e) => {
-                    let slot = &mut self.slots[idx];
-                    slot.parts.clear();
-                    let Some(io) = slot.io.take() else {
-                        return Ok(());
-                    };
-                    self.free_slots.give(idx);
-                    return match e {
-                        StageError::NoBuffer => Err(io),
-                        StageError::Failed => {
-                            self.pending.push(io.complete(IoStatus::IoError));
-                            Ok(())
-                        }
-                    };
+        slot.done = 0;
+        match self.prepare(idx) {
+            Ok(true) => {}
+            outcome => {
+                let slot = &mut self.slots[idx];
+                slot.parts.clear();
+                self.pool.release(&mut slot.bounce);
+                let Some(io) = slot.io.take() else {
+                    return Ok(());
+                };
+                self.free_slots.give(idx);
+                if outcome.is_err() {
+                    // Every bounce buffer is lent to a request in flight: try again later.
+                    return Err(io);
                 }
-            },
-            IoOp::Flush => plan_blocks(0, bs, bs, 1, &mut slot.parts),
-            IoOp::WriteZeroes => plan_blocks(
-                offset,
-                len,
-                bs,
-                self.cfg.max_write_zeroes_blocks,
-                &mut slot.parts,
-            ),
-            IoOp::Discard => plan_blocks(
-                offset,
-                len,
-                bs,
-                self.cfg.max_discard_blocks,
-                &mut slot.parts,
-            ),
+                self.pending.push(io.complete(IoStatus::IoError));
+                return Ok(());
+            }
         }
         self.pending.start();
-        self.waiting.push_back(idx);
+        self.enqueue(idx);
         self.pump();
         Ok(())
     }
 
     fn flush_submissions(&mut self) {
         self.pump();
-        if !self.ring.submission().is_empty() {
+        if self.broken.is_none() && !self.ring.submission().is_empty() {
             self.enter();
         }
     }
@@ -510,6 +769,18 @@ impl IoChannel for NvmeChannel {
     fn in_flight(&self) -> usize {
         self.pending.len()
     }
+
+    fn submit_failures(&self) -> u64 {
+        self.submit_failures
+    }
+
+    /// An eventfd registered with the ring (a new edge on every CQE), or `None` for a polled
+    /// ring (`NvmeOptions::poll`): its completions are found only by `poll_completions`
+    /// entering the kernel, so a reactor must keep polling while `in_flight() > 0`.
+    fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.completion_fd.as_ref().map(|fd| fd.as_raw_fd())
+    }
 }
 
 impl RingChannel for NvmeChannel {
@@ -535,6 +806,10 @@ impl RingChannel for NvmeChannel {
         }
     }
 
+    fn broken(&self) -> bool {
+        self.broken.is_some()
+    }
+
     fn abandon(&mut self) {
         self.pool.leak();
         std::mem::forget(std::mem::take(&mut self.slots));
@@ -542,13 +817,23 @@ impl RingChannel for NvmeChannel {
     }
 }
 
+impl NvmeChannel {
+    /// Waits until the kernel holds none of the channel's commands; parts never issued stay
+    /// that way. Completions are dropped.
+    fn quiesce(&mut self) {
+        self.waiting.clear();
+        for slot in self.slots.iter_mut() {
+            slot.queued = false;
+        }
+        ring::drain(self);
+    }
+}
+
 impl Drop for NvmeChannel {
     /// Waits for every command the kernel holds: it may still move data into guest memory, the
     /// bounce buffers and the iovec pieces freed after this. Completions are dropped.
     fn drop(&mut self) {
-        // Parts never issued stay that way.
-        self.waiting.clear();
-        ring::drain(self);
+        self.quiesce();
     }
 }
 
@@ -571,7 +856,6 @@ mod tests {
             max_write_zeroes_blocks: 128,
             max_discard_blocks: 1024,
             read_only: false,
-            all_durable: false,
             discard: true,
             write_zeroes: true,
             poll: false,
@@ -637,23 +921,9 @@ mod tests {
     /// Puts `io` in a fresh slot and plans it the way `submit` does, without issuing it.
     fn planned(ch: &mut NvmeChannel, io: BdevIo) -> usize {
         let idx = ch.free_slots.take().expect("slot");
-        let op = io.op;
-        let (offset, len) = (io.offset, io.len);
-        ch.slots[idx].fua = op == IoOp::Write && io.durable();
+        ch.slots[idx].fua = io.op == IoOp::Write && io.durable();
         ch.slots[idx].io = Some(io);
-        let bs = ch.cfg.limits.block_size;
-        match op {
-            IoOp::Read | IoOp::Write => assert!(ch.plan_transfer(idx).is_ok()),
-            IoOp::Flush => plan_blocks(0, bs, bs, 1, &mut ch.slots[idx].parts),
-            IoOp::WriteZeroes => {
-                let max = ch.cfg.max_write_zeroes_blocks;
-                plan_blocks(offset, len, bs, max, &mut ch.slots[idx].parts)
-            }
-            IoOp::Discard => {
-                let max = ch.cfg.max_discard_blocks;
-                plan_blocks(offset, len, bs, max, &mut ch.slots[idx].parts)
-            }
-        }
+        assert_eq!(ch.prepare(idx), Ok(true));
         idx
     }
 
@@ -661,6 +931,18 @@ mod tests {
         (0..ch.slots[idx].parts.len())
             .map(|k| decode(ch.part_entry(idx, k, 7).expect("entry")))
             .collect()
+    }
+
+    #[test]
+    fn footprint_at_depth_1024() {
+        let bytes = footprint(1024);
+        eprintln!("nvme channel at depth 1024: {bytes} bytes");
+        let without_pool = bytes - (8 << 20);
+        assert!(
+            without_pool < 3 << 20,
+            "ring, commands and slots: {without_pool}"
+        );
+        assert!(without_pool > 2 << 20);
     }
 
     #[test]
@@ -724,6 +1006,34 @@ mod tests {
         assert_eq!(ch.cmds[7].range, DsmRange::new(8192, 128));
     }
 
+    /// FUA follows each request's durable flag (the caller owns the write-cache policy); the
+    /// channel has no "every write durable" mode of its own.
+    #[test]
+    fn fua_follows_the_request() {
+        let (_d, mut ch) = channel(cfg(), 8);
+        let src = Buf::new(4096, 0);
+        let one = [src.iov(0, 4096)];
+        for durable in [false, true, false] {
+            ch.submit(rw(1, IoOp::Write, 0, &one).with_durable(durable))
+                .expect("room");
+            let idx = ch.slots.iter().position(|s| s.io.is_some()).expect("slot");
+            let e = entries(&mut ch, idx);
+            assert_eq!(
+                e[0].cmd.cdw12 & (1 << 30) != 0,
+                durable,
+                "durable {durable}"
+            );
+            let got = device_round(&mut ch, |_| 0);
+            assert_eq!(got[0].status, IoStatus::Success);
+        }
+        // Reads never carry FUA, even if marked.
+        ch.submit(rw(2, IoOp::Read, 0, &one).with_durable(true))
+            .expect("room");
+        let idx = ch.slots.iter().position(|s| s.io.is_some()).expect("slot");
+        assert_eq!(entries(&mut ch, idx)[0].cmd.cdw12 & (1 << 30), 0);
+        device_round(&mut ch, |_| 0);
+    }
+
     #[test]
     fn large_requests_split_and_misaligned_ones_bounce() {
         let (_d, mut ch) = channel(cfg(), 8);
@@ -742,7 +1052,7 @@ mod tests {
         let odd = Buf::new(8192, 0x5a);
         let oiov = [odd.iov(100, 4096)];
         let idx = planned(&mut ch, rw(2, IoOp::Write, 0, &oiov));
-        assert!(matches!(ch.slots[idx].bounce, Bounce::Pool(_)));
+        assert!(ch.slots[idx].bounce.is_some());
         let e = entries(&mut ch, idx);
         assert_eq!(e[0].cmd_op, 0xc048_4e80);
         assert_eq!(e[0].cmd.addr % 4096, 0, "page-aligned bounce buffer");
@@ -768,6 +1078,314 @@ mod tests {
             }
         }
         got
+    }
+
+    /// Plays a RAM device for the one request in flight: carries out every part of its current
+    /// round on `disk` (the SQEs as the kernel would get them), sends the commands through the
+    /// kernel and completes them with success, and issues what comes next. Allocates nothing.
+    /// Returns the completion once the request is done.
+    fn ram_round(ch: &mut NvmeChannel, disk: &mut [u8]) -> Option<Completion> {
+        let idx = ch
+            .slots
+            .iter()
+            .position(|s| s.io.is_some())
+            .expect("a request");
+        let slot = &ch.slots[idx];
+        assert_eq!(
+            slot.next_part,
+            slot.parts.len(),
+            "the whole round is issued"
+        );
+        let bs = ch.cfg.limits.block_size as usize;
+        for k in 0..slot.parts.len() {
+            let e = decode(ch.part_entry(idx, k, 0).expect("entry"));
+            let write = e.cmd.opcode == OPC_WRITE;
+            assert!(write || e.cmd.opcode == OPC_READ);
+            let mut at = e.cmd.cdw10 as usize * bs;
+            let blocks = (e.cmd.cdw12 & 0xffff) as usize + 1;
+            let one = IoVec {
+                iov_base: e.cmd.addr as *mut libc::c_void,
+                iov_len: e.cmd.data_len as usize,
+            };
+            let segs: &[IoVec] = if e.cmd_op == NVME_URING_CMD_IO {
+                std::slice::from_ref(&one)
+            } else {
+                // SAFETY: IO_VEC commands carry the address and count of a live iovec array.
+                unsafe {
+                    std::slice::from_raw_parts(e.cmd.addr as *const IoVec, e.cmd.data_len as usize)
+                }
+            };
+            assert_eq!(segs.iter().map(|v| v.iov_len).sum::<usize>(), blocks * bs);
+            for v in segs {
+                let mem = v.iov_base.cast::<u8>();
+                // SAFETY: the command's buffers are live test or bounce memory of iov_len
+                // bytes, not part of `disk`.
+                unsafe {
+                    if write {
+                        std::ptr::copy_nonoverlapping(mem, disk[at..].as_mut_ptr(), v.iov_len);
+                    } else {
+                        std::ptr::copy_nonoverlapping(disk[at..].as_ptr(), mem, v.iov_len);
+                    }
+                }
+                at += v.iov_len;
+            }
+        }
+        let busy = ch.cmds_busy();
+        ch.ring.submit_and_wait(busy).expect("enter");
+        let mut cqes = [0u64; 64];
+        let mut n = 0;
+        for c in ch.ring.completion() {
+            cqes[n] = c.user_data();
+            n += 1;
+        }
+        assert_eq!(n, busy);
+        let mut got = None;
+        for &c in &cqes[..n] {
+            if let Some(done) = ch.on_cqe(c as usize, 0) {
+                ch.pending.finished(1);
+                got = Some(done);
+            }
+        }
+        ch.pump();
+        got
+    }
+
+    /// Runs `io` on the RAM device; returns its status and how many rounds it took.
+    fn ram_run(ch: &mut NvmeChannel, disk: &mut [u8], io: BdevIo) -> (IoStatus, usize) {
+        let tag = io.tag;
+        if ch.submit(io).is_err() {
+            panic!("channel full");
+        }
+        for n in 1..1000 {
+            if let Some(c) = ram_round(ch, disk) {
+                assert_eq!(c.tag, tag);
+                return (c.status, n);
+            }
+        }
+        panic!("no completion after 1000 rounds");
+    }
+
+    /// Requests larger than a round (CAPS) move in several rounds, misaligned ones larger than a
+    /// bounce buffer through one buffer in chunks (B1), the data landing where it belongs both
+    /// ways; once warm, none of it allocates.
+    #[test]
+    fn large_requests_move_in_rounds_and_chunks_without_allocating() {
+        use crate::testing::allocations;
+        // 64 KiB and 32 pages per command; 32 command entries, so a round (16 parts) goes at
+        // once.
+        let (_d, mut ch) = channel(cfg(), 32);
+        let mut disk = vec![0u8; 64 << 20];
+        let mut model = vec![0u8; 64 << 20];
+        let pat = |seed: usize, len: usize| -> Vec<u8> {
+            (0..len)
+                .map(|i| (i * 31 + seed * 7 + i / 4093) as u8)
+                .collect()
+        };
+
+        // Misaligned: 2.5 MiB + 512 bytes through one 1 MiB buffer, iovecs cut mid-chunk.
+        let len = (5 << 19) + 512;
+        let data = pat(1, len);
+        let mut src = Buf::new(len + 4096, 0);
+        src.bytes_mut()[5..5 + len].copy_from_slice(&data);
+        let cut = (1 << 20) + 999;
+        let wiov = [src.iov(5, cut), src.iov(5 + cut, len - cut)];
+        let at = 3 << 20;
+        // Aligned but scattered: 768 page-sized segments two pages apart (3 MiB): 32 pieces per
+        // command, 128 pieces per round, so four commands a round and six rounds.
+        let segs = 768;
+        let big = Buf::new(2 * segs * 4096, 0);
+        let adata = pat(2, segs * 4096);
+        let aiov: Vec<IoVec> = (0..segs).map(|i| big.iov(2 * i * 4096, 4096)).collect();
+        for (i, v) in aiov.iter().enumerate() {
+            // SAFETY: each iovec covers 4096 bytes of `big`, which no request uses yet.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    adata[i * 4096..].as_ptr(),
+                    v.iov_base.cast::<u8>(),
+                    4096,
+                )
+            };
+        }
+        let aat = 20 << 20;
+        let dst = Buf::new(len + 4096, 0xee);
+        let riov = [dst.iov(1, 4097), dst.iov(4098, len - 4097)];
+        let adst = Buf::new(segs * 4096, 0);
+        let ariov: Vec<IoVec> = (0..segs).map(|i| adst.iov(i * 4096, 4096)).collect();
+
+        for round in 0..2 {
+            let before = allocations();
+            let st = [
+                ram_run(&mut ch, &mut disk, rw(1, IoOp::Write, at, &wiov)),
+                ram_run(&mut ch, &mut disk, rw(2, IoOp::Write, aat, &aiov)),
+                ram_run(&mut ch, &mut disk, rw(3, IoOp::Read, at, &riov)),
+                ram_run(&mut ch, &mut disk, rw(4, IoOp::Read, aat, &ariov)),
+            ];
+            let allocated = allocations() - before;
+            let ok = IoStatus::Success;
+            // Three chunks of one round each (16 x 64 KiB); six rounds of 128 pieces.
+            assert_eq!(st, [(ok, 3), (ok, 6), (ok, 3), (ok, 6)], "round {round}");
+            assert_eq!(allocated, 0, "allocations in round {round}");
+        }
+        model[at as usize..at as usize + len].copy_from_slice(&data);
+        model[aat as usize..aat as usize + segs * 4096].copy_from_slice(&adata);
+        assert!(disk == model, "device contents");
+        assert!(dst.bytes()[1..1 + len] == data[..]);
+        assert_eq!((dst.bytes()[0], dst.bytes()[1 + len]), (0xee, 0xee));
+        assert!(adst.bytes() == &adata[..]);
+        assert!(ch
+            .slots
+            .iter()
+            .all(|s| s.pieces.capacity() == CAPS.pieces && s.parts.capacity() == CAPS.parts));
+        assert_eq!(
+            (ch.in_flight(), ch.cmds_busy(), ch.waiting.len()),
+            (0, 0, 0)
+        );
+        assert!(ch.pool.take().is_some(), "the bounce buffer is back");
+    }
+
+    /// A discard or write-zeroes of more commands than a round holds goes in several rounds
+    /// and completes once.
+    #[test]
+    fn long_block_commands_go_in_rounds() {
+        let (_d, mut ch) = channel(cfg(), 32);
+        // 128 blocks per write-zeroes command: 40 commands, three rounds of at most 16.
+        ch.submit(BdevIo::without_data(
+            7,
+            IoOp::WriteZeroes,
+            1 << 20,
+            40 * 128 * 512,
+        ))
+        .expect("room");
+        let mut rounds = 0;
+        let mut got = Vec::new();
+        while got.is_empty() {
+            let idx = ch.slots.iter().position(|s| s.io.is_some()).expect("slot");
+            let parts = &ch.slots[idx].parts;
+            assert!(parts.len() <= CAPS.parts);
+            assert_eq!(parts[0].offset, (1 << 20) + rounds as u64 * 16 * 128 * 512);
+            got = device_round(&mut ch, |_| 0);
+            ch.pump();
+            rounds += 1;
+        }
+        assert_eq!(rounds, 3);
+        assert_eq!(
+            got,
+            [Completion {
+                tag: 7,
+                status: IoStatus::Success
+            }]
+        );
+        // A flush is one command, whatever range it names.
+        ch.submit(BdevIo::without_data(9, IoOp::Flush, 0, 1 << 20))
+            .expect("room");
+        assert_eq!(ch.cmds_busy(), 1);
+        let got = device_round(&mut ch, |_| 0);
+        assert_eq!(got[0].tag, 9);
+        assert_eq!((ch.in_flight(), ch.cmds_busy()), (0, 0));
+        // A failed command fails the request without further rounds.
+        ch.submit(BdevIo::without_data(
+            8,
+            IoOp::WriteZeroes,
+            0,
+            40 * 128 * 512,
+        ))
+        .expect("room");
+        let got = device_round(&mut ch, |k| if k == 3 { 0x281 } else { 0 });
+        assert_eq!(got[0].status, IoStatus::IoError);
+        ch.pump();
+        assert_eq!(
+            (ch.in_flight(), ch.cmds_busy(), ch.waiting.len()),
+            (0, 0, 0)
+        );
+    }
+
+    /// A ring without polling has a completion eventfd, signalled when a command's CQE
+    /// arrives; a polled ring has none (its completions are only found by polling).
+    #[test]
+    fn completion_fd_only_without_polling() {
+        let (_d, mut ch) = channel(cfg(), 4);
+        use crate::testing::readable;
+        let fd = ch.completion_fd().expect("an eventfd");
+        assert!(!readable(fd, 0), "nothing yet");
+        let buf = Buf::new(4096, 0);
+        let iov = [buf.iov(0, 4096)];
+        ch.submit(rw(1, IoOp::Read, 0, &iov)).expect("room");
+        ch.flush_submissions();
+        assert!(readable(fd, 5000), "the CQE signalled it");
+        let mut got = Vec::new();
+        ch.poll_completions(&mut |c| got.push(c));
+        assert_eq!(got.len(), 1, "and the completion is there");
+
+        let mut c = cfg();
+        c.poll = true;
+        let (_d2, polled) = channel(c, 4);
+        assert_eq!(polled.completion_fd(), None);
+    }
+
+    /// A transient enter failure leaves the commands queued; the next pass submits them.
+    #[test]
+    fn transient_submit_errors_retry_on_the_next_pass() {
+        let (_d, mut ch) = channel(cfg(), 4);
+        let src = Buf::new(8192, 1);
+        let iov = [src.iov(0, 8192)];
+        ch.inject_enter = vec![libc::EAGAIN, libc::EBUSY];
+        ch.submit(rw(1, IoOp::Write, 0, &iov)).expect("room");
+        ch.flush_submissions();
+        ch.flush_submissions();
+        assert_eq!(ch.ring.submission().len(), 1);
+        assert!(ch.broken.is_none());
+        let got = device_round(&mut ch, |_| 0);
+        assert_eq!(got[0].status, IoStatus::Success);
+        assert_eq!(ch.submit_failures(), 0);
+    }
+
+    /// A non-transient enter failure breaks the ring: a request whose commands the kernel never
+    /// took fails once (its unissued parts too), a request the kernel took completes as its
+    /// CQEs say, later requests fail at once, all counted; nothing is left waiting.
+    #[test]
+    fn a_broken_ring_fails_what_the_kernel_never_took() {
+        // Two command entries: the five-part request has two parts queued, three waiting.
+        let (_d, mut ch) = channel(cfg(), 4);
+        let src = Buf::new(320 << 10, 1);
+        let small = [src.iov(0, 4096)];
+        let big = [src.iov(0, 320 << 10)];
+        ch.submit(rw(1, IoOp::Read, 0, &small)).expect("room");
+        ch.flush_submissions(); // the kernel took it
+        ch.submit(rw(2, IoOp::Write, 0, &big)).expect("room");
+        assert_eq!((ch.cmds_busy(), ch.waiting.len()), (4, 1));
+        ch.inject_enter = vec![libc::EINVAL];
+        ch.flush_submissions();
+        assert_eq!(ch.broken, Some(libc::EINVAL));
+        assert_eq!(ch.cmds_busy(), 1, "only the command the kernel took");
+        assert!(ch.waiting.is_empty());
+        // The first request's CQE (an errno from the kernel: not an NVMe device) arrives on
+        // its own; the second failed without the kernel.
+        let mut got = Vec::new();
+        let start = std::time::Instant::now();
+        while got.len() < 2 {
+            ch.poll_completions(&mut |c| got.push(c));
+            assert!(start.elapsed().as_secs() < 10, "{got:?}");
+        }
+        got.sort_by_key(|c| c.tag);
+        assert_eq!(
+            got.iter().map(|c| (c.tag, c.status)).collect::<Vec<_>>(),
+            [(1, IoStatus::IoError), (2, IoStatus::IoError)]
+        );
+        assert_eq!(ch.submit_failures(), 1);
+        assert_eq!((ch.in_flight(), ch.cmds_busy()), (0, 0));
+        ch.submit(rw(3, IoOp::Read, 0, &small)).expect("room");
+        let mut got = Vec::new();
+        ch.poll_completions(&mut |c| got.push(c));
+        assert_eq!(
+            got,
+            [Completion {
+                tag: 3,
+                status: IoStatus::IoError
+            }]
+        );
+        assert_eq!(ch.submit_failures(), 2);
+        // The queued SQEs are never submitted, even at drop.
+        assert_eq!(ch.ring.submission().len(), 3);
     }
 
     #[test]
@@ -840,7 +1458,7 @@ mod tests {
         let iov = [dst.iov(1, 1024), dst.iov(2048, 512)];
         ch.submit(rw(5, IoOp::Read, 0, &iov)).expect("room");
         let idx = ch.slots.iter().position(|s| s.io.is_some()).expect("slot");
-        let Bounce::Pool(b) = ch.slots[idx].bounce else {
+        let Some(Chunk { buf: b, .. }) = ch.slots[idx].bounce else {
             panic!("not bounced");
         };
         // The "device" fills the bounce buffer.
@@ -934,10 +1552,17 @@ mod tests {
             }]
         );
 
-        // Dropped with commands in the kernel (and parts still waiting): drop waits.
+        // Dropped with commands in the kernel (and parts still waiting): what drop does (the
+        // same function) leaves no command in the kernel's hands, and nothing is issued after.
         ch.submit(rw(10, IoOp::Write, 0, &big)).expect("room");
         ch.submit(rw(11, IoOp::Write, 1 << 20, &big)).expect("room");
         ch.flush_submissions();
+        assert_eq!(ch.cmds_busy(), 8, "every command entry in use");
+        assert!(!ch.waiting.is_empty(), "parts waiting");
+        ch.quiesce();
+        assert_eq!((ch.cmds_busy(), ch.in_kernel()), (0, 0));
+        assert!(ch.waiting.is_empty());
+        assert!(ch.ring.submission().is_empty());
         drop(ch);
     }
 }

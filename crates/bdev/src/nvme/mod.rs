@@ -12,10 +12,12 @@
 //!
 //! A single data segment goes as `NVME_URING_CMD_IO` (`addr`/`data_len`), several as
 //! `NVME_URING_CMD_IO_VEC` (an iovec array). Segments whose base and length are multiples of 512
-//! reach the device without copies; others are bounced through a per-channel pool of aligned
-//! buffers. A request larger than one command may carry (MDTS, the kernel queue's
-//! `max_hw_sectors_kb` and `max_segments`) is split into several commands and completes when all
-//! have, failed if any failed.
+//! reach the device without copies; others are bounced through a per-channel pool of eight 1 MiB
+//! aligned buffers (a larger request in 1 MiB chunks through one buffer). A request larger than
+//! one command may carry (MDTS, the kernel queue's `max_hw_sectors_kb` and `max_segments`) is
+//! split into several commands and completes when all have, failed if any failed; a channel
+//! holds at most 16 commands and 128 iovec pieces per request at a time and moves larger
+//! requests in rounds, so nothing is allocated per request.
 
 mod channel;
 mod cmd;
@@ -57,20 +59,14 @@ pub struct NvmeOptions {
     /// [`IoStatus::IoError`](crate::IoStatus::IoError); discard and write-zeroes are
     /// unsupported.
     pub read_only: bool,
-    /// Whether the bdev has a volatile write cache (virtio-blk's `CONFIG_WCE`). Off, every
-    /// write carries FUA; on, only writes marked with
-    /// [`BdevIo::with_durable`](crate::BdevIo::with_durable) do, and a flush makes the others
-    /// durable.
-    pub write_cache: bool,
 }
 
 impl Default for NvmeOptions {
-    /// Interrupt-driven completions, read-write, write cache on.
+    /// Interrupt-driven completions, read-write.
     fn default() -> Self {
         NvmeOptions {
             poll: false,
             read_only: false,
-            write_cache: true,
         }
     }
 }
@@ -305,7 +301,7 @@ impl NvmeBdev {
                 detail,
             })
         })?;
-        let ns = parse_identify_namespace(id.bytes()).ok_or_else(|| {
+        let ns = parse_identify_namespace(&id).ok_or_else(|| {
             nvme_err(NvmeError::Command {
                 what: "identify namespace",
                 detail: "the data names an LBA format that does not exist".to_string(),
@@ -329,7 +325,7 @@ impl NvmeBdev {
                 detail,
             })
         })?;
-        let ctrl = parse_identify_controller(id.bytes()).ok_or_else(|| {
+        let ctrl = parse_identify_controller(&id).ok_or_else(|| {
             nvme_err(NvmeError::Command {
                 what: "identify controller",
                 detail: "short data".to_string(),
@@ -338,7 +334,7 @@ impl NvmeBdev {
         // Optional (NVMe 1.4+): Write Zeroes and Dataset Management limits.
         let nvm = identify(&file, CNS_CSI_CONTROLLER, 0, 0)
             .ok()
-            .and_then(|id| parse_identify_nvm_controller(id.bytes()))
+            .and_then(|id| parse_identify_nvm_controller(&id))
             .unwrap_or_default();
 
         let queue = queue_limits(rdev, nsid);
@@ -463,7 +459,6 @@ impl NvmeBdev {
             max_write_zeroes_blocks: self.max_write_zeroes_blocks,
             max_discard_blocks: self.max_discard_blocks,
             read_only: self.options.read_only,
-            all_durable: !self.options.write_cache,
             discard: self.discard,
             write_zeroes: self.write_zeroes,
             poll: self.options.poll,
@@ -493,6 +488,11 @@ impl Bdev for NvmeBdev {
             IoOp::Discard => self.discard,
             IoOp::WriteZeroes => self.write_zeroes,
         }
+    }
+
+    /// The ring, command entries, slots and bounce pool (`channel::footprint`): about 11 MiB at depth 1024, 8 MiB of it bounce buffers.
+    fn channel_memory(&self, depth: usize) -> usize {
+        channel::footprint(depth)
     }
 
     fn open_channel(&self, depth: usize) -> Result<Box<dyn IoChannel>, BdevError> {
@@ -560,8 +560,8 @@ fn namespace_id(file: &File) -> io::Result<u32> {
 }
 
 /// Runs an admin Identify (`cns`, `csi`, `nsid`) through `NVME_IOCTL_ADMIN_CMD`; the error says
-/// what the kernel or the device answered.
-fn identify(file: &File, cns: u32, csi: u8, nsid: u32) -> Result<AlignedBuf, String> {
+/// what the kernel or the device answered. Returns the 4096 bytes of Identify data.
+fn identify(file: &File, cns: u32, csi: u8, nsid: u32) -> Result<Vec<u8>, String> {
     let buf = AlignedBuf::new(IDENTIFY_LEN).ok_or_else(|| "out of memory".to_string())?;
     let mut cmd: NvmeCmd = identify_cmd(cns, csi, nsid, buf.as_ptr());
     // SAFETY: the argument is a live `struct nvme_passthru_cmd` (NvmeCmd has its layout, and
@@ -569,7 +569,8 @@ fn identify(file: &File, cns: u32, csi: u8, nsid: u32) -> Result<AlignedBuf, Str
     // to `addr`, which is `buf`, alive and unaliased until the call returns.
     let rc = unsafe { libc::ioctl(file.as_raw_fd(), NVME_IOCTL_ADMIN_CMD as _, &mut cmd) };
     match rc {
-        0 => Ok(buf),
+        // SAFETY: the ioctl has returned, so the device is done writing into `buf`.
+        0 => Ok(unsafe { buf.bytes() }.to_vec()),
         rc if rc < 0 => {
             let e = io::Error::last_os_error();
             Err(match e.raw_os_error() {

@@ -55,45 +55,72 @@ pub(crate) fn pages_touched(base: usize, len: usize) -> usize {
     (base % PAGE + len).div_ceil(PAGE)
 }
 
-/// Plans a read or write of the bytes `iov` describes at device byte `offset`. Clears and fills
-/// `parts` (and for [`Plan::Split`] `pieces`); their capacity is kept from call to call, so a
-/// channel that reuses them stops allocating once they have grown to its largest request.
+/// How much one call of [`plan_rw`] or [`plan_blocks`] may plan: a channel gives every request
+/// slot storage for this many parts and pieces when it opens, and moves a request that needs
+/// more in several rounds (each round's commands in parallel, rounds one after another).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Caps {
+    /// Most commands.
+    pub(crate) parts: usize,
+    /// Most iovec pieces, all commands together (at least `block_size / 512`, so that a block
+    /// of 512-byte-aligned segments always fits).
+    pub(crate) pieces: usize,
+}
+
+/// Plans (the next round of) a read or write of the bytes `iov` describes, from byte `skip`
+/// of them on, at device byte `offset` (where byte `skip` goes). Clears and fills `parts`
+/// (and for [`Plan::Split`] `pieces`) with at most `caps` of each, so they never grow past
+/// what the channel reserved; the parts may cover less than the rest of the request: the
+/// caller plans the remainder in a later round. [`Plan::Whole`] only from `skip` 0, when the
+/// whole request fits one command.
 pub(crate) fn plan_rw(
     iov: &[IoVec],
+    skip: u64,
     offset: u64,
     limits: Limits,
+    caps: Caps,
     pieces: &mut Vec<IoVec>,
     parts: &mut Vec<Part>,
 ) -> Plan {
     pieces.clear();
     parts.clear();
     let total: u64 = iov.iter().map(|v| v.iov_len as u64).sum();
-    let pages: usize = iov
-        .iter()
-        .map(|v| pages_touched(v.iov_base as usize, v.iov_len))
-        .sum();
-    if total <= limits.max_bytes && pages <= limits.max_pages && iov.len() <= limits.max_pages {
-        parts.push(Part {
-            offset,
-            len: total,
-            iov_start: 0,
-            iov_cnt: iov.len(),
-        });
-        return Plan::Whole;
+    if skip >= total || caps.parts == 0 {
+        return Plan::Impossible;
+    }
+    if skip == 0 {
+        let pages: usize = iov
+            .iter()
+            .map(|v| pages_touched(v.iov_base as usize, v.iov_len))
+            .sum();
+        if total <= limits.max_bytes && pages <= limits.max_pages && iov.len() <= limits.max_pages {
+            parts.push(Part {
+                offset,
+                len: total,
+                iov_start: 0,
+                iov_cnt: iov.len(),
+            });
+            return Plan::Whole;
+        }
     }
 
     let bs = limits.block_size;
     // Cursor: iovec `i`, `off` bytes into it.
     let (mut i, mut off) = (0usize, 0usize);
+    advance(iov, &mut i, &mut off, skip);
     let mut dev = offset;
-    let mut remaining = total;
-    while remaining > 0 {
+    let mut remaining = total - skip;
+    while remaining > 0 && parts.len() < caps.parts {
         let start = pieces.len();
         let budget = limits.max_bytes.min(remaining);
         let (mut ci, mut coff) = (i, off);
         let mut taken = 0u64;
         let mut used_pages = 0usize;
-        while taken < budget && ci < iov.len() && used_pages < limits.max_pages {
+        while taken < budget
+            && ci < iov.len()
+            && used_pages < limits.max_pages
+            && pieces.len() < caps.pieces
+        {
             let v = iov[ci];
             let avail = v.iov_len - coff;
             if avail == 0 {
@@ -131,9 +158,14 @@ pub(crate) fn plan_rw(
             }
         }
         if len == 0 {
-            pieces.clear();
-            parts.clear();
-            return Plan::Impossible;
+            pieces.truncate(start);
+            if parts.is_empty() {
+                // Not even one block fits a command here.
+                pieces.clear();
+                return Plan::Impossible;
+            }
+            // The pieces ran out: the rest goes in the next round.
+            break;
         }
         parts.push(Part {
             offset: dev,
@@ -167,19 +199,21 @@ fn advance(iov: &[IoVec], i: &mut usize, off: &mut usize, mut n: u64) {
     }
 }
 
-/// Plans a command without data (write-zeroes, discard) over `len` bytes at `offset` in
-/// commands of at most `max_blocks` blocks each. Clears and fills `parts`.
+/// Plans (the next round of) a command without data (write-zeroes, discard) over `len` bytes
+/// at `offset` in commands of at most `max_blocks` blocks each, at most `max_parts` of them.
+/// Clears and fills `parts`; returns the bytes planned (all of `len` unless `max_parts` cut it).
 pub(crate) fn plan_blocks(
     offset: u64,
     len: u64,
     block_size: u64,
     max_blocks: u64,
+    max_parts: usize,
     parts: &mut Vec<Part>,
-) {
+) -> u64 {
     parts.clear();
     let step = max_blocks.max(1) * block_size;
     let mut at = 0;
-    while at < len {
+    while at < len && parts.len() < max_parts {
         let n = step.min(len - at);
         parts.push(Part {
             offset: offset + at,
@@ -189,6 +223,7 @@ pub(crate) fn plan_blocks(
         });
         at += n;
     }
+    at
 }
 
 #[cfg(test)]
@@ -243,9 +278,14 @@ mod tests {
         assert_eq!(bytes(&flat), bytes(&want));
     }
 
+    const NO_CAPS: Caps = Caps {
+        parts: usize::MAX,
+        pieces: usize::MAX,
+    };
+
     fn plan(iovs: &[IoVec], offset: u64, l: Limits) -> (Plan, Vec<IoVec>, Vec<Part>) {
         let (mut pieces, mut parts) = (Vec::new(), Vec::new());
-        let p = plan_rw(iovs, offset, l, &mut pieces, &mut parts);
+        let p = plan_rw(iovs, 0, offset, l, NO_CAPS, &mut pieces, &mut parts);
         if p != Plan::Impossible {
             check(iovs, offset, l, &pieces, &parts, p);
         }
@@ -424,11 +464,11 @@ mod tests {
     fn storage_is_reused() {
         let (mut pieces, mut parts) = (Vec::new(), Vec::new());
         let big = [iov(0x100_0000, 4 << 20)];
-        plan_rw(&big, 0, MDTS_512K, &mut pieces, &mut parts);
+        plan_rw(&big, 0, 0, MDTS_512K, NO_CAPS, &mut pieces, &mut parts);
         let (cp, cq) = (pieces.capacity(), parts.capacity());
         let small = [iov(0x100_0000, 4096)];
         assert_eq!(
-            plan_rw(&small, 0, MDTS_512K, &mut pieces, &mut parts),
+            plan_rw(&small, 0, 0, MDTS_512K, NO_CAPS, &mut pieces, &mut parts),
             Plan::Whole
         );
         assert_eq!(parts.len(), 1);
@@ -436,18 +476,118 @@ mod tests {
         assert_eq!((pieces.capacity(), parts.capacity()), (cp, cq));
     }
 
+    /// Plans `iovs` round by round under `caps`, as a channel does; checks each round stays in
+    /// the caps and the rounds together cover the request exactly, in order. Returns the
+    /// number of rounds and the parts of all of them.
+    fn rounds(iovs: &[IoVec], offset: u64, l: Limits, caps: Caps) -> (usize, Vec<Part>) {
+        let total: u64 = iovs.iter().map(|v| v.iov_len as u64).sum();
+        let mut pieces = Vec::with_capacity(caps.pieces);
+        let mut parts = Vec::with_capacity(caps.parts);
+        let (cp, cq) = (pieces.capacity(), parts.capacity());
+        let mut flat: Vec<(usize, usize)> = Vec::new();
+        let mut all = Vec::new();
+        let mut done = 0u64;
+        let mut n = 0;
+        while done < total {
+            let p = plan_rw(iovs, done, offset + done, l, caps, &mut pieces, &mut parts);
+            assert_ne!(p, Plan::Impossible, "round {n} at {done}");
+            assert!(parts.len() <= caps.parts && pieces.len() <= caps.pieces);
+            assert_eq!((pieces.capacity(), parts.capacity()), (cp, cq), "no growth");
+            let src = if p == Plan::Whole { iovs } else { &pieces[..] };
+            for part in &parts {
+                assert_eq!(part.offset, offset + done);
+                assert!(part.len > 0 && part.len % l.block_size == 0);
+                assert!(part.len <= l.max_bytes || p == Plan::Whole);
+                let segs = &src[part.iov_start..part.iov_start + part.iov_cnt];
+                assert_eq!(segs.iter().map(|v| v.iov_len as u64).sum::<u64>(), part.len);
+                flat.extend(segs.iter().map(|v| (v.iov_base as usize, v.iov_len)));
+                done += part.len;
+                all.push(*part);
+            }
+            n += 1;
+        }
+        assert_eq!(done, total);
+        let bytes = |list: &[(usize, usize)]| -> Vec<usize> {
+            list.iter().flat_map(|&(b, n)| b..b + n).collect()
+        };
+        let want: Vec<(usize, usize)> = iovs
+            .iter()
+            .map(|v| (v.iov_base as usize, v.iov_len))
+            .collect();
+        assert_eq!(bytes(&flat), bytes(&want));
+        (n, all)
+    }
+
+    #[test]
+    fn rounds_respect_the_caps_and_cover_the_request() {
+        // 4 MiB in one segment, 512 KiB per command, 3 parts per round: 8 parts in 3 rounds.
+        let roomy = Limits {
+            max_pages: 256,
+            ..MDTS_512K
+        };
+        let caps = Caps {
+            parts: 3,
+            pieces: 16,
+        };
+        let (n, parts) = rounds(&[iov(0x100_0000, 4 << 20)], 4096, roomy, caps);
+        assert_eq!((n, parts.len()), (3, 8));
+        // 300 scattered 512-byte segments and 16 pieces per round: cut by pieces, not parts.
+        let v: Vec<IoVec> = (0..300).map(|k| iov(0x20_0000 + k * 0x1000, 512)).collect();
+        let (n, parts) = rounds(&v, 0, MDTS_512K, caps);
+        assert_eq!(n, 300usize.div_ceil(16));
+        assert!(parts.iter().all(|p| p.iov_cnt <= 16));
+        // 4096-byte blocks of 512-byte segments: a round never ends mid-block.
+        let l4k = Limits {
+            block_size: 4096,
+            ..MDTS_512K
+        };
+        let caps = Caps {
+            parts: 4,
+            pieces: 12,
+        };
+        let (_, parts) = rounds(&v[..296], 0, l4k, caps);
+        assert!(
+            parts.iter().all(|p| p.len == 4096 && p.iov_cnt == 8),
+            "{parts:?}"
+        );
+        // Mixed segment sizes with iovec boundaries inside rounds.
+        let v = [
+            iov(0x10000, 12288),
+            iov(0x40000, 3 * 4096 + 512),
+            iov(0x80000, 512),
+            iov(0xa0000, 64 << 10),
+        ];
+        let l = Limits {
+            block_size: 512,
+            max_bytes: 8192,
+            max_pages: 3,
+        };
+        let caps = Caps {
+            parts: 2,
+            pieces: 3,
+        };
+        rounds(&v, 1 << 20, l, caps);
+    }
+
     #[test]
     fn block_commands() {
         let mut parts = Vec::new();
-        plan_blocks(4096, 3 * 65536 * 512 + 1024, 512, 65536, &mut parts);
+        let len = 3 * 65536 * 512 + 1024;
+        assert_eq!(plan_blocks(4096, len, 512, 65536, 16, &mut parts), len);
         assert_eq!(
             parts.iter().map(|p| p.len).collect::<Vec<_>>(),
             [65536 * 512, 65536 * 512, 65536 * 512, 1024]
         );
         assert_eq!(parts[1].offset, 4096 + 65536 * 512);
-        plan_blocks(0, 65536 * 4096, 4096, 65536, &mut parts);
+        plan_blocks(0, 65536 * 4096, 4096, 65536, 16, &mut parts);
         assert_eq!(parts.len(), 1, "exactly the limit is one command");
-        plan_blocks(0, 0, 512, 8, &mut parts);
+        assert_eq!(plan_blocks(0, 0, 512, 8, 16, &mut parts), 0);
         assert!(parts.is_empty());
+        // At most `max_parts`: the rest is for the next round.
+        assert_eq!(
+            plan_blocks(0, len, 512, 65536, 2, &mut parts),
+            2 * 65536 * 512
+        );
+        assert_eq!(parts.len(), 2);
     }
 }

@@ -138,5 +138,5 @@ fn error_messages_say_what_to_do() {
 #[test]
 fn options_default() {
     let o = NvmeOptions::default();
-    assert!(!o.poll && !o.read_only && o.write_cache);
+    assert!(!o.poll && !o.read_only);
 }

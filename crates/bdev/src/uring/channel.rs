@@ -5,17 +5,19 @@ use std::fs::File;
 
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 
-use crate::bounce::{
-    Bounce, BouncePool, StageError, BOUNCE_ALIGN, BOUNCE_SLOTS_MAX, BOUNCE_SLOT_SIZE,
-};
+use crate::bounce::{BouncePool, Chunk, BOUNCE_ALIGN, BOUNCE_SLOTS_MAX, BOUNCE_SLOT_SIZE};
 use crate::memory::{io_in_range, CompletionRing, FreeList};
-use crate::ring::{self, register_fixed_file, ring_depth, RingChannel};
+use crate::ring::{
+    self, is_transient, register_completion_eventfd, register_fixed_file, ring_depth, RingChannel,
+    SqShadow,
+};
 use crate::{BdevError, BdevIo, Completion, IoChannel, IoOp, IoStatus, IoVec};
 
 /// Most requests one channel holds in flight (io_uring's largest submission queue); larger
 /// depths are clamped.
 pub(crate) const MAX_DEPTH: usize = 32768;
-/// Most iovecs one `readv`/`writev` takes (`UIO_MAXIOV`); longer lists are bounced.
+/// Most iovecs one `readv`/`writev` takes (`UIO_MAXIOV`); longer lists go in several transfers
+/// of at most this many.
 const IOV_MAX: usize = 1024;
 /// The fixed-file index of the channel's descriptor in its ring.
 const FD: types::Fixed = types::Fixed(0);
@@ -23,8 +25,6 @@ const FD: types::Fixed = types::Fixed(0);
 /// What a channel needs to know of its bdev.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct ChannelConfig {
-    /// Capacity in bytes.
-    pub(super) size: u64,
     /// Logical block size in bytes.
     pub(super) block_size: u64,
     /// Alignment of iovec bases and lengths below which a request is bounced.
@@ -33,8 +33,6 @@ pub(super) struct ChannelConfig {
     pub(super) direct: bool,
     /// Opened read-only.
     pub(super) read_only: bool,
-    /// No write cache: every write is `RWF_DSYNC`.
-    pub(super) all_durable: bool,
     /// Whether discard is supported.
     pub(super) discard: bool,
     /// Whether write-zeroes is supported.
@@ -45,7 +43,8 @@ pub(super) struct ChannelConfig {
 /// can be given to the kernel.
 struct Slot {
     io: Option<BdevIo>,
-    bounce: Bounce,
+    /// The pool buffer and the request's bytes staged in it, for a bounced request.
+    bounce: Option<Chunk>,
     /// The single iovec used for bounced transfers and for resuming inside an iovec after a
     /// short transfer.
     iov: IoVec,
@@ -59,7 +58,7 @@ impl Slot {
     fn empty() -> Self {
         Slot {
             io: None,
-            bounce: Bounce::None,
+            bounce: None,
             iov: IoVec {
                 iov_base: std::ptr::null_mut(),
                 iov_len: 0,
@@ -68,6 +67,31 @@ impl Slot {
             rw_flags: 0,
         }
     }
+}
+
+/// Bytes one channel of `depth` requests reserves when it opens, and never more: the ring
+/// (`entries` = `depth` rounded up to a power of two; 64-byte SQEs plus a 4-byte index each,
+/// twice as many 16-byte CQEs), the request slots, free list and completion ring, and, with
+/// direct I/O (`bounce`), [`BOUNCE_SLOTS_MAX`] 1 MiB bounce buffers (fewer below depth 8).
+///
+/// At depth 1024 (virtio-blk's largest ring): ring 100 KiB, slots and lists 120 KiB, bounce
+/// buffers 8 MiB: about 8.2 MiB with direct I/O, 0.2 MiB buffered (`footprint_at_depth_1024`
+/// checks these figures). The bounce buffers are touched only as misaligned requests use them,
+/// lowest first, so resident memory follows the most misaligned requests ever in flight at once.
+pub(crate) fn footprint(depth: usize, bounce: bool) -> usize {
+    let (depth, entries) = ring_depth(depth, MAX_DEPTH);
+    let entries = entries as usize;
+    let ring = entries * (64 + 4) + 2 * entries * 16;
+    let slots = depth
+        * (std::mem::size_of::<Slot>()
+            + std::mem::size_of::<usize>()
+            + std::mem::size_of::<Completion>());
+    let pool = if bounce {
+        depth.min(BOUNCE_SLOTS_MAX) * BOUNCE_SLOT_SIZE
+    } else {
+        0
+    };
+    ring + slots + pool
 }
 
 /// One io_uring over one file descriptor, owned by one reactor.
@@ -85,13 +109,24 @@ pub(super) struct UringChannel {
     /// An SQE was pushed while reaping (a short transfer's remainder): submit it before
     /// returning.
     resubmitted: bool,
+    /// The slot of each SQE pushed, for a ring that breaks.
+    shadow: SqShadow,
+    /// The errno that broke the ring, if it broke: every request fails from then on.
+    broken: Option<i32>,
+    /// Requests failed because the ring broke.
+    submit_failures: u64,
+    /// Registered with `ring`: the kernel signals it on every CQE.
+    completion_fd: std::os::fd::OwnedFd,
+    /// Errors the next `io_uring_enter`s return instead of entering (tests only).
+    #[cfg(test)]
+    inject_enter: Vec<i32>,
 }
 
 impl UringChannel {
     /// A channel over `file` (which it keeps) that holds up to `depth` requests in flight
     /// (clamped to `1..=MAX_DEPTH`).
     pub(super) fn new(file: File, cfg: ChannelConfig, depth: usize) -> Result<Self, BdevError> {
-        let (depth, entries) = ring_depth(depth, MAX_DEPTH);
+        let (_, entries) = ring_depth(depth, MAX_DEPTH);
         let ring = IoUring::new(entries).map_err(|e| {
             BdevError::Os(std::io::Error::new(
                 e.kind(),
@@ -101,7 +136,20 @@ impl UringChannel {
                 ),
             ))
         })?;
+        Self::with_ring(ring, file, cfg, depth)
+    }
+
+    /// A channel on `ring`, which has `depth` (clamped and rounded up as in `ring_depth`)
+    /// entries.
+    fn with_ring(
+        ring: IoUring,
+        file: File,
+        cfg: ChannelConfig,
+        depth: usize,
+    ) -> Result<Self, BdevError> {
+        let (depth, entries) = ring_depth(depth, MAX_DEPTH);
         register_fixed_file(&ring, &file, "the file")?;
+        let completion_fd = register_completion_eventfd(&ring)?;
         let pool_slots = if cfg.mem_align > 1 {
             depth.min(BOUNCE_SLOTS_MAX)
         } else {
@@ -117,13 +165,23 @@ impl UringChannel {
             pool: BouncePool::new(pool_slots, BOUNCE_SLOT_SIZE)?,
             pending: CompletionRing::new(depth),
             resubmitted: false,
+            shadow: SqShadow::new(entries as usize),
+            broken: None,
+            submit_failures: 0,
+            completion_fd,
+            #[cfg(test)]
+            inject_enter: Vec::new(),
         })
     }
 
-    /// A verdict reached without the kernel: a request out of range, misaligned for direct I/O,
-    /// refused by a read-only bdev, unsupported, or empty.
+    /// A verdict reached without the kernel: a request whose range overflows a file offset or
+    /// whose iovecs do not add up, misaligned for direct I/O, refused by a read-only bdev,
+    /// unsupported, or empty. The bdev's size is not checked here: it can change under the
+    /// channel ([`Bdev::rescan`](crate::Bdev::rescan)), the protocol layer checks requests
+    /// against it, and the kernel refuses what lies past the end of a device (reads past the
+    /// end of a file come back short and fail).
     fn precheck(&self, io: &BdevIo) -> Option<IoStatus> {
-        if !io_in_range(io, self.cfg.size) {
+        if !io_in_range(io, i64::MAX as u64) {
             return Some(IoStatus::IoError);
         }
         match io.op {
@@ -149,24 +207,24 @@ impl UringChannel {
         }
     }
 
-    /// Whether a read or write must go through a bounce buffer.
+    /// Whether a read or write must go through a bounce buffer: an iovec misses the direct-I/O
+    /// alignment. (Buffered channels take any alignment; long iovec lists go in several
+    /// transfers, not through a buffer.)
     fn needs_bounce(&self, io: &BdevIo) -> bool {
-        let iov = io.iovecs();
         let align = self.cfg.mem_align;
-        iov.len() > IOV_MAX
-            || (align > 1
-                && iov.iter().any(|v| {
-                    !(v.iov_base as usize).is_multiple_of(align) || !v.iov_len.is_multiple_of(align)
-                }))
+        align > 1
+            && io.iovecs().iter().any(|v| {
+                !(v.iov_base as usize).is_multiple_of(align) || !v.iov_len.is_multiple_of(align)
+            })
     }
 
-    /// The transfer SQE for what remains of slot `idx`'s read or write.
+    /// The transfer SQE for what remains of slot `idx`'s read or write: of the request (at most
+    /// [`IOV_MAX`] iovecs of it), or of its staged chunk.
     fn rw_entry(&mut self, idx: usize) -> Option<squeue::Entry> {
         let slot = &mut self.slots[idx];
         let io = slot.io.as_ref()?;
-        let remaining = io.len - slot.done;
         let offset = io.offset + slot.done;
-        let (ptr, cnt): (*const IoVec, usize) = match self.pool.buffer(&slot.bounce) {
+        let (ptr, cnt): (*const IoVec, usize) = match slot.bounce {
             None => {
                 // Skip the iovecs already transferred; resume mid-iovec through `slot.iov`.
                 let iov = io.iovecs();
@@ -180,7 +238,7 @@ impl UringChannel {
                     return None;
                 }
                 if skip == 0 {
-                    (iov[i..].as_ptr(), iov.len() - i)
+                    (iov[i..].as_ptr(), (iov.len() - i).min(IOV_MAX))
                 } else {
                     // `skip < iov_len`, so this stays inside the request's buffer.
                     slot.iov = IoVec {
@@ -194,16 +252,20 @@ impl UringChannel {
                     (&slot.iov, 1)
                 }
             }
-            Some(base) => {
-                // `done < len` and the buffer holds `len` bytes.
+            Some(chunk) => {
+                // `start <= done < end` and the buffer holds `end - start` bytes.
                 slot.iov = IoVec {
-                    iov_base: base.wrapping_add(slot.done as usize).cast(),
-                    iov_len: remaining as usize,
+                    iov_base: self
+                        .pool
+                        .ptr(chunk.buf)
+                        .wrapping_add((slot.done - chunk.start) as usize)
+                        .cast(),
+                    iov_len: (chunk.end - slot.done) as usize,
                 };
                 (&slot.iov, 1)
             }
         };
-        // `cnt` <= IOV_MAX: longer lists are bounced into one iovec.
+        // `cnt` <= IOV_MAX.
         let cnt = cnt as u32;
         let entry = match io.op {
             IoOp::Read => opcode::Readv::new(FD, ptr, cnt).offset(offset).build(),
@@ -215,13 +277,18 @@ impl UringChannel {
         Some(entry.user_data(idx as u64))
     }
 
-    /// Pushes `entry` to the submission queue; `false` if it is full.
+    /// Pushes `entry` to the submission queue; `false` if it is full or the ring broke.
     fn push(&mut self, entry: &squeue::Entry) -> bool {
+        if self.broken.is_some() {
+            return false;
+        }
+        self.shadow.record(entry.get_user_data());
         // SAFETY: every buffer the entry names stays valid until its completion is reaped: the
         // request's iovec array and buffers by `BdevIo::with_iovecs`' contract (the request is
         // held in its slot until then), the slot's own iovec because slots never move, and
-        // bounce buffers because they are released only on completion and `Drop` waits for
-        // every request before freeing them. The file is registered and kept open by `self`.
+        // bounce buffers because they are restaged or released only after the transfer's
+        // completion and `Drop` waits for every request before freeing them. The file is
+        // registered and kept open by `self`.
         unsafe { self.ring.submission().push(entry).is_ok() }
     }
 
@@ -254,7 +321,9 @@ impl UringChannel {
         Some(io.complete(status))
     }
 
-    /// A read or write CQE: the final status, or `None` when the remainder was resubmitted.
+    /// A read or write CQE: the final status, or `None` when the transfer goes on (the
+    /// remainder of a short or capped transfer, or the next chunk of a bounced request, was
+    /// resubmitted).
     fn on_transfer(&mut self, idx: usize, res: i32) -> Option<IoStatus> {
         let slot = &mut self.slots[idx];
         let io = slot.io.as_ref()?;
@@ -262,19 +331,27 @@ impl UringChannel {
             return Some(IoStatus::IoError);
         }
         slot.done += res as u64;
-        if slot.done > io.len {
+        let target = slot.bounce.map_or(io.len, |c| c.end);
+        if slot.done > target {
             return Some(IoStatus::IoError);
         }
-        if slot.done == io.len {
-            if io.op == IoOp::Read {
-                // SAFETY: the slot's bounce buffer is the one `stage` gave the request, and
-                // holds the `len` bytes the kernel has just read; the iovecs add up to `len`
-                // (`io_in_range` was checked at submit).
-                unsafe { self.pool.copy_out(&slot.bounce, io) };
+        if slot.done == target {
+            if let Some(chunk) = slot.bounce.as_mut() {
+                if io.op == IoOp::Read {
+                    // SAFETY: the chunk is the one staged for this request and its buffer
+                    // holds the chunk's bytes, which the kernel has just read; the iovecs add up
+                    // to `len` (`io_in_range` was checked at submit).
+                    unsafe { self.pool.copy_out(chunk, io) };
+                }
+                if slot.done < io.len {
+                    // SAFETY: as above; the kernel is done with the buffer and done < len.
+                    unsafe { self.pool.stage(chunk, io, slot.done) };
+                }
             }
-            return Some(IoStatus::Success);
-        }
-        if res == 0 {
+            if slot.done == io.len {
+                return Some(IoStatus::Success);
+            }
+        } else if res == 0 {
             // No progress (the file shrank under us, or the device is full): fail rather than
             // loop.
             return Some(IoStatus::IoError);
@@ -285,6 +362,39 @@ impl UringChannel {
                 None
             }
             _ => Some(IoStatus::IoError),
+        }
+    }
+
+    /// Hands the queued SQEs to the kernel. A transient failure leaves them queued for the next
+    /// pass; any other breaks the ring.
+    fn enter(&mut self) {
+        #[cfg(test)]
+        if let Some(errno) = self.inject_enter.pop() {
+            let e = std::io::Error::from_raw_os_error(errno);
+            if !is_transient(&e) {
+                self.break_ring(&e);
+            }
+            return;
+        }
+        if let Err(e) = self.ring.submit() {
+            if !is_transient(&e) {
+                self.break_ring(&e);
+            }
+        }
+    }
+
+    /// The ring cannot be used: fails the requests whose SQEs the kernel never took (it never
+    /// will: the ring is not entered with entries to submit again), and every request from now
+    /// on. Requests the kernel took complete as their CQEs arrive.
+    fn break_ring(&mut self, e: &std::io::Error) {
+        self.broken = Some(e.raw_os_error().unwrap_or(libc::EIO));
+        let unconsumed = self.ring.submission().len();
+        for i in 0..unconsumed {
+            let idx = self.shadow.last(unconsumed, i) as usize;
+            if let Some(io) = self.release(idx) {
+                self.pending.defer(io.complete(IoStatus::IoError));
+                self.submit_failures += 1;
+            }
         }
     }
 
@@ -309,6 +419,11 @@ impl IoChannel for UringChannel {
             self.pending.push(io.complete(status));
             return Ok(());
         }
+        if self.broken.is_some() {
+            self.pending.push(io.complete(IoStatus::IoError));
+            self.submit_failures += 1;
+            return Ok(());
+        }
         if self.ring.submission().is_full() {
             return Err(io);
         }
@@ -316,25 +431,20 @@ impl IoChannel for UringChannel {
             return Err(io);
         };
 
-        let mut bounce = Bounce::None;
+        let mut bounce = None;
         if matches!(io.op, IoOp::Read | IoOp::Write) && self.needs_bounce(&io) {
             // SAFETY: `precheck` passed, so the iovec lengths add up to `io.len`
-            // (`io_in_range`).
-            match unsafe { self.pool.stage(&io) } {
-                Ok((staged, _)) => bounce = staged,
-                Err(StageError::NoBuffer) => {
+            // (`io_in_range`) and `len > 0`; a free buffer is not in the kernel's hands.
+            match unsafe { self.pool.start(&io) } {
+                Some(chunk) => bounce = Some(chunk),
+                None => {
                     // Every pool buffer is lent to a request in flight: try again later.
                     self.free_slots.give(idx);
                     return Err(io);
                 }
-                Err(StageError::Failed) => {
-                    self.free_slots.give(idx);
-                    self.pending.push(io.complete(IoStatus::IoError));
-                    return Ok(());
-                }
             }
         }
-        let rw_flags = if io.op == IoOp::Write && (io.durable() || self.cfg.all_durable) {
+        let rw_flags = if io.op == IoOp::Write && io.durable() {
             libc::RWF_DSYNC
         } else {
             0
@@ -384,10 +494,8 @@ impl IoChannel for UringChannel {
     }
 
     fn flush_submissions(&mut self) {
-        if !self.ring.submission().is_empty() {
-            // EAGAIN/EBUSY (kernel short of resources) and EINTR leave the entries queued; the
-            // next pass submits them.
-            let _ = self.ring.submit();
+        if self.broken.is_none() && !self.ring.submission().is_empty() {
+            self.enter();
         }
     }
 
@@ -399,12 +507,24 @@ impl IoChannel for UringChannel {
         if self.resubmitted {
             self.resubmitted = false;
             self.flush_submissions();
+            // Requests failed because the ring broke just now.
+            n += self.pending.drain(done);
         }
         n
     }
 
     fn in_flight(&self) -> usize {
         self.pending.len()
+    }
+
+    fn submit_failures(&self) -> u64 {
+        self.submit_failures
+    }
+
+    /// An eventfd registered with the ring: readable (a new edge) on every CQE.
+    fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        Some(self.completion_fd.as_raw_fd())
     }
 }
 
@@ -430,11 +550,10 @@ impl RingChannel for UringChannel {
 
     fn abandon(&mut self) {
         self.pool.leak();
-        for slot in self.slots.iter_mut() {
-            if let Bounce::Owned(buf) = std::mem::replace(&mut slot.bounce, Bounce::None) {
-                std::mem::forget(buf);
-            }
-        }
+    }
+
+    fn broken(&self) -> bool {
+        self.broken.is_some()
     }
 }
 
@@ -448,14 +567,15 @@ impl Drop for UringChannel {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::FromRawFd;
     use std::os::unix::fs::OpenOptionsExt;
     use std::path::{Path, PathBuf};
     use std::time::{Duration, Instant};
 
-    use super::super::tests::{disk_dir, filled_file};
+    use super::super::tests::{disk_dir, filled_file, fs_fallocates};
     use super::super::{UringBdev, UringOptions};
     use super::*;
-    use crate::testing::{rw, Buf};
+    use crate::testing::{readable, rw, Buf};
     use crate::Bdev;
 
     fn pattern(seed: u64, len: usize) -> Vec<u8> {
@@ -505,6 +625,16 @@ mod tests {
 
     fn file_bytes(path: &Path) -> Vec<u8> {
         std::fs::read(path).expect("read file")
+    }
+
+    #[test]
+    fn footprint_at_depth_1024() {
+        let direct = footprint(1024, true);
+        let buffered = footprint(1024, false);
+        eprintln!("uring channel at depth 1024: {direct} bytes direct, {buffered} buffered");
+        assert!(direct - buffered == 8 << 20, "8 bounce buffers of 1 MiB");
+        assert!(buffered < 230 << 10, "ring + slots: {buffered}");
+        assert!(direct < (8 << 20) + (230 << 10));
     }
 
     #[test]
@@ -614,7 +744,7 @@ mod tests {
         assert_eq!(dst.bytes()[2], 0xee);
         assert_eq!(dst.bytes()[3 + 4096], 0xee);
 
-        // Larger than a pool buffer: bounced through a buffer of its own.
+        // Larger than a pool buffer: moved through it in chunks.
         let big = BOUNCE_SLOT_SIZE + 4096;
         let data = pattern(8, big);
         let mut src = Buf::new(big + 64, 0);
@@ -632,6 +762,121 @@ mod tests {
         );
         assert!(dst.bytes()[8..] == data[..]);
         assert!(file_bytes(&path)[1 << 20..(1 << 20) + big] == data[..]);
+    }
+
+    /// Submits `io` and spins the channel until it completes, allocating nothing itself (the
+    /// test's allocation counter sees only the channel).
+    fn run_quiet(ch: &mut dyn IoChannel, io: BdevIo) -> IoStatus {
+        let mut status = None;
+        if ch.submit(io).is_err() {
+            panic!("channel full");
+        }
+        let start = Instant::now();
+        while status.is_none() {
+            ch.flush_submissions();
+            ch.poll_completions(&mut |c| status = Some(c.status));
+            assert!(start.elapsed() < Duration::from_secs(10), "timed out");
+        }
+        status.unwrap_or(IoStatus::IoError)
+    }
+
+    /// A misaligned request several bounce buffers long moves through one pool buffer, chunk
+    /// by chunk (B1: never a buffer of its own); with every buffer lent out the next one is
+    /// handed back; once the channel has run, such requests allocate nothing.
+    #[test]
+    fn large_misaligned_requests_move_in_chunks_without_allocating() {
+        use crate::testing::allocations;
+        let counted = allocations();
+        drop(std::hint::black_box(Vec::<u8>::with_capacity(64)));
+        assert!(allocations() > counted, "the counter counts");
+        let dir = disk_dir();
+        let size = 16 << 20;
+        let path = filled_file(dir.path(), "chunks.img", size, 0);
+        let bdev = UringBdev::open(&path, opts(512)).expect("open");
+        let depth = 8;
+        let mut ch = bdev.open_channel(depth).expect("channel");
+        let len = 3 * BOUNCE_SLOT_SIZE + 1536;
+        let data = pattern(21, len);
+        let mut src = Buf::new(len + 4096, 0);
+        src.bytes_mut()[3..3 + len].copy_from_slice(&data);
+        // Iovec boundaries inside and across chunks, all misaligned.
+        let cut = BOUNCE_SLOT_SIZE + 77;
+        let wiov = [src.iov(3, cut), src.iov(3 + cut, len - cut)];
+        let at = 4 << 20;
+        let dst = Buf::new(len + 4096, 0xee);
+        let riov = [dst.iov(1, 100), dst.iov(101, len - 100)];
+        for round in 0..2 {
+            let before = allocations();
+            let w = run_quiet(ch.as_mut(), rw(1, IoOp::Write, at, &wiov));
+            let r = run_quiet(ch.as_mut(), rw(2, IoOp::Read, at, &riov));
+            let allocated = allocations() - before;
+            assert_eq!((w, r), (IoStatus::Success, IoStatus::Success));
+            assert!(dst.bytes()[1..1 + len] == data[..], "round {round}");
+            assert_eq!(allocated, 0, "allocations in round {round}");
+        }
+        assert!(file_bytes(&path)[at as usize..at as usize + len] == data[..]);
+        assert_eq!(dst.bytes()[0], 0xee);
+        assert_eq!(dst.bytes()[1 + len], 0xee);
+
+        // Every pool buffer lent to a large misaligned read: the next is handed back, an
+        // aligned one still goes in, and the handed-back one succeeds later.
+        let slabs = depth.min(BOUNCE_SLOTS_MAX);
+        let big = Buf::new(slabs * (len + 4096), 0);
+        let iovs: Vec<[IoVec; 1]> = (0..=slabs)
+            .map(|i| [big.iov((i * (len + 4096) + 1) % (slabs * (len + 4096)), len)])
+            .collect();
+        for (i, iov) in iovs.iter().take(slabs).enumerate() {
+            ch.submit(rw(i as u32, IoOp::Read, at, iov))
+                .expect("a free buffer");
+        }
+        let back = ch
+            .submit(rw(99, IoOp::Read, at, &iovs[slabs]))
+            .expect_err("all buffers lent");
+        assert_eq!(back.tag, 99);
+        let mut done = reap(ch.as_mut(), slabs);
+        done.sort_by_key(|c| c.tag);
+        assert!(done.iter().all(|c| c.status == IoStatus::Success));
+        assert_eq!(run(ch.as_mut(), back), IoStatus::Success);
+    }
+
+    /// More iovecs than one readv/writev takes (IOV_MAX) go in several transfers, in direct
+    /// and buffered mode, with no bounce buffer.
+    #[test]
+    fn more_iovecs_than_iov_max_go_in_several_transfers() {
+        let dir = disk_dir();
+        let path = filled_file(dir.path(), "iovmax.img", 4 << 20, 0);
+        for buffered in [false, true] {
+            let o = UringOptions {
+                buffered,
+                block_size: Some(512),
+                ..UringOptions::default()
+            };
+            let bdev = UringBdev::open(&path, o).expect("open");
+            let seg = bdev.iovec_alignment().max(512);
+            let n = IOV_MAX + IOV_MAX / 2 + 3;
+            let data = pattern(31 + u64::from(buffered), n * seg);
+            let mut src = Buf::new(n * seg, 0);
+            src.bytes_mut().copy_from_slice(&data);
+            let wiov: Vec<IoVec> = (0..n).map(|i| src.iov(i * seg, seg)).collect();
+            let mut ch = bdev
+                .open_channel_with_file(bdev.file.try_clone().expect("dup"), 4)
+                .expect("channel");
+            ch.submit(rw(1, IoOp::Write, 8192, &wiov)).expect("room");
+            assert!(ch.slots.iter().all(|s| s.bounce.is_none()), "not bounced");
+            assert_eq!(reap(&mut ch, 1)[0].status, IoStatus::Success);
+            assert!(file_bytes(&path)[8192..8192 + n * seg] == data[..]);
+            // Read back into the segments in reverse order.
+            let dst = Buf::new(n * seg, 0);
+            let riov: Vec<IoVec> = (0..n).rev().map(|i| dst.iov(i * seg, seg)).collect();
+            assert_eq!(
+                run(&mut ch, rw(2, IoOp::Read, 8192, &riov)),
+                IoStatus::Success
+            );
+            for i in 0..n {
+                let want = &data[(n - 1 - i) * seg..(n - i) * seg];
+                assert_eq!(&dst.bytes()[i * seg..(i + 1) * seg], want, "segment {i}");
+            }
+        }
     }
 
     #[test]
@@ -652,7 +897,7 @@ mod tests {
         ch.submit(rw(1, IoOp::Write, 1024, &wiov)).expect("room");
         assert!(matches!(
             ch.slots.iter().find(|s| s.io.is_some()).map(|s| &s.bounce),
-            Some(Bounce::None)
+            Some(None)
         ));
         assert_eq!(reap(&mut ch, 1)[0].status, IoStatus::Success);
         assert_eq!(&file_bytes(&path)[1024..1536], &src.bytes()[1..513]);
@@ -722,41 +967,32 @@ mod tests {
         assert_eq!(run(ch.as_mut(), back), IoStatus::Success);
     }
 
+    /// The write-cache policy belongs to the caller: a request marked durable is written with
+    /// `RWF_DSYNC`, one not marked without, whatever the bdev was opened with.
     #[test]
     fn flush_and_durable_writes() {
         let dir = disk_dir();
         let path = filled_file(dir.path(), "fl.img", 64 << 10, 0);
-        for write_cache in [true, false] {
-            let o = UringOptions {
-                write_cache,
-                ..UringOptions::default()
-            };
-            let bdev = UringBdev::open(&path, o).expect("open");
-            let mut ch = bdev
-                .open_channel_with_file(bdev.file.try_clone().expect("dup"), 4)
-                .expect("channel");
-            let src = Buf::new(4096, 0x42 + u8::from(write_cache));
+        let bdev = UringBdev::open(&path, UringOptions::default()).expect("open");
+        let mut ch = bdev
+            .open_channel_with_file(bdev.file.try_clone().expect("dup"), 4)
+            .expect("channel");
+        for (i, durable) in [false, true, false].into_iter().enumerate() {
+            let fill = 0x42 + i as u8;
+            let src = Buf::new(4096, fill);
             let iov = [src.iov(0, 4096)];
-            for durable in [false, true] {
-                ch.submit(rw(1, IoOp::Write, 4096, &iov).with_durable(durable))
-                    .expect("room");
-                let slot = ch.slots.iter().find(|s| s.io.is_some()).expect("slot");
-                let want = if durable || !write_cache {
-                    libc::RWF_DSYNC
-                } else {
-                    0
-                };
-                assert_eq!(slot.rw_flags, want, "durable {durable} cache {write_cache}");
-                assert_eq!(reap(&mut ch, 1)[0].status, IoStatus::Success);
-            }
-            assert_eq!(
-                run(&mut ch, BdevIo::without_data(2, IoOp::Flush, 0, 0)),
-                IoStatus::Success
-            );
-            assert!(file_bytes(&path)[4096..8192]
-                .iter()
-                .all(|&b| b == 0x42 + u8::from(write_cache)));
+            ch.submit(rw(1, IoOp::Write, 4096, &iov).with_durable(durable))
+                .expect("room");
+            let slot = ch.slots.iter().find(|s| s.io.is_some()).expect("slot");
+            let want = if durable { libc::RWF_DSYNC } else { 0 };
+            assert_eq!(slot.rw_flags, want, "durable {durable}");
+            assert_eq!(reap(&mut ch, 1)[0].status, IoStatus::Success);
+            assert!(file_bytes(&path)[4096..8192].iter().all(|&b| b == fill));
         }
+        assert_eq!(
+            run(&mut ch, BdevIo::without_data(2, IoOp::Flush, 0, 0)),
+            IoStatus::Success
+        );
     }
 
     fn allocated_bytes(path: &Path) -> u64 {
@@ -764,16 +1000,23 @@ mod tests {
         std::fs::metadata(path).expect("stat").blocks() * 512
     }
 
+    /// Discard punches a hole where the filesystem can (and the bdev must then say so); where
+    /// it cannot, the bdev must say so and refuse the request as unsupported.
     #[test]
     fn discard_punches_a_hole_and_leaves_neighbours() {
         let dir = disk_dir();
         let path = filled_file(dir.path(), "dis.img", 256 << 10, 0xab);
         let bdev = UringBdev::open(&path, UringOptions::default()).expect("open");
-        if !bdev.supports(IoOp::Discard) {
-            eprintln!("filesystem cannot punch holes; skipping");
+        let mut ch = bdev.open_channel(4).expect("channel");
+        let can = fs_fallocates(dir.path(), libc::FALLOC_FL_PUNCH_HOLE);
+        assert_eq!(bdev.supports(IoOp::Discard), can);
+        if !can {
+            eprintln!("NOTE: the filesystem cannot punch holes: checking the refusal instead");
+            let d = BdevIo::without_data(1, IoOp::Discard, 0, 4096);
+            assert_eq!(run(ch.as_mut(), d), IoStatus::Unsupported);
+            assert!(file_bytes(&path).iter().all(|&b| b == 0xab));
             return;
         }
-        let mut ch = bdev.open_channel(4).expect("channel");
         let before = allocated_bytes(&path);
         let (off, len) = (64u64 << 10, 64u64 << 10);
         assert_eq!(
@@ -797,16 +1040,22 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).expect("stat").len(), 256 << 10);
     }
 
+    /// Write-zeroes zeroes the range where the bdev offers it (and the filesystem must then do
+    /// ZERO_RANGE); where it does not, the request is refused as unsupported.
     #[test]
     fn write_zeroes_zeroes_the_range() {
         let dir = disk_dir();
         let path = filled_file(dir.path(), "wz.img", 64 << 10, 0xcd);
         let bdev = UringBdev::open(&path, opts(512)).expect("open");
+        let mut ch = bdev.open_channel(4).expect("channel");
         if !bdev.supports(IoOp::WriteZeroes) {
-            eprintln!("filesystem has no ZERO_RANGE; skipping");
+            eprintln!("NOTE: no write-zeroes on this filesystem: checking the refusal instead");
+            let wz = BdevIo::without_data(1, IoOp::WriteZeroes, 0, 4096);
+            assert_eq!(run(ch.as_mut(), wz), IoStatus::Unsupported);
+            assert!(file_bytes(&path).iter().all(|&b| b == 0xcd));
             return;
         }
-        let mut ch = bdev.open_channel(4).expect("channel");
+        assert!(fs_fallocates(dir.path(), libc::FALLOC_FL_ZERO_RANGE));
         let (off, len) = (1536u64, 5120u64);
         assert_eq!(
             run(
@@ -831,9 +1080,14 @@ mod tests {
         let mut ch = bdev.open_channel(4).expect("channel");
         let buf = Buf::new(8192, 0);
         let iov = [buf.iov(0, 4096)];
-        // Past the end; not a whole block for direct I/O; iovecs that do not add up.
+        // Past the end (the kernel reads nothing: no progress, an error); a range past any
+        // file offset; not a whole block for direct I/O; iovecs that do not add up.
         assert_eq!(
             run(ch.as_mut(), rw(1, IoOp::Read, 64 << 10, &iov)),
+            IoStatus::IoError
+        );
+        assert_eq!(
+            run(ch.as_mut(), rw(1, IoOp::Read, i64::MAX as u64 - 4095, &iov)),
             IoStatus::IoError
         );
         assert_eq!(
@@ -898,10 +1152,14 @@ mod tests {
             statuses[..3],
             [IoStatus::IoError, IoStatus::Success, IoStatus::IoError]
         );
-        // fallocate on a read-only descriptor: EBADF, an I/O error (not "unsupported").
-        if bdev.supports(IoOp::WriteZeroes) {
-            assert_eq!(statuses[3], IoStatus::IoError);
-        }
+        // fallocate on a read-only descriptor: EBADF, an I/O error (not "unsupported"); or
+        // refused without the kernel where the filesystem has no write-zeroes.
+        let want = if bdev.supports(IoOp::WriteZeroes) {
+            IoStatus::IoError
+        } else {
+            IoStatus::Unsupported
+        };
+        assert_eq!(statuses[3], want);
         assert_eq!(ch.in_flight(), 0);
         assert!(dst.bytes()[..4096].iter().all(|&b| b == 0x77));
         // The channel keeps serving.
@@ -972,6 +1230,235 @@ mod tests {
         );
     }
 
+    /// Empties an eventfd.
+    fn drain_eventfd(fd: std::os::fd::RawFd) {
+        let mut n = 0u64;
+        // SAFETY: reads 8 bytes into a live u64; the eventfd is non-blocking.
+        unsafe { libc::read(fd, (&mut n as *mut u64).cast(), 8) };
+    }
+
+    /// The completion eventfd wakes a thread blocked in poll(2) when a CQE arrives: a read from
+    /// an empty pipe stays in the kernel until another thread writes, the sleeper wakes, and
+    /// the completion is there.
+    #[test]
+    fn completion_fd_wakes_a_sleeper() {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills two descriptors into a live array.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: fresh descriptors owned by nobody else.
+        let (r, mut w) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        let cfg = ChannelConfig {
+            block_size: 512,
+            mem_align: 1,
+            direct: false,
+            read_only: false,
+            discard: false,
+            write_zeroes: false,
+        };
+        let mut ch = UringChannel::new(r, cfg, 4).expect("channel");
+        let fd = ch.completion_fd().expect("an eventfd");
+        assert!(!readable(fd, 0), "nothing completed yet");
+        let dst = Buf::new(512, 0);
+        let iov = [dst.iov(0, 512)];
+        ch.submit(rw(1, IoOp::Read, 0, &iov)).expect("room");
+        ch.flush_submissions();
+        let mut none = 0;
+        ch.poll_completions(&mut |_| none += 1);
+        assert_eq!((none, ch.in_flight()), (0, 1), "the read waits for data");
+        assert!(!readable(fd, 50), "no completion, no wake-up");
+        let writer = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            std::io::Write::write_all(&mut w, &[0x7e; 512]).expect("write");
+            w
+        });
+        let start = Instant::now();
+        assert!(readable(fd, 5000), "woken by the completion");
+        assert!(
+            start.elapsed() >= Duration::from_millis(100),
+            "slept until then"
+        );
+        let mut got = Vec::new();
+        ch.poll_completions(&mut |c| got.push(c));
+        assert_eq!(
+            got,
+            [Completion {
+                tag: 1,
+                status: IoStatus::Success
+            }]
+        );
+        assert!(dst.bytes().iter().all(|&b| b == 0x7e));
+        drop(writer.join().expect("writer"));
+    }
+
+    /// Edge-triggered epoll on the completion fd (how the reactor watches it) reports every
+    /// completion as a new edge although nobody reads the eventfd.
+    #[test]
+    fn completion_fd_gives_an_edge_per_completion() {
+        let dir = disk_dir();
+        let path = filled_file(dir.path(), "edge.img", 64 << 10, 0x21);
+        let bdev = UringBdev::open(&path, opts(512)).expect("open");
+        let mut ch = bdev.open_channel(4).expect("channel");
+        let fd = ch.completion_fd().expect("an eventfd");
+        // SAFETY: epoll_create1 makes a new descriptor.
+        let ep = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        assert!(ep >= 0);
+        // SAFETY: a fresh descriptor owned by nobody else.
+        let _ep_owner = unsafe { std::os::fd::OwnedFd::from_raw_fd(ep) };
+        let mut ev = libc::epoll_event {
+            events: (libc::EPOLLIN | libc::EPOLLET) as u32,
+            u64: 7,
+        };
+        // SAFETY: valid descriptors and a live event.
+        let rc = unsafe { libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, fd, &mut ev) };
+        assert_eq!(rc, 0);
+        // EINTR is a wake-up too: the kernel posts a CQE of a request this thread submitted
+        // by running task work on this thread, which interrupts the wait first (a reactor
+        // treats EINTR as "look for work"); the eventfd is signalled as the CQE is posted.
+        let wait = |ms: i32| -> i32 {
+            let mut out = [libc::epoll_event { events: 0, u64: 0 }];
+            loop {
+                // SAFETY: one live output event.
+                let rc = unsafe { libc::epoll_wait(ep, out.as_mut_ptr(), 1, ms) };
+                let e = std::io::Error::last_os_error();
+                if rc < 0 && e.raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                assert!(rc >= 0, "epoll_wait: {e}");
+                return rc;
+            }
+        };
+        assert_eq!(wait(0), 0);
+        let dst = Buf::new(4096, 0);
+        let iov = [dst.iov(0, 4096)];
+        for round in 0..3 {
+            ch.submit(rw(round, IoOp::Read, 0, &iov)).expect("room");
+            ch.flush_submissions();
+            assert_eq!(wait(5000), 1, "an edge for completion {round}");
+            assert_eq!(wait(0), 0, "one edge only");
+            assert_eq!(reap(ch.as_mut(), 1)[0].status, IoStatus::Success);
+        }
+        drain_eventfd(fd);
+    }
+
+    /// A transient `io_uring_enter` failure (EAGAIN) leaves the SQEs queued and the next pass
+    /// submits them; nothing fails.
+    #[test]
+    fn transient_submit_errors_retry_on_the_next_pass() {
+        let dir = disk_dir();
+        let path = filled_file(dir.path(), "eagain.img", 64 << 10, 0x61);
+        let bdev = UringBdev::open(&path, opts(512)).expect("open");
+        let mut ch = bdev
+            .open_channel_with_file(bdev.file.try_clone().expect("dup"), 4)
+            .expect("channel");
+        let dst = Buf::new(4096, 0);
+        let iov = [dst.iov(0, 4096)];
+        ch.inject_enter = vec![libc::EINTR, libc::EAGAIN];
+        ch.submit(rw(1, IoOp::Read, 0, &iov)).expect("room");
+        ch.flush_submissions();
+        ch.flush_submissions();
+        assert_eq!(
+            ch.ring.submission().len(),
+            1,
+            "still queued after two failures"
+        );
+        assert!(ch.broken.is_none());
+        assert_eq!(reap(&mut ch, 1)[0].status, IoStatus::Success);
+        assert!(dst.bytes().iter().all(|&b| b == 0x61));
+        assert_eq!(ch.submit_failures(), 0);
+    }
+
+    /// A ring that cannot be entered (created disabled: `io_uring_enter` fails with EBADFD, a
+    /// real non-transient error) fails the requests whose SQEs it never took, counts them,
+    /// fails every later request at once, and drops without waiting for anything.
+    #[test]
+    fn a_broken_ring_fails_its_queued_requests() {
+        let dir = disk_dir();
+        let path = filled_file(dir.path(), "broken.img", 64 << 10, 0);
+        let bdev = UringBdev::open(&path, opts(512)).expect("open");
+        let ring = IoUring::builder()
+            .setup_r_disabled()
+            .build(8)
+            .expect("disabled ring");
+        let file = bdev.file.try_clone().expect("dup");
+        let mut ch =
+            UringChannel::with_ring(ring, file, bdev.channel_config(), 8).expect("channel");
+        let dst = Buf::new(8192, 0);
+        let (a, b) = ([dst.iov(0, 4096)], [dst.iov(4096, 4096)]);
+        ch.submit(rw(1, IoOp::Read, 0, &a)).expect("room");
+        ch.submit(rw(2, IoOp::Write, 4096, &b)).expect("room");
+        ch.flush_submissions();
+        assert_eq!(ch.broken, Some(libc::EBADFD));
+        let mut got = reap(&mut ch, 2);
+        got.sort_by_key(|c| c.tag);
+        assert_eq!(
+            got,
+            [
+                Completion {
+                    tag: 1,
+                    status: IoStatus::IoError
+                },
+                Completion {
+                    tag: 2,
+                    status: IoStatus::IoError
+                }
+            ]
+        );
+        assert_eq!(
+            (ch.in_flight(), ch.busy_slots(), ch.submit_failures()),
+            (0, 0, 2)
+        );
+        assert_eq!(run(&mut ch, rw(3, IoOp::Read, 0, &a)), IoStatus::IoError);
+        assert_eq!(ch.submit_failures(), 3);
+        // Prechecks still answer first (not whole blocks for direct I/O: not counted).
+        assert_eq!(run(&mut ch, rw(4, IoOp::Read, 100, &a)), IoStatus::IoError);
+        assert_eq!(ch.submit_failures(), 3);
+        let start = Instant::now();
+        drop(ch);
+        assert!(
+            start.elapsed() < Duration::from_secs(2),
+            "drop did not wait"
+        );
+    }
+
+    /// A non-transient failure after the kernel took some requests: those complete normally,
+    /// the ones it never took fail, short-transfer continuations fail too.
+    #[test]
+    fn a_ring_that_breaks_later_keeps_what_the_kernel_took() {
+        let dir = disk_dir();
+        let path = filled_file(dir.path(), "later.img", 64 << 10, 0x33);
+        let bdev = UringBdev::open(&path, opts(512)).expect("open");
+        let mut ch = bdev
+            .open_channel_with_file(bdev.file.try_clone().expect("dup"), 8)
+            .expect("channel");
+        let dst = Buf::new(3 * 4096, 0);
+        let (a, b, c) = (
+            [dst.iov(0, 4096)],
+            [dst.iov(4096, 4096)],
+            [dst.iov(8192, 4096)],
+        );
+        ch.submit(rw(1, IoOp::Read, 0, &a)).expect("room");
+        ch.flush_submissions(); // taken by the kernel
+        ch.submit(rw(2, IoOp::Read, 4096, &b)).expect("room");
+        ch.submit(rw(3, IoOp::Read, 8192, &c)).expect("room");
+        ch.inject_enter = vec![libc::EFAULT];
+        ch.flush_submissions();
+        assert_eq!(ch.broken, Some(libc::EFAULT));
+        let mut got = reap(&mut ch, 3);
+        got.sort_by_key(|c| c.tag);
+        let st: Vec<IoStatus> = got.iter().map(|c| c.status).collect();
+        assert_eq!(
+            st,
+            [IoStatus::Success, IoStatus::IoError, IoStatus::IoError]
+        );
+        assert!(dst.bytes()[..4096].iter().all(|&x| x == 0x33));
+        assert!(dst.bytes()[4096..].iter().all(|&x| x == 0), "never read");
+        assert_eq!(ch.submit_failures(), 2);
+        // The SQEs left in the queue are never submitted, even when the channel drops.
+        assert_eq!(ch.ring.submission().len(), 2);
+        drop(ch);
+        assert!(dst.bytes()[4096..].iter().all(|&x| x == 0));
+    }
+
     #[test]
     fn drop_waits_for_requests_in_flight() {
         let dir = disk_dir();
@@ -1004,8 +1491,11 @@ mod tests {
     }
 
     /// A loop device with 4096-byte sectors exercises the block-device path (BLKSSZGET,
-    /// BLKGETSIZE64, fallocate on a block device). Skipped unless `losetup` works here (root).
+    /// BLKGETSIZE64, fallocate on a block device). Needs root and `losetup`, so it is ignored by
+    /// default (counted as such); run it with `cargo test -p spinblk-bdev -- --ignored`, where a
+    /// missing losetup fails it.
     #[test]
+    #[ignore = "needs root and losetup: cargo test -p spinblk-bdev -- --ignored"]
     fn loop_device_geometry_and_io() {
         struct Loop(String);
         impl Drop for Loop {
@@ -1023,10 +1513,11 @@ mod tests {
             .output();
         let dev = match out {
             Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).trim().to_string(),
-            _ => {
-                eprintln!("losetup unavailable; skipping the block-device test");
-                return;
-            }
+            Ok(o) => panic!(
+                "losetup failed (root is needed): {}",
+                String::from_utf8_lossy(&o.stderr)
+            ),
+            Err(e) => panic!("cannot run losetup: {e}"),
         };
         let lo = Loop(dev);
         let bdev = UringBdev::open(PathBuf::from(&lo.0), UringOptions::default()).expect("open");
@@ -1077,5 +1568,21 @@ mod tests {
             run(ch.as_mut(), BdevIo::without_data(5, IoOp::Flush, 0, 0)),
             IoStatus::Success
         );
+
+        // The backing file grows and the loop device is told (losetup -c): a rescan reads the
+        // new BLKGETSIZE64.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&backing)
+            .expect("open backing")
+            .set_len(12 << 20)
+            .expect("grow backing");
+        let st = std::process::Command::new("losetup")
+            .args(["-c", &lo.0])
+            .status()
+            .expect("losetup -c");
+        assert!(st.success());
+        assert_eq!(bdev.rescan().expect("rescan"), 12 << 20);
+        assert_eq!(bdev.num_blocks(), 3072);
     }
 }

@@ -570,7 +570,7 @@ impl BlkBackend {
             self.fatal = Some("a queue did not drain in time");
             VhostError::BackendInternalError
         })?;
-        debug!(
+        info!(
             "{}: queue {index} stopped after {:?} draining",
             self.spec.name,
             t0.elapsed()

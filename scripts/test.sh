@@ -9,6 +9,9 @@ step() { printf '\n=== %s ===\n' "$*"; }
 step "dependencies"
 bash scripts/install-deps.sh
 
+step "SPDK's JSON-RPC client (PyPI spdk==26.9 in target/venv)"
+bash scripts/rpc/venv.sh
+
 step "format and lints"
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -37,6 +40,8 @@ run_vm scripts/vm-test.sh --num-queues 1 --block-size 4096 --serial spinblk-4k
 run_vm scripts/vm-test.sh --readonly --num-queues 1
 run_vm scripts/vm-test.sh --bdev file
 run_vm scripts/vm-test.sh --bdev file --no-write-cache --size 64M
+# The disk made by JSON-RPC (SPDK's client) after spinblk started with no disk.
+run_vm scripts/vm-test.sh --rpc --bdev file --no-write-cache --size 128M
 # Restarts under a running guest: SIGKILL and SIGTERM, 5 times each, fio must verify clean.
 run_vm scripts/vm-test.sh --restart kill --restarts 5
 run_vm scripts/vm-test.sh --restart term --restarts 5

@@ -17,6 +17,10 @@
 #                        whose content the host checks afterwards        [malloc; file with --restart]
 #   --no-write-cache     spinblk --no-write-cache: the guest must see a write-through disk
 #   --target spinblk|qsd                                                    [spinblk]
+#   --rpc                spinblk starts with only a JSON-RPC socket and no disk; the bdev and the
+#                        controller (same geometry, serial and queues as the options ask) are
+#                        created with SPDK's client (spdk-rpc from scripts/rpc/venv.sh) after it
+#                        runs, before QEMU starts; the guest must see the same disk
 #   --restart kill|term  restart test: once fio runs in the guest, SIGKILL (kill) or SIGTERM
 #                        (term) the target --restarts times, --restart-interval seconds apart,
 #                        each time while it is serving writes, and start it again at once with
@@ -56,6 +60,7 @@ cpus=0
 bdev=
 no_wc=0
 target=spinblk
+rpc=0
 restart=
 restarts=5
 restart_interval=5
@@ -82,6 +87,7 @@ while [[ $# -gt 0 ]]; do
         --bdev) need_arg "$@"; bdev=$2; shift 2 ;;
         --no-write-cache) no_wc=1; shift ;;
         --target) need_arg "$@"; target=$2; shift 2 ;;
+        --rpc) rpc=1; shift ;;
         --restart) need_arg "$@"; restart=$2; shift 2 ;;
         --restarts) need_arg "$@"; restarts=$2; shift 2 ;;
         --restart-interval) need_arg "$@"; restart_interval=$2; shift 2 ;;
@@ -126,6 +132,11 @@ if [[ -n $restart ]]; then
     [[ $target == spinblk ]] || die "--restart needs --target spinblk"
     [[ $bdev == file ]] || die "--restart needs --bdev file (a restarted malloc disk is empty)"
     [[ $readonly_ == 0 ]] || die "--restart needs a writable disk"
+fi
+if ((rpc)); then
+    [[ $target == spinblk ]] || die "--rpc needs --target spinblk"
+    [[ -z $restart ]] || die "--rpc and --restart do not go together"
+    ((size % (1024 * 1024) == 0)) || die "--rpc needs a --size in whole MiB (rpc.py takes MB)"
 fi
 [[ -n $target_log_level ]] || { if [[ -n $restart ]]; then target_log_level=debug; else target_log_level=info; fi; }
 [[ $target_log_level =~ ^(info|debug|trace)$ ]] || die "--target-log-level must be info, debug or trace"
@@ -191,6 +202,8 @@ trap 'echo "vm-test: interrupted" >&2; exit 130' INT
 trap 'echo "vm-test: terminated" >&2; exit 143' TERM
 
 sock=$tmp/vhost.sock
+# --rpc: the controller vhost0 made by RPC listens in the -S directory.
+((rpc)) && sock=$tmp/vhost0
 guest_log=$tmp/guest.log
 target_log=$tmp/target.log
 : >"$guest_log"
@@ -311,17 +324,24 @@ if [[ $target == spinblk ]]; then
         cp "$bin" "$tmp/spinblk"
         bin=$tmp/spinblk
     fi
-    # The contract with the target: sizes are passed in bytes.
-    target_cmd=("$bin" --socket "$sock")
-    case $bdev in
-        malloc) target_cmd+=(--malloc "$size") ;;
-        null) target_cmd+=(--null "$size") ;;
-        file) target_cmd+=(--file "$img") ;;
-    esac
-    target_cmd+=(--block-size "$bs")
-    ((readonly_)) && target_cmd+=(--readonly)
-    ((no_wc)) && target_cmd+=(--no-write-cache)
-    target_cmd+=(--serial "$serial" --num-queues "$queues" --cpus "$cpus" --log-level "$target_log_level")
+    if ((rpc)); then
+        # Only the RPC socket; the disk comes by RPC below, as vhost0 under -S (= $sock).
+        rpc_sock=$tmp/rpc.sock
+        [[ $sock == "$tmp/vhost0" ]] || die "internal: --rpc needs the socket at $tmp/vhost0"
+        target_cmd=("$bin" -r "$rpc_sock" -S "$tmp" --cpus "$cpus" --log-level "$target_log_level")
+    else
+        # The contract with the target: sizes are passed in bytes.
+        target_cmd=("$bin" --socket "$sock")
+        case $bdev in
+            malloc) target_cmd+=(--malloc "$size") ;;
+            null) target_cmd+=(--null "$size") ;;
+            file) target_cmd+=(--file "$img") ;;
+        esac
+        target_cmd+=(--block-size "$bs")
+        ((readonly_)) && target_cmd+=(--readonly)
+        ((no_wc)) && target_cmd+=(--no-write-cache)
+        target_cmd+=(--serial "$serial" --num-queues "$queues" --cpus "$cpus" --log-level "$target_log_level")
+    fi
 else
     # qemu-storage-daemon as the reference target (no serial; GET_ID gives a fixed string).
     case $bdev in
@@ -340,6 +360,44 @@ fi
 echo "vm-test: target: ${target_cmd[*]}"
 "${target_cmd[@]}" >"$target_log" 2>&1 &
 target_pid=$!
+
+# --rpc: once the RPC socket is there, make the disk with SPDK's own client. spinblk's own keys
+# (serial, num_queues) go through the client library, the rest through spdk-rpc as a user would.
+if ((rpc)); then
+    for ((i = 0; i < 100; i++)); do
+        [[ -S $rpc_sock ]] && break
+        kill -0 "$target_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    [[ -S $rpc_sock ]] || fail_loudly "target did not create $rpc_sock"
+    [[ ! -e $sock ]] || fail_loudly "$sock exists before any controller was created"
+    spdk_rpc=$(bash "$repo/scripts/rpc/venv.sh") || fail_loudly "cannot install SPDK's client (scripts/rpc/venv.sh)"
+    R=("$spdk_rpc" -s "$rpc_sock")
+    blocks=$((size / bs))
+    case $bdev in
+        malloc) "${R[@]}" bdev_malloc_create -b d0 "$((size / 1048576))" "$bs" ;;
+        null) "${R[@]}" bdev_null_create d0 "$((size / 1048576))" "$bs" ;;
+        file) "${R[@]}" bdev_aio_create "$img" d0 "$bs" ;;
+    esac >>"$tmp/rpc.log" 2>&1 || fail_loudly "bdev creation by RPC failed: $(cat "$tmp/rpc.log")"
+    ((no_wc)) && { "$(dirname "$spdk_rpc")/python" - "$rpc_sock" >>"$tmp/rpc.log" 2>&1 <<'PY' || fail_loudly "spinblk_bdev_set_options failed: $(cat "$tmp/rpc.log")"
+import sys
+from spdk.rpc.client import JSONRPCClient
+JSONRPCClient(sys.argv[1]).call("spinblk_bdev_set_options", {"name": "d0", "write_cache": False})
+PY
+    }
+    "$(dirname "$spdk_rpc")/python" - "$rpc_sock" "$serial" "$queues" "$readonly_" "$cpus" >>"$tmp/rpc.log" 2>&1 <<'PY' || fail_loudly "vhost_create_blk_controller by RPC failed: $(cat "$tmp/rpc.log")"
+import sys
+from spdk.rpc.client import JSONRPCClient
+sock, serial, queues, ro, cpus = sys.argv[1:]
+c = JSONRPCClient(sock)
+c.call("vhost_create_blk_controller", {"ctrlr": "vhost0", "dev_name": "d0", "readonly": ro == "1",
+       "cpumask": "[" + cpus + "]", "serial": serial, "num_queues": int(queues)})
+print(c.call("vhost_get_controllers", {"name": "vhost0"}))
+PY
+    got=$("${R[@]}" bdev_get_bdevs -b d0) || fail_loudly "bdev_get_bdevs failed"
+    grep -q "\"num_blocks\": $blocks," <<<"$got" || fail_loudly "bdev d0 is not $blocks blocks: $got"
+    echo "vm-test: bdev d0 and controller vhost0 created by RPC ($(wc -l <"$tmp/rpc.log") lines in rpc.log)"
+fi
 
 # Ready when the socket exists (10 s at most); give up early if the target dies.
 for ((i = 0; i < 100; i++)); do

@@ -3,15 +3,45 @@
 use std::path::PathBuf;
 
 use clap::Parser;
+pub use spinblk_target::config::parse_size;
+use spinblk_target::CoreMask;
 
-/// spinblk: a polled-mode vhost-user-blk target. Serves one block device on a unix socket to
-/// QEMU, Cloud Hypervisor or any libblkio client; pinned reactors busy-poll its virtqueues.
+/// spinblk: a polled-mode vhost-user-blk target. Serves block devices on unix sockets to QEMU,
+/// Cloud Hypervisor or any libblkio client; pinned reactors poll their virtqueues. Disks and
+/// controllers come from the options below, a configuration file, or SPDK's JSON-RPC at run time.
 #[derive(Parser, Debug)]
 #[command(name = "spinblk", version)]
 pub struct Cli {
-    /// The vhost-user socket to listen on (a stale socket file is replaced).
+    /// The vhost-user socket of the single-disk shorthand (a stale socket file is replaced).
     #[arg(long, value_name = "PATH", default_value = "/tmp/spinblk.sock")]
     pub socket: PathBuf,
+
+    /// Serve SPDK's JSON-RPC on this unix socket (default /var/tmp/spdk.sock when given without
+    /// a path, or with --json). Without a disk option, spinblk then starts with no bdevs and no
+    /// controllers.
+    #[arg(short = 'r', long, value_name = "PATH", num_args = 0..=1,
+          default_missing_value = spinblk_rpc::DEFAULT_RPC_SOCKET)]
+    pub rpc_socket: Option<PathBuf>,
+
+    /// Directory of the sockets of controllers created without an explicit path (by RPC,
+    /// --json, or a --config controller without "socket"): DIR/<controller name>. Default: the
+    /// current directory, as SPDK.
+    #[arg(short = 'S', long, value_name = "DIR")]
+    pub socket_dir: Option<PathBuf>,
+
+    /// Load an SPDK JSON configuration (as save_config writes it: bdev and vhost_blk
+    /// subsystems) at start.
+    #[arg(long = "json", value_name = "FILE")]
+    pub json: Option<PathBuf>,
+
+    /// Permissions of the controller sockets, octal (default 0600; never writable by others).
+    #[arg(long, value_name = "MODE", value_parser = parse_mode)]
+    pub socket_mode: Option<u32>,
+
+    /// Group of the controller sockets (a name or a gid), e.g. the group QEMU runs in, with
+    /// --socket-mode 0660.
+    #[arg(long, value_name = "GROUP")]
+    pub socket_group: Option<String>,
 
     /// Serve a RAM disk of SIZE (K/M/G/T suffixes; the default is a 1 GiB malloc disk).
     #[arg(long, value_name = "SIZE", value_parser = parse_size, conflicts_with = "null")]
@@ -60,8 +90,26 @@ pub struct Cli {
     pub name: Option<String>,
 
     /// Reactor cores, one pinned polling thread each: "0", "2-5", "0,2,4-6".
-    #[arg(long, value_name = "LIST", value_parser = parse_cpus)]
+    #[arg(long, value_name = "LIST", value_parser = parse_cpus, conflicts_with = "cpumask")]
     pub cpus: Option<CpuList>,
+
+    /// Reactor cores as SPDK's core mask: hexadecimal ("0x3") or a list ("[0,2-3]").
+    #[arg(short = 'm', long, value_name = "MASK", value_parser = parse_cpumask)]
+    pub cpumask: Option<CpuList>,
+
+    /// How reactors poll: "adaptive" (spin while there is work, sleep when idle; the default)
+    /// or "busy" (always spin: a whole core per reactor).
+    #[arg(long, value_name = "MODE")]
+    pub poll_mode: Option<spinblk_target::PollMode>,
+
+    /// Guest interrupt coalescing of the single-disk controller: base delay in microseconds
+    /// (SPDK's delay_base_us; 0, the default, is off).
+    #[arg(long, value_name = "US")]
+    pub delay_base_us: Option<u32>,
+
+    /// With --delay-base-us: the IOPS above which interrupts are held back (default 60000).
+    #[arg(long, value_name = "IOPS", requires = "delay_base_us")]
+    pub iops_threshold: Option<u32>,
 
     /// Most virtqueues offered. The default lets QEMU's own default (one queue per vCPU) work
     /// for guests of up to 16 vCPUs.
@@ -96,30 +144,14 @@ pub struct Cli {
     pub log_level: log::LevelFilter,
 }
 
-/// Parses "4096", "64K", "512M", "1G", "2T" (binary multiples).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let s = s.trim();
-    let (digits, shift) = match s.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let shift = match c.to_ascii_uppercase() {
-                'K' => 10,
-                'M' => 20,
-                'G' => 30,
-                'T' => 40,
-                _ => return Err(format!("unknown size suffix '{c}' (use K, M, G or T)")),
-            };
-            (&s[..i], shift)
-        }
-        _ => (s, 0),
-    };
-    let n: u64 = digits.parse().map_err(|_| format!("'{s}' is not a size"))?;
-    let bytes = n
-        .checked_mul(1 << shift)
-        .ok_or_else(|| format!("'{s}' is too large"))?;
-    if bytes == 0 {
-        return Err("size must not be zero".into());
-    }
-    Ok(bytes)
+fn parse_mode(s: &str) -> Result<u32, String> {
+    spinblk_protocol::parse_socket_mode(s)
+}
+
+fn parse_cpumask(s: &str) -> Result<CpuList, String> {
+    CoreMask::parse(s)
+        .map(|m| CpuList(m.cores()))
+        .map_err(|e| e.to_string())
 }
 
 fn parse_block_size(s: &str) -> Result<u32, String> {
@@ -197,5 +229,38 @@ mod tests {
         assert!(Cli::try_parse_from(["spinblk", "--block-size", "1024"]).is_err());
         assert!(Cli::try_parse_from(["spinblk", "--num-queues", "0"]).is_err());
         assert!(Cli::try_parse_from(["spinblk", "--serial", "a-serial-that-is-too-long"]).is_err());
+    }
+
+    #[test]
+    fn spdk_style_options() {
+        let c =
+            Cli::try_parse_from(["spinblk", "-r", "-S", "/run/vm", "-m", "0x6"]).expect("valid");
+        assert_eq!(
+            c.rpc_socket.as_deref(),
+            Some(std::path::Path::new("/var/tmp/spdk.sock"))
+        );
+        assert_eq!(
+            c.socket_dir.as_deref(),
+            Some(std::path::Path::new("/run/vm"))
+        );
+        assert_eq!(c.cpumask, Some(CpuList(vec![1, 2])));
+        let c = Cli::try_parse_from(["spinblk", "--rpc-socket", "/tmp/x.sock", "-m", "[0,3]"])
+            .expect("valid");
+        assert_eq!(
+            c.rpc_socket.as_deref(),
+            Some(std::path::Path::new("/tmp/x.sock"))
+        );
+        assert_eq!(c.cpumask, Some(CpuList(vec![0, 3])));
+        assert!(Cli::try_parse_from(["spinblk", "-m", "0x1", "--cpus", "0"]).is_err());
+        assert!(Cli::try_parse_from(["spinblk", "-m", "zz"]).is_err());
+        assert!(Cli::try_parse_from(["spinblk", "--socket-mode", "0666"]).is_err());
+        let c = Cli::try_parse_from(["spinblk", "--socket-mode", "0660", "--json", "/x.json"])
+            .expect("valid");
+        assert_eq!(c.socket_mode, Some(0o660));
+        let c = Cli::try_parse_from(["spinblk", "--poll-mode", "busy", "--delay-base-us", "10"])
+            .expect("valid");
+        assert_eq!(c.poll_mode, Some(spinblk_target::PollMode::Busy));
+        assert!(Cli::try_parse_from(["spinblk", "--poll-mode", "lazy"]).is_err());
+        assert!(Cli::try_parse_from(["spinblk", "--iops-threshold", "100"]).is_err());
     }
 }

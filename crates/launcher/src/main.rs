@@ -1,31 +1,61 @@
-//! `spinblk`: builds the bdevs, starts the reactor pool and one vhost-user-blk controller per
-//! configured socket, reports statistics, and shuts down cleanly on SIGINT/SIGTERM.
+//! `spinblk`: a thin command line over `spinblk-target` and `spinblk-rpc`. Builds the target
+//! from the options, `--config` or SPDK's `--json`, serves SPDK's JSON-RPC when asked, tells
+//! systemd when it is ready, reports statistics, and shuts down cleanly on SIGINT/SIGTERM.
+//!
+//! Exit status: 0 after a drained SIGINT/SIGTERM, 1 on a runtime failure, 2 on a bad
+//! configuration (options, files, objects that cannot be built from them).
 
 mod cli;
-mod config;
+mod notify;
 mod report;
 
 use std::collections::HashMap;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use spinblk_bdev::{
-    Bdev, IoOp, MallocBdev, NullBdev, NvmeBdev, NvmeOptions, UringBdev, UringOptions,
-};
-use spinblk_protocol::{
-    serial_bytes, Controller, ControllerSpec, DeviceInfo, DeviceLimits, QueueStats,
-};
-use spinblk_reactor::ReactorPool;
+use spinblk_protocol::{ControllerReport, QueueStats, SocketOptions};
+use spinblk_rpc::{RpcServer, SpdkMethods};
+use spinblk_target::config::{BdevConfig, BdevType, ControllerConfig, TargetConfig};
+use spinblk_target::{Target, TargetError, TargetOptions};
 
 use cli::Cli;
-use config::{BdevConfig, BdevType, ControllerConfig, ResolvedController, TargetConfig};
 
 /// The disk served when no bdev option is given.
 const DEFAULT_MALLOC_SIZE: u64 = 1 << 30;
+
+/// A failure and the exit status it maps to.
+struct Failure {
+    status: u8,
+    message: String,
+}
+
+fn config_error(message: impl Into<String>) -> Failure {
+    Failure {
+        status: 2,
+        message: message.into(),
+    }
+}
+
+fn runtime_error(message: impl Into<String>) -> Failure {
+    Failure {
+        status: 1,
+        message: message.into(),
+    }
+}
+
+/// Building an object from the configuration failed: a socket that cannot be bound or a thread
+/// that cannot start is a runtime failure; anything else is the configuration's fault.
+fn build_error(e: TargetError) -> Failure {
+    match e {
+        TargetError::System(..) => runtime_error(e.to_string()),
+        _ => config_error(e.to_string()),
+    }
+}
 
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -49,30 +79,30 @@ fn main() -> ExitCode {
         .filter_module("virtio_queue", log::LevelFilter::Off)
         .parse_default_env()
         .init();
-    // Every configuration mistake is a usage error (exit 2); failures after this point exit 1.
-    let checked = target_config(&cli).and_then(|cfg| {
-        let (cpus, controllers) = cfg.resolve(first_allowed_cpu())?;
-        Ok((cfg, cpus, controllers))
-    });
-    let (config, cpus, controllers) = match checked {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("spinblk: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match run(config, cpus, controllers) {
+    match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("spinblk: {e}");
-            ExitCode::from(1)
+        Err(f) => {
+            eprintln!("spinblk: {}", f.message);
+            ExitCode::from(f.status)
         }
     }
 }
 
+/// Whether any option describes disks (as opposed to starting empty for RPC).
+fn has_disk_options(cli: &Cli) -> bool {
+    cli.config.is_some()
+        || !cli.controllers.is_empty()
+        || cli.malloc.is_some()
+        || cli.null.is_some()
+        || cli.file.is_some()
+        || cli.nvme.is_some()
+}
+
 /// The configuration from `--config`, from `--bdev`/`--controller`, or from the single-disk
-/// options; `--cpus` and `--stats-interval` apply to all three.
+/// options; empty when spinblk starts for RPC alone. `--cpus`/`-m` and `--stats-interval`
+/// apply to all of them.
 fn target_config(cli: &Cli) -> Result<TargetConfig, String> {
+    let rpc_only = (cli.rpc_socket.is_some() || cli.json.is_some()) && !has_disk_options(cli);
     let mut cfg = if let Some(path) = &cli.config {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
@@ -83,14 +113,27 @@ fn target_config(cli: &Cli) -> Result<TargetConfig, String> {
             bdevs: cli
                 .bdevs
                 .iter()
-                .map(|b| config::bdev_from_kv(b))
+                .map(|b| spinblk_target::config::bdev_from_kv(b))
                 .collect::<Result<_, _>>()?,
             controllers: cli
                 .controllers
                 .iter()
-                .map(|c| config::controller_from_kv(c))
+                .map(|c| spinblk_target::config::controller_from_kv(c))
                 .collect::<Result<_, _>>()?,
             stats_interval: None,
+            socket_mode: None,
+            socket_group: None,
+            poll_mode: None,
+        }
+    } else if rpc_only {
+        TargetConfig {
+            cpus: None,
+            bdevs: Vec::new(),
+            controllers: Vec::new(),
+            stats_interval: None,
+            socket_mode: None,
+            socket_group: None,
+            poll_mode: None,
         }
     } else {
         let (bdev_type, size, default_name) = match (cli.null, cli.malloc, &cli.file) {
@@ -116,21 +159,29 @@ fn target_config(cli: &Cli) -> Result<TargetConfig, String> {
                 poll: cli.nvme_poll,
                 write_cache: cli.no_write_cache.then_some(false),
                 shared: false,
+                uuid: None,
             }],
             controllers: vec![ControllerConfig {
                 name: Some("vhost0".into()),
-                socket: cli.socket.clone(),
+                socket: Some(cli.socket.clone()),
                 bdev: name,
                 cpus: None,
                 queue_cpus: None,
                 num_queues: cli.num_queues,
                 readonly: cli.readonly,
                 serial: cli.serial.clone(),
+                socket_mode: None,
+                socket_group: None,
+                delay_base_us: cli.delay_base_us,
+                iops_threshold: cli.iops_threshold,
             }],
             stats_interval: None,
+            socket_mode: None,
+            socket_group: None,
+            poll_mode: None,
         }
     };
-    if let Some(cpus) = &cli.cpus {
+    if let Some(cpus) = cli.cpus.as_ref().or(cli.cpumask.as_ref()) {
         cfg.cpus = Some(cpus.0.clone());
     }
     if cli.stats_interval.is_some() {
@@ -139,167 +190,166 @@ fn target_config(cli: &Cli) -> Result<TargetConfig, String> {
     Ok(cfg)
 }
 
-/// Builds bdev `b`; a file bdev served only by read-only controllers is opened read-only.
-fn make_bdev(b: &BdevConfig, read_only: bool) -> Result<Arc<dyn Bdev>, String> {
-    let block_size = b.block_size.unwrap_or(512);
-    let failed = |e: spinblk_bdev::BdevError| format!("bdev '{}': {e}", b.name);
-    let bdev: Arc<dyn Bdev> = match b.bdev_type {
-        BdevType::Malloc => {
-            Arc::new(MallocBdev::new(&b.name, b.required_size()?, block_size).map_err(failed)?)
-        }
-        BdevType::Null => {
-            Arc::new(NullBdev::new(&b.name, b.required_size()?, block_size).map_err(failed)?)
-        }
-        BdevType::File => {
-            let path = b
-                .path
-                .as_ref()
-                .ok_or_else(|| format!("bdev '{}': path is required", b.name))?;
-            let options = UringOptions {
-                block_size: b.block_size,
-                buffered: b.buffered,
-                read_only,
-            };
-            Arc::new(
-                UringBdev::open(path, options)
-                    .map_err(failed)?
-                    .with_name(b.name.clone()),
-            )
-        }
-        BdevType::Nvme => {
-            let path = b
-                .path
-                .as_ref()
-                .ok_or_else(|| format!("bdev '{}': path is required", b.name))?;
-            let options = NvmeOptions {
-                poll: b.poll,
-                read_only,
-            };
-            Arc::new(
-                NvmeBdev::open(path, options)
-                    .map_err(failed)?
-                    .with_name(b.name.clone()),
-            )
-        }
-    };
-    Ok(bdev)
+fn socket_dir(cli: &Cli) -> PathBuf {
+    cli.socket_dir
+        .clone()
+        .or_else(|| std::env::current_dir().ok())
+        .unwrap_or_else(|| PathBuf::from("."))
 }
 
-fn run(
-    cfg: TargetConfig,
-    cpus: Vec<usize>,
-    resolved: Vec<ResolvedController>,
-) -> Result<(), String> {
-    let bdevs = cfg
-        .bdevs
-        .iter()
-        .enumerate()
-        .map(|(i, b)| {
-            let users = resolved.iter().filter(|c| c.bdev == i);
-            make_bdev(
-                b,
-                users.clone().count() > 0 && users.clone().all(|c| c.config.readonly),
-            )
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    let pool = ReactorPool::start(&cpus).map_err(|e| e.to_string())?;
-    let by_core: HashMap<usize, _> = pool
-        .handles()
-        .iter()
-        .map(|h| (h.core().unwrap_or(usize::MAX), h.clone()))
-        .collect();
+/// Reads and parses an SPDK JSON configuration file.
+fn read_json(path: &Path) -> Result<serde_json::Value, Failure> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| config_error(format!("cannot read {}: {e}", path.display())))?;
+    serde_json::from_str(&text).map_err(|e| config_error(format!("{}: {e}", path.display())))
+}
+
+/// Builds the bdevs and controllers of `cfg` (already checked by `resolve`).
+fn apply_config(
+    target: &Target,
+    cfg: &TargetConfig,
+    resolved: &[spinblk_target::config::ResolvedController],
+) -> Result<(), Failure> {
+    for (i, b) in cfg.bdevs.iter().enumerate() {
+        // A file or namespace served only by read-only controllers is opened read-only.
+        let mut users = resolved.iter().filter(|c| c.bdev == i).peekable();
+        let readonly = users.peek().is_some() && users.all(|c| c.config.readonly);
+        let params = b.params(readonly).map_err(config_error)?;
+        target.create_bdev(params).map_err(build_error)?;
+    }
+    for c in resolved {
+        let params = c.params(&cfg.bdevs[c.bdev].name);
+        target.create_controller(params).map_err(build_error)?;
+    }
+    Ok(())
+}
+
+fn run(cli: &Cli) -> Result<(), Failure> {
+    // Every configuration mistake is a usage error (exit 2); failures after this point exit 1.
+    let cfg = target_config(cli).map_err(config_error)?;
+    let dir = socket_dir(cli);
+    let (cpus, resolved) = cfg
+        .resolve(first_allowed_cpu(), &dir)
+        .map_err(config_error)?;
+    let mut socket = cfg
+        .socket_options(SocketOptions::default())
+        .map_err(config_error)?;
+    if let Some(m) = cli.socket_mode {
+        socket.mode = m;
+    }
+    if let Some(g) = &cli.socket_group {
+        socket.group = Some(spinblk_protocol::resolve_group(g).map_err(config_error)?);
+    }
+    let json = cli.json.as_deref().map(read_json).transpose()?;
+    let poll_mode = match cli.poll_mode {
+        Some(m) => m,
+        None => cfg.poll_mode().map_err(config_error)?.unwrap_or_default(),
+    };
 
     // Handlers first: a signal that arrives as soon as a socket exists must still drain and
     // report, not kill the process.
     let terminate = Arc::new(AtomicBool::new(false));
     let dump = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&terminate)).map_err(|e| e.to_string())?;
+        signal_hook::flag::register(sig, Arc::clone(&terminate))
+            .map_err(|e| runtime_error(e.to_string()))?;
     }
     signal_hook::flag::register(signal_hook::consts::SIGUSR1, Arc::clone(&dump))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| runtime_error(e.to_string()))?;
 
-    let mut controllers = Vec::new();
-    for c in &resolved {
-        let bdev = &bdevs[c.bdev];
-        let serial = c
-            .config
-            .serial
-            .clone()
-            .unwrap_or_else(|| bdev.name().to_string());
-        let device = Arc::new(DeviceInfo {
-            limits: DeviceLimits {
-                capacity: bdev.size_bytes(),
-                block_size: bdev.block_size(),
-                read_only: c.config.readonly,
-                discard: bdev.supports(IoOp::Discard),
-                write_zeroes: bdev.supports(IoOp::WriteZeroes),
-            },
-            serial: serial_bytes(&serial),
-            write_cache: cfg.bdevs[c.bdev].write_cache.unwrap_or(true),
-            bdev: Arc::clone(bdev),
-        });
-        let reactors = c
-            .queue_cores
-            .iter()
-            .filter_map(|core| by_core.get(core).cloned())
-            .collect();
-        let spec = ControllerSpec {
-            name: c.name.clone(),
-            num_queues: c.config.num_queues,
-            device,
-            reactors,
-        };
-        let controller = Controller::start(spec, &c.config.socket).map_err(|e| e.to_string())?;
-        eprintln!(
-            "spinblk: {}: serving {} ({} bytes, {}-byte blocks{}, serial '{}') on {}, up to {} queues on cpus {:?}",
-            c.name,
-            bdev.name(),
-            bdev.size_bytes(),
-            bdev.block_size(),
-            if c.config.readonly { ", read-only" } else { "" },
-            serial,
-            c.config.socket.display(),
-            c.config.num_queues,
-            c.queue_cores
-        );
-        controllers.push(controller);
+    let target = Arc::new(
+        Target::start(TargetOptions {
+            cores: cpus,
+            socket_dir: dir,
+            socket,
+            poll_mode,
+        })
+        .map_err(|e| match e {
+            TargetError::Invalid(m) => config_error(m),
+            other => runtime_error(other.to_string()),
+        })?,
+    );
+    let methods = Arc::new(SpdkMethods::new(Arc::clone(&target)));
+    let built = apply_config(&target, &cfg, &resolved).and_then(|()| match &json {
+        Some(doc) => spinblk_rpc::spdk_config::load(&methods, doc).map_err(|m| {
+            config_error(format!(
+                "{}: {m}",
+                cli.json.as_deref().unwrap_or(Path::new("--json")).display()
+            ))
+        }),
+        None => Ok(()),
+    });
+    if let Err(f) = built {
+        target.shutdown();
+        return Err(f);
     }
+    let rpc_path = cli.rpc_socket.clone().or_else(|| {
+        cli.json
+            .as_ref()
+            .map(|_| PathBuf::from(spinblk_rpc::DEFAULT_RPC_SOCKET))
+    });
+    let rpc = match &rpc_path {
+        Some(path) => {
+            let handler: Arc<dyn spinblk_rpc::Handler> = methods.clone();
+            match RpcServer::start(path, &SocketOptions::default(), handler) {
+                Ok(s) => {
+                    eprintln!("spinblk: JSON-RPC on {}", path.display());
+                    Some(s)
+                }
+                Err(e) => {
+                    target.shutdown();
+                    return Err(runtime_error(e));
+                }
+            }
+        }
+        None => None,
+    };
+    if rpc.is_none() && target.controllers().is_empty() {
+        log::warn!("no controllers configured and no RPC socket: nothing to serve");
+    }
+    notify::ready();
 
     let interval = cfg.stats_interval.map(Duration::from_secs);
     let mut last_summary = Instant::now();
-    let mut previous: Vec<QueueStats> = vec![QueueStats::default(); controllers.len()];
+    let mut previous: HashMap<String, QueueStats> = HashMap::new();
     while !terminate.load(Ordering::Relaxed) {
         std::thread::sleep(Duration::from_millis(50));
         if dump.swap(false, Ordering::Relaxed) {
-            print_table(&controllers, &pool.stats());
+            let reports: Vec<ControllerReport> =
+                target.controllers().iter().map(|c| c.report()).collect();
+            let reactors: Vec<_> = target.reactors().into_iter().map(|r| r.stats).collect();
+            print_table(&reports, &reactors);
         }
         if let Some(every) = interval {
             let elapsed = last_summary.elapsed();
             if elapsed >= every {
                 last_summary = Instant::now();
-                for (c, prev) in controllers.iter().zip(previous.iter_mut()) {
+                let mut seen = HashMap::new();
+                for c in target.controllers() {
                     let report = c.report();
-                    println!("{}", report::summary_line(&report, prev, elapsed));
-                    *prev = report.total;
+                    let prev = previous.remove(c.name()).unwrap_or_default();
+                    println!("{}", report::summary_line(&report, &prev, elapsed));
+                    seen.insert(c.name().to_string(), report.total);
                 }
+                previous = seen;
                 let _ = std::io::stdout().flush();
             }
         }
     }
-    // Stop taking requests, let in-flight ones complete, report, exit 0.
-    for c in &controllers {
-        c.shutdown();
+    // Stop taking requests (RPC first, then every controller's queues, letting in-flight
+    // requests complete), report, exit 0.
+    notify::stopping();
+    if let Some(s) = rpc {
+        s.stop();
     }
-    let reactors = pool.shutdown();
-    print_table(&controllers, &reactors);
+    let (reports, reactors) = target.shutdown();
+    print_table(&reports, &reactors);
     eprintln!("spinblk: shut down cleanly");
     Ok(())
 }
 
-fn print_table(controllers: &[Controller], reactors: &[spinblk_reactor::ReactorStats]) {
-    let reports: Vec<_> = controllers.iter().map(Controller::report).collect();
-    print!("{}", report::table(&reports, reactors));
+fn print_table(reports: &[ControllerReport], reactors: &[spinblk_reactor::ReactorStats]) {
+    print!("{}", report::table(reports, reactors));
     let _ = std::io::stdout().flush();
 }
 

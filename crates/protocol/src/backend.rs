@@ -41,7 +41,6 @@ use crate::queue::{QueueCtrl, QueueLog, QueueStart, QueueStopped, VirtqPoller};
 use crate::request::DeviceLimits;
 use crate::ring::{RingAddrs, SplitRing, MAX_QUEUE_SIZE};
 use crate::sigbus::{check_file, Guard};
-use crate::stats::QueueStats;
 
 /// Memory slots offered through CONFIGURE_MEM_SLOTS (QEMU's and libvhost-user's limit).
 const MAX_MEM_SLOTS: u64 = 509;
@@ -50,8 +49,6 @@ const REACTOR_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long GET_VRING_BASE (and a disconnect) waits for a queue's in-flight requests to drain.
 /// Past it the connection is closed: the stopped ring's state cannot be reported truthfully.
 pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a statistics request waits for one queue.
-const STATS_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// One mapped region of guest memory and where the frontend has it.
 struct MappedRegion {
@@ -667,37 +664,14 @@ impl BlkBackend {
     }
 
     /// How to reach each running queue, by queue index (copied out, so statistics can be
-    /// gathered without holding this backend's lock while reactors answer).
+    /// gathered without holding this backend's lock while reactors answer; see
+    /// `Controller::report`).
     pub(crate) fn running_queues(&self) -> Vec<(usize, RunningQueue)> {
         self.vrings
             .iter()
             .enumerate()
             .filter_map(|(i, v)| v.running.clone().map(|q| (i, q)))
             .collect()
-    }
-
-    /// Adds each running queue's statistics (asked of its reactor by message) into
-    /// `per_queue[queue index]`.
-    pub(crate) fn add_running_stats(&self, per_queue: &mut [QueueStats]) {
-        gather_stats(&self.running_queues(), per_queue);
-    }
-}
-
-/// Asks each queue in `queues` for its statistics and adds them into `per_queue`; a queue that
-/// does not answer within a short bound is skipped (its reactor is busy or gone).
-pub(crate) fn gather_stats(queues: &[(usize, RunningQueue)], per_queue: &mut [QueueStats]) {
-    let asked: Vec<_> = queues
-        .iter()
-        .filter_map(|(i, q)| {
-            let (tx, rx) = crossbeam_channel::bounded(1);
-            q.send(QueueCtrl::Stats(tx)).then_some((*i, rx))
-        })
-        .collect();
-    let deadline = Instant::now() + STATS_TIMEOUT;
-    for (i, rx) in asked {
-        if let (Ok(s), Some(q)) = (rx.recv_deadline(deadline), per_queue.get_mut(i)) {
-            q.merge(&s);
-        }
     }
 }
 

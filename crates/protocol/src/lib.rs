@@ -19,7 +19,10 @@ mod stats;
 
 pub use backend::BlkBackend;
 pub use config::{config_space, device_features, CONFIG_LEN};
-pub use controller::{Controller, ControllerError, ControllerReport, QueueReport};
+pub use controller::{
+    bind_unix_socket, parse_socket_mode, resolve_group, BoundSocket, Controller, ControllerError,
+    ControllerReport, QueueReport, SessionInfo, SocketOptions, DEFAULT_SOCKET_MODE, MAX_SESSIONS,
+};
 pub use device::{Coalescing, ControllerSpec, DeviceInfo};
 pub use inflight::{queue_region_size, InflightError, InflightQueue, InflightRegion, Recovery};
 pub use log::{DirtyLog, LogError, LOG_PAGE};

@@ -1,6 +1,7 @@
-//! The target's configuration: bdevs and the controllers that serve them. Built from a JSON file
-//! (`--config`), from repeatable `--bdev`/`--controller` options, or from the single-disk
-//! shorthand options; all three end in the same [`TargetConfig`] and the same checks.
+//! spinblk's own configuration format: bdevs and the controllers that serve them. Built from a
+//! JSON file (`--config`), from repeatable `--bdev`/`--controller` options, or from the
+//! single-disk shorthand options; all three end in the same [`TargetConfig`] and the same checks,
+//! and are then applied to a [`Target`](crate::Target) like any other request.
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -8,10 +9,36 @@ use std::path::PathBuf;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use crate::cli::parse_size;
+use crate::bdev::{BdevKind, BdevParams, FileFlavor};
+use crate::target::{ControllerParams, DEFAULT_IOPS_THRESHOLD, DEFAULT_NUM_QUEUES};
+use spinblk_protocol::{parse_socket_mode, resolve_group, Coalescing, SocketOptions};
+use spinblk_reactor::PollMode;
 
-/// Queues offered when a controller does not say.
-pub const DEFAULT_NUM_QUEUES: u16 = 16;
+/// Parses "4096", "64K", "512M", "1G", "2T" (binary multiples).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (digits, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => return Err(format!("unknown size suffix '{c}' (use K, M, G or T)")),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 0),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("'{s}' is not a size"))?;
+    let bytes = n
+        .checked_mul(1 << shift)
+        .ok_or_else(|| format!("'{s}' is too large"))?;
+    if bytes == 0 {
+        return Err("size must not be zero".into());
+    }
+    Ok(bytes)
+}
 
 /// Everything `spinblk` serves.
 #[derive(Debug, Clone, Deserialize)]
@@ -21,12 +48,23 @@ pub struct TargetConfig {
     #[serde(default, deserialize_with = "cpus_opt")]
     pub cpus: Option<Vec<usize>>,
     /// Block devices, by name.
+    #[serde(default)]
     pub bdevs: Vec<BdevConfig>,
     /// vhost-user-blk controllers, one socket each.
+    #[serde(default)]
     pub controllers: Vec<ControllerConfig>,
     /// Print one summary line per controller every this many seconds.
     #[serde(default)]
     pub stats_interval: Option<u64>,
+    /// Permissions of every controller socket, octal ("0660"; default "0600").
+    #[serde(default)]
+    pub socket_mode: Option<String>,
+    /// Group of every controller socket (a name or a gid).
+    #[serde(default)]
+    pub socket_group: Option<String>,
+    /// Reactor poll mode: "adaptive" (default) or "busy".
+    #[serde(default)]
+    pub poll_mode: Option<String>,
 }
 
 /// What kind of block device.
@@ -75,9 +113,61 @@ pub struct BdevConfig {
     /// Allow several writable controllers on this bdev (their guests must coordinate).
     #[serde(default)]
     pub shared: bool,
+    /// A fixed uuid (default: a new random one each start).
+    #[serde(default)]
+    pub uuid: Option<String>,
 }
 
 impl BdevConfig {
+    /// The registry parameters for this bdev; `readonly` opens a file or namespace read-only.
+    pub fn params(&self, readonly: bool) -> Result<BdevParams, String> {
+        self.check()?;
+        let name = &self.name;
+        let blocks = |bs: u32| -> Result<u64, String> {
+            let size = self.required_size()?;
+            if size % u64::from(bs) != 0 {
+                return Err(format!(
+                    "bdev '{name}': size {size} is not a multiple of the block size {bs}"
+                ));
+            }
+            Ok(size / u64::from(bs))
+        };
+        let bs = self.block_size.unwrap_or(512);
+        let kind = match self.bdev_type {
+            BdevType::Malloc => BdevKind::Malloc {
+                num_blocks: blocks(bs)?,
+                block_size: bs,
+            },
+            BdevType::Null => BdevKind::Null {
+                num_blocks: blocks(bs)?,
+                block_size: bs,
+            },
+            BdevType::File => BdevKind::File {
+                flavor: FileFlavor::Uring,
+                path: self.path.clone().unwrap_or_default(),
+                block_size: self.block_size,
+                readonly,
+                buffered: self.buffered,
+            },
+            BdevType::Nvme => BdevKind::Nvme {
+                path: self.path.clone().unwrap_or_default(),
+                poll: self.poll,
+                readonly,
+            },
+        };
+        let uuid = match &self.uuid {
+            Some(u) => Some(u.parse().map_err(|e| format!("bdev '{name}': {e}"))?),
+            None => None,
+        };
+        Ok(BdevParams {
+            name: name.clone(),
+            uuid,
+            kind,
+            write_cache: self.write_cache.unwrap_or(true),
+            shared: self.shared,
+        })
+    }
+
     /// The capacity, which malloc and null bdevs must have.
     pub fn required_size(&self) -> Result<u64, String> {
         self.size
@@ -119,11 +209,12 @@ impl BdevConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ControllerConfig {
-    /// Unique name (default "vhost<N>").
+    /// Unique name (default `vhost<N>`).
     #[serde(default)]
     pub name: Option<String>,
-    /// Unix socket it listens on.
-    pub socket: PathBuf,
+    /// Unix socket it listens on (default: `<socket dir>/<name>`).
+    #[serde(default)]
+    pub socket: Option<PathBuf>,
     /// Name of the bdev it serves.
     pub bdev: String,
     /// Reactor cores its queues are spread over (default: all reactors).
@@ -141,6 +232,34 @@ pub struct ControllerConfig {
     /// GET_ID serial (default: the bdev name).
     #[serde(default)]
     pub serial: Option<String>,
+    /// Permissions of this controller's socket, octal (default: the target's).
+    #[serde(default)]
+    pub socket_mode: Option<String>,
+    /// Group of this controller's socket (default: the target's).
+    #[serde(default)]
+    pub socket_group: Option<String>,
+    /// Interrupt coalescing base delay in microseconds (SPDK's delay_base_us; default 0: off).
+    #[serde(default)]
+    pub delay_base_us: Option<u32>,
+    /// Interrupt coalescing IOPS threshold (default 60000).
+    #[serde(default)]
+    pub iops_threshold: Option<u32>,
+}
+
+/// Socket permissions from a mode and a group given as text, over `base`.
+pub fn socket_options(
+    base: SocketOptions,
+    mode: Option<&str>,
+    group: Option<&str>,
+) -> Result<SocketOptions, String> {
+    let mut o = base;
+    if let Some(m) = mode {
+        o.mode = parse_socket_mode(m)?;
+    }
+    if let Some(g) = group {
+        o.group = Some(resolve_group(g)?);
+    }
+    Ok(o)
 }
 
 fn default_num_queues() -> u16 {
@@ -238,7 +357,7 @@ pub fn parse_kv(text: &str) -> Result<Value, String> {
                     .collect::<Result<Vec<_>, _>>()?;
                 map.insert(key, Value::Array(cores));
             }
-            "num_queues" | "block_size" => {
+            "num_queues" | "block_size" | "delay_base_us" | "iops_threshold" => {
                 let n: u64 = value
                     .parse()
                     .map_err(|_| format!("{key} must be a number"))?;
@@ -273,17 +392,64 @@ pub struct ResolvedController {
     pub bdev: usize,
     /// The core of each queue's reactor, cycled by queue index.
     pub queue_cores: Vec<usize>,
+    /// Its socket path.
+    pub socket: PathBuf,
+    /// Its socket permissions (`None`: the target's).
+    pub socket_options: Option<SocketOptions>,
+}
+
+impl ResolvedController {
+    /// The target's parameters for this controller.
+    pub fn params(&self, bdev_name: &str) -> ControllerParams {
+        let c = &self.config;
+        ControllerParams {
+            name: self.name.clone(),
+            bdev: bdev_name.to_string(),
+            cpumask: None,
+            queue_cores: Some(self.queue_cores.clone()),
+            num_queues: c.num_queues,
+            readonly: c.readonly,
+            serial: c.serial.clone(),
+            socket: Some(self.socket.clone()),
+            socket_options: self.socket_options,
+            coalescing: c.delay_base_us.map(|delay_base_us| Coalescing {
+                delay_base_us,
+                iops_threshold: c.iops_threshold.unwrap_or(DEFAULT_IOPS_THRESHOLD),
+            }),
+        }
+    }
 }
 
 impl TargetConfig {
-    /// Checks names, sockets, cores and bdev sharing; fills in defaults.
+    /// The poll mode this configuration asks for, if any.
+    pub fn poll_mode(&self) -> Result<Option<PollMode>, String> {
+        self.poll_mode
+            .as_deref()
+            .map(|m| {
+                m.parse()
+                    .map_err(|e: spinblk_reactor::UnknownPollMode| e.to_string())
+            })
+            .transpose()
+    }
+
+    /// The default socket permissions this configuration asks for, over `base`.
+    pub fn socket_options(&self, base: SocketOptions) -> Result<SocketOptions, String> {
+        socket_options(
+            base,
+            self.socket_mode.as_deref(),
+            self.socket_group.as_deref(),
+        )
+    }
+
+    /// Checks names, sockets, cores and bdev sharing; fills in defaults. Controllers without a
+    /// socket path get `<socket_dir>/<name>`.
     pub fn resolve(
         &self,
         default_cpu: usize,
+        socket_dir: &std::path::Path,
     ) -> Result<(Vec<usize>, Vec<ResolvedController>), String> {
-        if self.controllers.is_empty() {
-            return Err("no controllers configured".into());
-        }
+        self.socket_options(SocketOptions::default())?;
+        self.poll_mode()?;
         let mut bdev_index = HashMap::new();
         for (i, b) in self.bdevs.iter().enumerate() {
             b.check()?;
@@ -321,12 +487,25 @@ impl TargetConfig {
             if !names.insert(name.clone()) {
                 return Err(format!("controller name '{name}' is used twice"));
             }
-            if !sockets.insert(c.socket.clone()) {
+            let socket = c.socket.clone().unwrap_or_else(|| socket_dir.join(&name));
+            if !sockets.insert(socket.clone()) {
                 return Err(format!(
                     "socket {} is used by two controllers",
-                    c.socket.display()
+                    socket.display()
                 ));
             }
+            let socket_options = if c.socket_mode.is_some() || c.socket_group.is_some() {
+                Some(
+                    socket_options(
+                        self.socket_options(SocketOptions::default())?,
+                        c.socket_mode.as_deref(),
+                        c.socket_group.as_deref(),
+                    )
+                    .map_err(|e| format!("controller '{name}': {e}"))?,
+                )
+            } else {
+                None
+            };
             let &bdev = bdev_index
                 .get(c.bdev.as_str())
                 .ok_or_else(|| format!("controller '{name}': no bdev named '{}'", c.bdev))?;
@@ -359,6 +538,8 @@ impl TargetConfig {
                 name,
                 bdev,
                 queue_cores,
+                socket,
+                socket_options,
             });
         }
         for (bdev, ctrls) in users {
@@ -378,6 +559,7 @@ impl TargetConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn kv_options_become_configs() {
@@ -422,7 +604,80 @@ mod tests {
             .check()
             .is_err());
         assert!(controller_from_kv("socket=/tmp/a,bdev=m0,bogus=1").is_err());
-        assert!(controller_from_kv("bdev=m0").is_err(), "socket is required");
+        assert!(
+            controller_from_kv("socket=/tmp/a").is_err(),
+            "bdev is required"
+        );
+        let d = controller_from_kv("name=vm1,bdev=m0,socket-mode=0660").expect("no socket");
+        assert_eq!((d.socket, d.socket_mode.as_deref()), (None, Some("0660")));
+        let co = controller_from_kv("bdev=m0,delay-base-us=20,iops-threshold=5000").expect("co");
+        let r = ResolvedController {
+            config: co.clone(),
+            name: "x".into(),
+            bdev: 0,
+            queue_cores: vec![0],
+            socket: "/s".into(),
+            socket_options: None,
+        };
+        assert_eq!(
+            r.params("m0").coalescing,
+            Some(Coalescing {
+                delay_base_us: 20,
+                iops_threshold: 5000
+            })
+        );
+    }
+
+    #[test]
+    fn sockets_default_to_the_socket_dir_and_modes_are_checked() {
+        let mut cfg = two_on(true, false);
+        cfg.controllers[1].socket = None;
+        cfg.controllers[1].name = Some("vm1".into());
+        cfg.controllers[1].socket_mode = Some("0660".into());
+        let (_, ctrls) = cfg.resolve(0, Path::new("/run/x")).expect("valid");
+        assert_eq!(ctrls[1].socket, PathBuf::from("/run/x/vm1"));
+        assert_eq!(ctrls[1].socket_options.map(|o| o.mode), Some(0o660));
+        assert_eq!(ctrls[0].socket_options, None);
+        cfg.controllers[1].socket_mode = Some("0666".into());
+        assert!(
+            cfg.resolve(0, Path::new("/run/x")).is_err(),
+            "world-writable"
+        );
+        cfg.controllers[1].socket_mode = None;
+        cfg.socket_mode = Some("0777".into());
+        assert!(
+            cfg.resolve(0, Path::new("/run/x")).is_err(),
+            "world-writable"
+        );
+        cfg.socket_mode = Some("0640".into());
+        assert_eq!(
+            cfg.socket_options(SocketOptions::default()).map(|o| o.mode),
+            Ok(0o640)
+        );
+    }
+
+    #[test]
+    fn bdev_params_carry_geometry_and_uuid() {
+        let b = bdev_from_kv("name=m0,malloc=1M,block-size=4096,no-write-cache").expect("bdev");
+        let p = b.params(false).expect("params");
+        assert_eq!(
+            p.kind,
+            BdevKind::Malloc {
+                num_blocks: 256,
+                block_size: 4096
+            }
+        );
+        assert!(!p.write_cache);
+        let mut b = bdev_from_kv("name=n0,null=1000").expect("bdev");
+        assert!(b.params(false).is_err(), "size not a multiple of 512");
+        b.size = Some(1024);
+        b.uuid = Some("0e8a5d5c-7c4e-4b8e-9b3e-0123456789ab".into());
+        assert_eq!(
+            b.params(false).expect("params").uuid.map(|u| u.to_string()),
+            b.uuid
+        );
+        b.uuid = Some("nope".into());
+        assert!(b.params(false).is_err());
     }
 
     #[test]
@@ -436,7 +691,7 @@ mod tests {
                             {"name": "b", "socket": "/tmp/b.sock", "bdev": "n0", "cpus": [1]}]
         }"#;
         let cfg: TargetConfig = serde_json::from_str(text).expect("config");
-        let (cpus, ctrls) = cfg.resolve(0).expect("valid");
+        let (cpus, ctrls) = cfg.resolve(0, Path::new("/tmp")).expect("valid");
         assert_eq!(cpus, vec![0, 1]);
         assert_eq!(ctrls[0].name, "vhost0");
         assert_eq!(ctrls[0].queue_cores, vec![0, 1]);
@@ -458,30 +713,45 @@ mod tests {
                 controller_from_kv(&format!("socket=/tmp/b,bdev=m0{ro}")).expect("b"),
             ],
             stats_interval: None,
+            socket_mode: None,
+            socket_group: None,
+            poll_mode: None,
         }
     }
 
     #[test]
     fn sharing_rules() {
         assert!(
-            two_on(false, false).resolve(0).is_err(),
+            two_on(false, false).resolve(0, Path::new("/tmp")).is_err(),
             "two writers on one bdev"
         );
-        assert!(two_on(false, true).resolve(0).is_ok(), "readers may share");
-        assert!(two_on(true, false).resolve(0).is_ok(), "explicitly shared");
+        assert!(
+            two_on(false, true).resolve(0, Path::new("/tmp")).is_ok(),
+            "readers may share"
+        );
+        assert!(
+            two_on(true, false).resolve(0, Path::new("/tmp")).is_ok(),
+            "explicitly shared"
+        );
     }
 
     #[test]
     fn bad_references_are_refused() {
         let mut cfg = two_on(true, false);
-        cfg.controllers[1].socket = PathBuf::from("/tmp/a");
-        assert!(cfg.resolve(0).is_err(), "duplicate socket");
+        cfg.controllers[1].socket = Some(PathBuf::from("/tmp/a"));
+        assert!(
+            cfg.resolve(0, Path::new("/tmp")).is_err(),
+            "duplicate socket"
+        );
         let mut cfg = two_on(true, false);
         cfg.controllers[1].bdev = "nope".into();
-        assert!(cfg.resolve(0).is_err(), "unknown bdev");
+        assert!(cfg.resolve(0, Path::new("/tmp")).is_err(), "unknown bdev");
         let mut cfg = two_on(true, false);
         cfg.cpus = Some(vec![0]);
         cfg.controllers[0].cpus = Some(vec![3]);
-        assert!(cfg.resolve(0).is_err(), "cpu outside the reactor set");
+        assert!(
+            cfg.resolve(0, Path::new("/tmp")).is_err(),
+            "cpu outside the reactor set"
+        );
     }
 }

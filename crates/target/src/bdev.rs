@@ -1,0 +1,683 @@
+//! The bdev registry: every block device the target serves, by name, with its uuid, how it was
+//! made (so the configuration can be saved and rebuilt), which controllers claim it, the
+//! statistics of controllers that used it and are gone, its QoS settings, and an event hook
+//! through which a bdev tells its users that it changed.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use spinblk_bdev::{
+    Bdev, IoOp, MallocBdev, NullBdev, NvmeBdev, NvmeOptions, UringBdev, UringOptions,
+};
+use spinblk_protocol::QueueStats;
+
+use crate::error::TargetError;
+use crate::uuid::Uuid;
+
+/// Which SPDK module name a file bdev was created through. Both are served by spinblk's
+/// io_uring file bdev; the name is kept so the saved configuration uses the same method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFlavor {
+    /// `bdev_aio_create`.
+    Aio,
+    /// `bdev_uring_create` (and the CLI's `--file`).
+    Uring,
+}
+
+/// What a bdev is and the parameters it was made with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BdevKind {
+    /// RAM disk.
+    Malloc {
+        /// Capacity in blocks.
+        num_blocks: u64,
+        /// Block size in bytes.
+        block_size: u32,
+    },
+    /// Reads zeroes, drops writes.
+    Null {
+        /// Capacity in blocks.
+        num_blocks: u64,
+        /// Block size in bytes.
+        block_size: u32,
+    },
+    /// A regular file or block device through io_uring.
+    File {
+        /// The SPDK method it was created with.
+        flavor: FileFlavor,
+        /// The file or device.
+        path: PathBuf,
+        /// Block size asked for (`None`: the device's).
+        block_size: Option<u32>,
+        /// Opened read-only.
+        readonly: bool,
+        /// Opened through the page cache.
+        buffered: bool,
+    },
+    /// An NVMe namespace's generic char device through io_uring passthrough.
+    Nvme {
+        /// /dev/ngXnY.
+        path: PathBuf,
+        /// IOPOLL ring.
+        poll: bool,
+        /// Opened read-only.
+        readonly: bool,
+    },
+}
+
+impl BdevKind {
+    /// The module name, as `bdev_<module>_create` / `_delete` use it.
+    pub fn module(&self) -> &'static str {
+        match self {
+            BdevKind::Malloc { .. } => "malloc",
+            BdevKind::Null { .. } => "null",
+            BdevKind::File {
+                flavor: FileFlavor::Aio,
+                ..
+            } => "aio",
+            BdevKind::File { .. } => "uring",
+            BdevKind::Nvme { .. } => "nvme",
+        }
+    }
+
+    /// SPDK's product name for bdevs of this module.
+    pub fn product_name(&self) -> &'static str {
+        match self {
+            BdevKind::Malloc { .. } => "Malloc disk",
+            BdevKind::Null { .. } => "Null disk",
+            BdevKind::File {
+                flavor: FileFlavor::Aio,
+                ..
+            } => "AIO disk",
+            BdevKind::File { .. } => "URING bdev",
+            BdevKind::Nvme { .. } => "NVMe passthrough disk",
+        }
+    }
+
+    /// Whether a bdev of this kind was asked to be read-only.
+    pub fn readonly(&self) -> bool {
+        match self {
+            BdevKind::File { readonly, .. } | BdevKind::Nvme { readonly, .. } => *readonly,
+            _ => false,
+        }
+    }
+}
+
+/// Everything needed to create a bdev.
+#[derive(Debug, Clone)]
+pub struct BdevParams {
+    /// Unique name.
+    pub name: String,
+    /// Fixed uuid (a saved configuration passes it back); `None` generates one.
+    pub uuid: Option<Uuid>,
+    /// What to make.
+    pub kind: BdevKind,
+    /// Controllers start in write-back mode (the default); `false`: every write is durable
+    /// when it completes until the guest turns the cache on.
+    pub write_cache: bool,
+    /// Several writable controllers may serve it (their guests must coordinate).
+    pub shared: bool,
+}
+
+impl BdevParams {
+    /// Parameters with the defaults: generated uuid, write cache on, not shared.
+    pub fn new(name: impl Into<String>, kind: BdevKind) -> BdevParams {
+        BdevParams {
+            name: name.into(),
+            uuid: None,
+            kind,
+            write_cache: true,
+            shared: false,
+        }
+    }
+}
+
+/// Per-bdev rate limits (SPDK's `bdev_set_qos_limit`; 0 = no limit). Stored and reported;
+/// enforced by the data path once it has a limiter (issue 16).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct QosLimits {
+    /// Read plus write I/Os per second.
+    pub rw_ios_per_sec: u64,
+    /// Read plus write MiB per second.
+    pub rw_mbytes_per_sec: u64,
+    /// Read MiB per second.
+    pub r_mbytes_per_sec: u64,
+    /// Write MiB per second.
+    pub w_mbytes_per_sec: u64,
+}
+
+/// Something that happened to a bdev that its users (controllers) must act on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BdevEvent {
+    /// The capacity changed; the controllers update their config space and tell the guest.
+    Resized {
+        /// New capacity in blocks.
+        num_blocks: u64,
+    },
+    /// The QoS limits changed.
+    QosChanged(QosLimits),
+    /// The bdev is going away (only ever sent when no controller claims it).
+    Removed,
+}
+
+/// Identifies one subscription to a bdev's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ListenerId(u64);
+
+type Listener = Arc<dyn Fn(&BdevEvent) + Send + Sync>;
+
+/// A controller's claim on a bdev.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// The controller's name.
+    pub controller: String,
+    /// Whether that controller only reads.
+    pub readonly: bool,
+}
+
+struct BdevState {
+    claims: Vec<Claim>,
+    write_cache: bool,
+    shared: bool,
+    qos: QosLimits,
+    /// Statistics of the controllers that used this bdev and have been deleted.
+    retired: QueueStats,
+    listeners: Vec<(ListenerId, Listener)>,
+}
+
+/// One registered bdev.
+pub struct BdevEntry {
+    name: String,
+    uuid: Uuid,
+    kind: BdevKind,
+    bdev: Arc<dyn Bdev>,
+    state: Mutex<BdevState>,
+    next_listener: AtomicU64,
+}
+
+impl std::fmt::Debug for BdevEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BdevEntry")
+            .field("name", &self.name)
+            .field("uuid", &self.uuid)
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl BdevEntry {
+    /// The bdev's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Its uuid.
+    pub fn uuid(&self) -> Uuid {
+        self.uuid
+    }
+
+    /// How it was made.
+    pub fn kind(&self) -> &BdevKind {
+        &self.kind
+    }
+
+    /// The block device itself.
+    pub fn bdev(&self) -> &Arc<dyn Bdev> {
+        &self.bdev
+    }
+
+    /// Whether the device takes writes (a read-only file or namespace does not).
+    pub fn writable(&self) -> bool {
+        self.bdev.supports(IoOp::Write)
+    }
+
+    /// The controllers that claim it now.
+    pub fn claims(&self) -> Vec<Claim> {
+        lock(&self.state).claims.clone()
+    }
+
+    /// Whether controllers start in write-back mode.
+    pub fn write_cache(&self) -> bool {
+        lock(&self.state).write_cache
+    }
+
+    /// Whether several writable controllers may serve it.
+    pub fn shared(&self) -> bool {
+        lock(&self.state).shared
+    }
+
+    /// Changes the write-cache mode and the sharing flag; they apply to controllers created
+    /// from now on.
+    pub fn set_options(&self, write_cache: Option<bool>, shared: Option<bool>) {
+        let mut st = lock(&self.state);
+        if let Some(w) = write_cache {
+            st.write_cache = w;
+        }
+        if let Some(s) = shared {
+            st.shared = s;
+        }
+    }
+
+    /// Its QoS limits.
+    pub fn qos(&self) -> QosLimits {
+        lock(&self.state).qos
+    }
+
+    /// Stores new QoS limits and tells the users.
+    pub fn set_qos(&self, limits: QosLimits) {
+        lock(&self.state).qos = limits;
+        self.notify(&BdevEvent::QosChanged(limits));
+    }
+
+    /// Statistics of deleted controllers that used this bdev.
+    pub fn retired_stats(&self) -> QueueStats {
+        lock(&self.state).retired.clone()
+    }
+
+    /// Calls `f` for every event from now on, until [`BdevEntry::unsubscribe`].
+    pub fn subscribe(&self, f: impl Fn(&BdevEvent) + Send + Sync + 'static) -> ListenerId {
+        let id = ListenerId(self.next_listener.fetch_add(1, Ordering::Relaxed));
+        lock(&self.state).listeners.push((id, Arc::new(f)));
+        id
+    }
+
+    /// Stops calling the listener `id`.
+    pub fn unsubscribe(&self, id: ListenerId) {
+        lock(&self.state).listeners.retain(|(l, _)| *l != id);
+    }
+
+    /// Delivers `event` to every listener (outside the bdev's lock, so a listener may call
+    /// back into the entry).
+    pub fn notify(&self, event: &BdevEvent) {
+        let listeners: Vec<Listener> = lock(&self.state)
+            .listeners
+            .iter()
+            .map(|(_, l)| Arc::clone(l))
+            .collect();
+        for l in listeners {
+            l(event);
+        }
+    }
+
+    /// Claims the bdev for `controller`. Refused when a writable controller would share a
+    /// bdev that is not marked shared with another controller (unless all of them only read),
+    /// or when a writable controller asks for a read-only device.
+    pub(crate) fn claim(&self, controller: &str, readonly: bool) -> Result<(), TargetError> {
+        if !readonly && !self.writable() {
+            return Err(TargetError::Invalid(format!(
+                "bdev '{}' is read-only; create the controller with readonly",
+                self.name
+            )));
+        }
+        let mut st = lock(&self.state);
+        let writers = st.claims.iter().filter(|c| !c.readonly).count() + usize::from(!readonly);
+        if !st.shared && !st.claims.is_empty() && writers > 0 {
+            let by: Vec<String> = st.claims.iter().map(|c| c.controller.clone()).collect();
+            return Err(TargetError::Invalid(format!(
+                "bdev '{}' is already served by {}; a second controller needs all of them readonly, or the bdev marked shared",
+                self.name,
+                by.join(", ")
+            )));
+        }
+        st.claims.push(Claim {
+            controller: controller.to_string(),
+            readonly,
+        });
+        Ok(())
+    }
+
+    /// Releases `controller`'s claim and keeps its final statistics.
+    pub(crate) fn release(&self, controller: &str, final_stats: Option<&QueueStats>) {
+        let mut st = lock(&self.state);
+        st.claims.retain(|c| c.controller != controller);
+        if let Some(s) = final_stats {
+            st.retired.merge(s);
+        }
+    }
+}
+
+enum Slot {
+    /// Being created (slow opens happen outside the registry lock).
+    Creating,
+    /// Being deleted.
+    Deleting,
+    Ready(Arc<BdevEntry>),
+}
+
+/// All bdevs, by name.
+#[derive(Default)]
+pub struct BdevRegistry {
+    map: Mutex<BTreeMap<String, Slot>>,
+}
+
+/// Checks a bdev or controller name: 1 to 255 bytes of printable ASCII without `/`.
+pub(crate) fn check_name(what: &str, name: &str) -> Result<(), TargetError> {
+    if name.is_empty()
+        || name.len() > 255
+        || name == "."
+        || name == ".."
+        || !name.chars().all(|c| c.is_ascii_graphic() && c != '/')
+    {
+        return Err(TargetError::Invalid(format!(
+            "invalid {what} name '{name}': use 1 to 255 printable characters, no '/' or spaces"
+        )));
+    }
+    Ok(())
+}
+
+fn make_bdev(p: &BdevParams) -> Result<Arc<dyn Bdev>, spinblk_bdev::BdevError> {
+    Ok(match &p.kind {
+        BdevKind::Malloc {
+            num_blocks,
+            block_size,
+        } => Arc::new(MallocBdev::new(
+            &p.name,
+            num_blocks.saturating_mul(u64::from(*block_size)),
+            *block_size,
+        )?),
+        BdevKind::Null {
+            num_blocks,
+            block_size,
+        } => Arc::new(NullBdev::new(
+            &p.name,
+            num_blocks.saturating_mul(u64::from(*block_size)),
+            *block_size,
+        )?),
+        BdevKind::File {
+            path,
+            block_size,
+            readonly,
+            buffered,
+            ..
+        } => Arc::new(
+            UringBdev::open(
+                path,
+                UringOptions {
+                    block_size: *block_size,
+                    buffered: *buffered,
+                    read_only: *readonly,
+                },
+            )?
+            .with_name(p.name.clone()),
+        ),
+        BdevKind::Nvme {
+            path,
+            poll,
+            readonly,
+        } => Arc::new(
+            NvmeBdev::open(
+                path,
+                NvmeOptions {
+                    poll: *poll,
+                    read_only: *readonly,
+                },
+            )?
+            .with_name(p.name.clone()),
+        ),
+    })
+}
+
+impl BdevRegistry {
+    /// Creates and registers a bdev. The name and uuid must be unused. Opening happens outside
+    /// the registry lock, so a slow open does not hold up lookups.
+    pub fn create(&self, params: BdevParams) -> Result<Arc<BdevEntry>, TargetError> {
+        check_name("bdev", &params.name)?;
+        let uuid = params.uuid.unwrap_or_else(Uuid::random);
+        {
+            let mut map = lock(&self.map);
+            if map.contains_key(&params.name)
+                || map
+                    .values()
+                    .any(|s| matches!(s, Slot::Ready(e) if e.uuid.to_string() == params.name))
+            {
+                return Err(TargetError::Exists {
+                    what: "bdev",
+                    name: params.name,
+                });
+            }
+            if map
+                .values()
+                .any(|s| matches!(s, Slot::Ready(e) if e.uuid == uuid))
+            {
+                return Err(TargetError::Exists {
+                    what: "bdev with uuid",
+                    name: uuid.to_string(),
+                });
+            }
+            map.insert(params.name.clone(), Slot::Creating);
+        }
+        let made = make_bdev(&params);
+        let mut map = lock(&self.map);
+        match made {
+            Ok(bdev) => {
+                let entry = Arc::new(BdevEntry {
+                    name: params.name.clone(),
+                    uuid,
+                    kind: params.kind,
+                    bdev,
+                    state: Mutex::new(BdevState {
+                        claims: Vec::new(),
+                        write_cache: params.write_cache,
+                        shared: params.shared,
+                        qos: QosLimits::default(),
+                        retired: QueueStats::default(),
+                        listeners: Vec::new(),
+                    }),
+                    next_listener: AtomicU64::new(0),
+                });
+                map.insert(params.name, Slot::Ready(Arc::clone(&entry)));
+                Ok(entry)
+            }
+            Err(error) => {
+                map.remove(&params.name);
+                Err(TargetError::Bdev {
+                    name: params.name,
+                    error,
+                })
+            }
+        }
+    }
+
+    /// The bdev with this name (or uuid, as SPDK allows).
+    pub fn get(&self, name: &str) -> Option<Arc<BdevEntry>> {
+        let map = lock(&self.map);
+        if let Some(Slot::Ready(e)) = map.get(name) {
+            return Some(Arc::clone(e));
+        }
+        map.values().find_map(|s| match s {
+            Slot::Ready(e) if e.uuid.to_string() == name => Some(Arc::clone(e)),
+            _ => None,
+        })
+    }
+
+    /// Every registered bdev, by name.
+    pub fn list(&self) -> Vec<Arc<BdevEntry>> {
+        lock(&self.map)
+            .values()
+            .filter_map(|s| match s {
+                Slot::Ready(e) => Some(Arc::clone(e)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Deletes bdev `name`, which must be of module `module` when given (`bdev_null_delete`
+    /// on a malloc bdev finds no such null bdev, as in SPDK). Refused while claimed. The bdev
+    /// is released (and its memory or file closed) once the last channel is gone.
+    pub fn delete(&self, name: &str, module: Option<&str>) -> Result<(), TargetError> {
+        let entry = {
+            let mut map = lock(&self.map);
+            let entry = match map.get(name) {
+                Some(Slot::Ready(e)) => Arc::clone(e),
+                Some(Slot::Creating | Slot::Deleting) => {
+                    return Err(TargetError::Busy(format!(
+                        "bdev '{name}' is being created or deleted"
+                    )))
+                }
+                None => {
+                    return Err(TargetError::NotFound {
+                        what: "bdev",
+                        name: name.to_string(),
+                    })
+                }
+            };
+            if module.is_some_and(|m| m != entry.kind.module()) {
+                return Err(TargetError::NotFound {
+                    what: match module {
+                        Some("malloc") => "malloc bdev",
+                        Some("null") => "null bdev",
+                        Some("aio") => "aio bdev",
+                        Some("uring") => "uring bdev",
+                        _ => "bdev of that kind",
+                    },
+                    name: name.to_string(),
+                });
+            }
+            // Claims are taken under the entry lock; checking them under the registry lock as
+            // well means no controller can claim it between this check and the removal.
+            let claims = entry.claims();
+            if !claims.is_empty() {
+                return Err(TargetError::InUse {
+                    bdev: name.to_string(),
+                    by: claims.into_iter().map(|c| c.controller).collect(),
+                });
+            }
+            map.insert(name.to_string(), Slot::Deleting);
+            entry
+        };
+        entry.notify(&BdevEvent::Removed);
+        lock(&self.map).remove(name);
+        Ok(())
+    }
+
+    /// Looks up `name` and claims it for `controller` in one step, so the bdev cannot be
+    /// deleted in between.
+    pub(crate) fn claim(
+        &self,
+        name: &str,
+        controller: &str,
+        readonly: bool,
+    ) -> Result<Arc<BdevEntry>, TargetError> {
+        let map = lock(&self.map);
+        let entry = match map.get(name) {
+            Some(Slot::Ready(e)) => Arc::clone(e),
+            Some(_) => {
+                return Err(TargetError::Busy(format!(
+                    "bdev '{name}' is being created or deleted"
+                )))
+            }
+            None => map
+                .values()
+                .find_map(|s| match s {
+                    Slot::Ready(e) if e.uuid.to_string() == name => Some(Arc::clone(e)),
+                    _ => None,
+                })
+                .ok_or_else(|| TargetError::NotFound {
+                    what: "bdev",
+                    name: name.to_string(),
+                })?,
+        };
+        entry.claim(controller, readonly)?;
+        Ok(entry)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    fn null(name: &str) -> BdevParams {
+        BdevParams::new(
+            name,
+            BdevKind::Null {
+                num_blocks: 2048,
+                block_size: 512,
+            },
+        )
+    }
+
+    #[test]
+    fn create_lookup_delete() {
+        let reg = BdevRegistry::default();
+        let a = reg.create(null("a")).expect("create");
+        assert!(matches!(
+            reg.create(null("a")),
+            Err(TargetError::Exists { .. })
+        ));
+        let mut same_uuid = null("b");
+        same_uuid.uuid = Some(a.uuid());
+        assert!(matches!(
+            reg.create(same_uuid),
+            Err(TargetError::Exists { .. })
+        ));
+        assert!(reg.get("a").is_some());
+        assert!(reg.get(&a.uuid().to_string()).is_some(), "lookup by uuid");
+        assert!(matches!(
+            reg.delete("a", Some("malloc")),
+            Err(TargetError::NotFound { .. })
+        ));
+        assert!(matches!(
+            reg.delete("zz", None),
+            Err(TargetError::NotFound { .. })
+        ));
+        assert!(reg.create(null("bad/name")).is_err());
+        assert!(reg.create(null("")).is_err());
+        reg.delete("a", Some("null")).expect("delete");
+        assert!(reg.get("a").is_none());
+        assert!(reg.list().is_empty());
+    }
+
+    #[test]
+    fn claims_block_delete_and_enforce_sharing() {
+        let reg = BdevRegistry::default();
+        reg.create(null("d")).expect("create");
+        reg.claim("d", "c0", false).expect("first writer");
+        let e = reg
+            .claim("d", "c1", true)
+            .expect_err("second user of a writable claim");
+        assert_eq!(e.errno(), libc::EINVAL);
+        match reg.delete("d", None) {
+            Err(TargetError::InUse { by, .. }) => assert_eq!(by, vec!["c0".to_string()]),
+            other => panic!("expected InUse, got {other:?}"),
+        }
+        let d = reg.get("d").expect("still there");
+        let mut s = QueueStats::default();
+        s.read.ops = 3;
+        d.release("c0", Some(&s));
+        assert_eq!(d.retired_stats().read.ops, 3);
+        // Readers share; a shared bdev takes several writers.
+        reg.claim("d", "r0", true).expect("reader");
+        reg.claim("d", "r1", true).expect("reader");
+        assert!(reg.claim("d", "w", false).is_err());
+        d.set_options(None, Some(true));
+        reg.claim("d", "w", false).expect("shared");
+        for c in ["r0", "r1", "w"] {
+            d.release(c, None);
+        }
+        reg.delete("d", None).expect("released");
+    }
+
+    #[test]
+    fn events_reach_subscribers() {
+        let reg = BdevRegistry::default();
+        let e = reg.create(null("ev")).expect("create");
+        let seen = Arc::new(AtomicUsize::new(0));
+        let s = Arc::clone(&seen);
+        let id = e.subscribe(move |ev| {
+            if matches!(ev, BdevEvent::Resized { num_blocks: 4096 }) {
+                s.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        e.notify(&BdevEvent::Resized { num_blocks: 4096 });
+        e.unsubscribe(id);
+        e.notify(&BdevEvent::Resized { num_blocks: 4096 });
+        assert_eq!(seen.load(Ordering::SeqCst), 1);
+    }
+}

@@ -153,7 +153,9 @@ fn invalid(why: &'static str) -> VhostError {
 fn bench_log(mem: &GuestMemory) -> Option<Arc<DirtyLog>> {
     std::env::var_os("SPINBLK_BENCH_DIRTY_LOG")?;
     let pages = mem.end_addr() / crate::log::LOG_PAGE + 1;
-    DirtyLog::anonymous(usize::try_from(pages / 8 + 1).ok()?).ok()
+    let log = DirtyLog::anonymous(usize::try_from(pages / 8 + 1).ok()?).ok()?;
+    info!("SPINBLK_BENCH_DIRTY_LOG: this queue logs into a private bitmap");
+    Some(log)
 }
 
 /// What `/proc/self/fd/N` says an fd is, e.g. `anon_inode:[eventfd]`.
@@ -473,6 +475,7 @@ impl BlkBackend {
             None => None,
         };
         let poller = VirtqPoller::new(QueueStart {
+            name: format!("{}:q{index}", self.spec.name),
             size: v.size,
             addrs,
             next_avail: v.base,

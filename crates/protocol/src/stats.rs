@@ -65,6 +65,9 @@ pub struct QueueStats {
     pub unsupported: u64,
     /// Chains that could not be answered with a status byte, or reused an in-flight head.
     pub dropped: u64,
+    /// Requests in the queue's hands when this snapshot was taken (submitted to the bdev,
+    /// throttled or waiting for room; summed by `merge`). Zero in the totals of stopped queues.
+    pub in_flight: u64,
     /// Writes of the call eventfd that failed (a saturated counter is not one: it means an
     /// interrupt is pending already; an fd that is not an eventfd cannot get here).
     pub notify_errors: u64,
@@ -85,6 +88,7 @@ impl Default for QueueStats {
             io_errors: 0,
             unsupported: 0,
             dropped: 0,
+            in_flight: 0,
             notify_errors: 0,
             latency_ticks: new_histogram(),
         }
@@ -164,6 +168,7 @@ impl QueueStats {
         self.unsupported += other.unsupported;
         self.dropped += other.dropped;
         self.notify_errors += other.notify_errors;
+        self.in_flight += other.in_flight;
         // Same bounds on both sides, so adding cannot fail.
         let _ = self.latency_ticks.add(&other.latency_ticks);
     }

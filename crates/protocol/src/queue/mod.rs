@@ -35,6 +35,8 @@ pub(crate) use poller::VirtqPoller;
 /// Everything needed to start polling a virtqueue. Built on the control thread, where the bdev
 /// channel is opened too (that may be slow); the finished poller then moves to its reactor.
 pub(crate) struct QueueStart {
+    /// `<controller>:q<index>`, for poller listings.
+    pub name: String,
     pub size: u16,
     pub addrs: RingAddrs,
     pub next_avail: u16,

@@ -71,6 +71,8 @@ pub(super) struct Retired {
 
 /// Polls one virtqueue. Built on a control thread, then moved to (and never out of) its reactor.
 pub(crate) struct VirtqPoller {
+    /// `<controller>:q<index>` (SPDK's thread_get_pollers lists it).
+    name: String,
     // Declared first, so it is dropped first: a kernel-backed channel's Drop waits until the
     // kernel is done with guest buffers, which the memory tables below keep mapped (B9).
     pub(super) channel: Box<dyn IoChannel>,
@@ -160,6 +162,7 @@ impl VirtqPoller {
             iov_len: 0,
         };
         Ok(VirtqPoller {
+            name: s.name,
             channel: s.channel,
             ring,
             mem: s.mem,
@@ -234,7 +237,9 @@ impl VirtqPoller {
             QueueCtrl::WriteCache(on) => self.write_cache = on,
             QueueCtrl::Stop(reply) => self.stop_reply = Some(reply),
             QueueCtrl::Stats(reply) => {
-                let _ = reply.send(self.stats.clone());
+                let mut snapshot = self.stats.clone();
+                snapshot.in_flight = self.in_flight as u64;
+                let _ = reply.send(snapshot);
             }
             QueueCtrl::Coalescing(c) => self.coalescer.configure(c),
             QueueCtrl::Qos(limiter) => self.qos = limiter.map(QosClient::new),
@@ -323,7 +328,7 @@ impl Poller for VirtqPoller {
     }
 
     fn name(&self) -> &str {
-        "vhost_blk_vq"
+        &self.name
     }
 
     /// The reactor wants to sleep: say whether this queue can be woken by an fd, enable guest

@@ -125,6 +125,7 @@ fn start(
 ) -> (VirtqPoller, ()) {
     let channel = dev.bdev.open_channel(usize::from(RING)).expect("channel");
     let p = VirtqPoller::new(QueueStart {
+        name: "test:q0".into(),
         size: RING,
         addrs: RingAddrs {
             desc: vq.desc_table_addr().raw_value(),

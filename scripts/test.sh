@@ -45,6 +45,12 @@ run_vm scripts/vm-test.sh --rpc --bdev file --no-write-cache --size 128M
 # Restarts under a running guest: SIGKILL and SIGTERM, 5 times each, fio must verify clean.
 run_vm scripts/vm-test.sh --restart kill --restarts 5
 run_vm scripts/vm-test.sh --restart term --restarts 5
+# Live migration between two QEMUs with a guest writing, verifying and reading into memory:
+# two controllers on one shared bdev, one controller serving both QEMUs, and the negative
+# control (dirty logging switched off for the test: the memory check must fail).
+run_vm scripts/migrate-test.sh
+run_vm scripts/migrate-test.sh --one-socket
+run_vm scripts/migrate-test.sh --negative-control
 # spinblk --nvme inside a guest with an emulated NVMe controller.
 run_vm scripts/nvme-vm-test.sh
 echo "vm-tests: ${vm_passed} passed, ${vm_failed} failed"

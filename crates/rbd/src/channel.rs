@@ -167,6 +167,18 @@ impl RbdChannel {
         })
     }
 
+    /// Bytes a channel of `depth` allocates (its slots, their callback arguments, the free list
+    /// and the completion queue).
+    pub(crate) fn memory(depth: usize) -> usize {
+        let per_slot = std::mem::size_of::<SlotCtx>()
+            + std::mem::size_of::<Slot>()
+            + std::mem::size_of::<u32>()
+            // An ArrayQueue slot: the value and its stamp.
+            + std::mem::size_of::<Done>()
+            + std::mem::size_of::<usize>();
+        std::mem::size_of::<RbdChannel>() + std::mem::size_of::<Shared>() + depth * per_slot
+    }
+
     /// Starts `op` in `slot`; librbd's negative errno if it refused to.
     fn start(&mut self, slot: u32, op: IoOp, offset: u64, len: u64, iov: &[IoVec]) -> c_int {
         let api = self.api;

@@ -2,11 +2,18 @@
 
 use std::ffi::{CStr, CString};
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use crate::ffi::{self, RadosT};
 use crate::RbdError;
+
+/// The op timeout used when neither the config file nor the options set `rados_osd_op_timeout`
+/// (librados' own default, 0, waits forever: requests to a lost cluster would hang).
+pub const DEFAULT_OP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The mount timeout used when neither the config file nor the options set
+/// `client_mount_timeout` (Ceph's own default is 300 s).
+pub const DEFAULT_MOUNT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How to reach a cluster: SPDK's `bdev_rbd_register_cluster` parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,16 +28,20 @@ pub struct ClusterConfig {
     /// then an error only when `options` does not name the monitors (`mon_host`).
     pub config_file: Option<PathBuf>,
     /// Configuration key/values set after the file (SPDK's `config_param`), e.g.
-    /// `("mon_host", "127.0.0.1:6789")`, `("keyfile", "...")`, `("rbd_cache", "false")`.
-    /// They override `op_timeout` and `mount_timeout`.
+    /// `("mon_host", "127.0.0.1:6789")`, `("keyring", "...")`, `("rbd_cache", "false")`.
     pub options: Vec<(String, String)>,
     /// How long one request may wait for the cluster before it fails with an I/O error
-    /// (`rados_osd_op_timeout`, also used as `rados_mon_op_timeout`). Whole seconds; 0 means
-    /// wait forever (librados' default, not recommended: a lost cluster then hangs requests).
-    pub op_timeout: Duration,
-    /// How long connecting may take before it fails (`client_mount_timeout`; Ceph's default
-    /// is 300 s).
-    pub mount_timeout: Duration,
+    /// (`rados_osd_op_timeout`, also used as `rados_mon_op_timeout`), in whole seconds; zero
+    /// waits forever (not recommended: a lost cluster then hangs requests). `None`: the value
+    /// the config file or `options` give, else [`DEFAULT_OP_TIMEOUT`]. `Some` overrides both.
+    pub op_timeout: Option<Duration>,
+    /// How long connecting may take before it fails (`client_mount_timeout`); `None` and
+    /// `Some` as for `op_timeout`, with [`DEFAULT_MOUNT_TIMEOUT`].
+    pub mount_timeout: Option<Duration>,
+    /// CPUs that librados' and librbd's own threads (messenger, completion, cache) run on (SPDK's
+    /// `core_mask`): the connection is made from a thread bound to them, and the threads it
+    /// starts inherit that. `None`: wherever the calling thread may run.
+    pub cpus: Option<Vec<usize>>,
 }
 
 impl Default for ClusterConfig {
@@ -40,8 +51,9 @@ impl Default for ClusterConfig {
             user: "admin".into(),
             config_file: None,
             options: Vec::new(),
-            op_timeout: Duration::from_secs(30),
-            mount_timeout: Duration::from_secs(30),
+            op_timeout: None,
+            mount_timeout: None,
+            cpus: None,
         }
     }
 }
@@ -56,6 +68,17 @@ fn secs(d: Duration) -> String {
     s.to_string()
 }
 
+/// A Ceph duration option's value in seconds.
+fn parse_secs(v: &str) -> Option<Duration> {
+    let s: f64 = v.trim().parse().ok()?;
+    (s.is_finite() && s >= 0.0).then(|| Duration::from_secs_f64(s))
+}
+
+/// The two option names are the same option to Ceph ("a b" and "a_b").
+fn same_option(a: &str, b: &str) -> bool {
+    a.replace(' ', "_") == b.replace(' ', "_")
+}
+
 /// A connected cluster. Cloning shares the one rados handle (reference counted); the handle is
 /// shut down when the last clone and the last image opened through it are gone.
 #[derive(Clone)]
@@ -63,10 +86,31 @@ pub struct RbdCluster {
     pub(crate) inner: Arc<ClusterInner>,
 }
 
+/// A reference to a connection that does not keep it alive ([`RbdCluster::downgrade`]).
+#[derive(Clone, Debug, Default)]
+pub struct WeakRbdCluster(Weak<ClusterInner>);
+
+impl WeakRbdCluster {
+    /// The connection, if something still holds it.
+    pub fn upgrade(&self) -> Option<RbdCluster> {
+        self.0.upgrade().map(|inner| RbdCluster { inner })
+    }
+}
+
 pub(crate) struct ClusterInner {
     pub(crate) handle: RadosT,
     config: ClusterConfig,
     op_timeout: Duration,
+    mount_timeout: Duration,
+    instance_id: u64,
+}
+
+impl std::fmt::Debug for ClusterInner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterInner")
+            .field("instance_id", &self.instance_id)
+            .finish_non_exhaustive()
+    }
 }
 
 // SAFETY: a rados_t is safe to use from any thread (librados is thread-safe); it is shut down
@@ -83,10 +127,52 @@ impl Drop for ClusterInner {
     }
 }
 
+/// Runs `f` on a new thread bound to `cpus` (so the threads it starts inherit the binding).
+fn on_cpus<R: Send>(cpus: &[usize], f: impl FnOnce() -> R + Send) -> Result<R, RbdError> {
+    if cpus.is_empty() {
+        return Err(RbdError::Invalid(
+            "an empty CPU set for the Ceph threads".into(),
+        ));
+    }
+    // SAFETY: a zeroed cpu_set_t is a valid empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        if c >= libc::CPU_SETSIZE as usize {
+            return Err(RbdError::Invalid(format!("CPU {c} is out of range")));
+        }
+        // SAFETY: `c` is below CPU_SETSIZE, the set's size.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    std::thread::scope(|s| {
+        let t = std::thread::Builder::new()
+            .name("rbd-connect".into())
+            .spawn_scoped(s, move || {
+                // SAFETY: binds the calling thread to a valid set of the right size.
+                let r = unsafe {
+                    libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set)
+                };
+                if r != 0 {
+                    return Err(RbdError::Os(std::io::Error::last_os_error()));
+                }
+                Ok(f())
+            })
+            .map_err(RbdError::Os)?;
+        t.join()
+            .unwrap_or_else(|_| Err(RbdError::Invalid("the connecting thread panicked".into())))
+    })
+}
+
 impl RbdCluster {
-    /// Connects to a cluster. This blocks (up to `mount_timeout`, longer for DNS or a slow
+    /// Connects to a cluster. This blocks (up to the mount timeout, longer for DNS or a slow
     /// config file): call it on a control thread, never on a reactor.
     pub fn connect(config: &ClusterConfig) -> Result<RbdCluster, RbdError> {
+        match &config.cpus {
+            Some(cpus) => on_cpus(cpus, || Self::connect_here(config))?,
+            None => Self::connect_here(config),
+        }
+    }
+
+    fn connect_here(config: &ClusterConfig) -> Result<RbdCluster, RbdError> {
         let api = ffi::api()?;
         let entity = format!("client.{}", config.user);
         let who = format!("cluster {} as {entity}", config.cluster_name);
@@ -106,12 +192,14 @@ impl RbdCluster {
         let mut inner = ClusterInner {
             handle,
             config: config.clone(),
-            op_timeout: config.op_timeout,
+            op_timeout: DEFAULT_OP_TIMEOUT,
+            mount_timeout: DEFAULT_MOUNT_TIMEOUT,
+            instance_id: 0,
         };
         let names_mons = config
             .options
             .iter()
-            .any(|(k, _)| matches!(k.replace(' ', "_").as_str(), "mon_host" | "mon_addr"));
+            .any(|(k, _)| same_option(k, "mon_host") || same_option(k, "mon_addr"));
         let path = match &config.config_file {
             Some(p) => Some(cstring("config file", &p.to_string_lossy())?),
             None => None,
@@ -133,19 +221,9 @@ impl RbdCluster {
             };
             return Err(RbdError::call(what, r.into()));
         }
-        let timeouts = [
-            ("rados_osd_op_timeout", secs(config.op_timeout)),
-            ("rados_mon_op_timeout", secs(config.op_timeout)),
-            ("client_mount_timeout", secs(config.mount_timeout)),
-        ];
-        let user_options = config.options.iter().map(|(k, v)| (k.as_str(), v.clone()));
-        for (key, value) in timeouts
-            .iter()
-            .map(|(k, v)| (*k, v.clone()))
-            .chain(user_options)
-        {
+        let set = |key: &str, value: &str| -> Result<(), RbdError> {
             let c_key = cstring("option name", key)?;
-            let c_value = cstring("option value", &value)?;
+            let c_value = cstring("option value", value)?;
             // SAFETY: valid handle, NUL-terminated strings.
             let r = unsafe { (api.rados_conf_set)(handle, c_key.as_ptr(), c_value.as_ptr()) };
             if r < 0 {
@@ -154,15 +232,47 @@ impl RbdCluster {
                     r.into(),
                 ));
             }
+            Ok(())
+        };
+        for (key, value) in &config.options {
+            set(key, value)?;
         }
-        // The effective op timeout (an option may have overridden it).
-        if let Some(v) = conf_get(handle, "rados_osd_op_timeout") {
-            if let Ok(s) = v.trim().parse::<f64>() {
-                if s.is_finite() && s >= 0.0 {
-                    inner.op_timeout = Duration::from_secs_f64(s);
-                }
+        // The timeouts: an explicit value wins; else what the file or the options set; else
+        // spinblk's defaults (Ceph's own, "wait forever" and 300 s, would hang a lost cluster's
+        // requests). Whether the file set one is seen from its value differing from Ceph's
+        // default.
+        let in_options = |key: &str| config.options.iter().any(|(k, _)| same_option(k, key));
+        let current = |key: &str| conf_get(handle, key).as_deref().and_then(parse_secs);
+        let resolve = |key: &str, ceph_default: Duration, ours: Duration, explicit| match explicit {
+            Some(d) => Some(d),
+            None if in_options(key) => None,
+            None => match current(key) {
+                Some(v) if v != ceph_default => None,
+                _ => Some(ours),
+            },
+        };
+        if let Some(op) = resolve(
+            "rados_osd_op_timeout",
+            Duration::ZERO,
+            DEFAULT_OP_TIMEOUT,
+            config.op_timeout,
+        ) {
+            set("rados_osd_op_timeout", &secs(op))?;
+            if config.op_timeout.is_some() || !in_options("rados_mon_op_timeout") {
+                set("rados_mon_op_timeout", &secs(op))?;
             }
         }
+        if let Some(mount) = resolve(
+            "client_mount_timeout",
+            Duration::from_secs(300),
+            DEFAULT_MOUNT_TIMEOUT,
+            config.mount_timeout,
+        ) {
+            set("client_mount_timeout", &secs(mount))?;
+        }
+        // The effective values.
+        inner.op_timeout = current("rados_osd_op_timeout").unwrap_or(DEFAULT_OP_TIMEOUT);
+        inner.mount_timeout = current("client_mount_timeout").unwrap_or(DEFAULT_MOUNT_TIMEOUT);
         // SAFETY: valid, configured handle.
         let r = unsafe { (api.rados_connect)(handle) };
         if r < 0 {
@@ -172,6 +282,18 @@ impl RbdCluster {
             };
             return Err(RbdError::call(format!("connect to {who}{from}"), r.into()));
         }
+        // SAFETY: connected handle.
+        inner.instance_id = unsafe { (api.rados_get_instance_id)(handle) };
+        log::info!(
+            "rbd: connected to {who} as client.{} (op timeout {:?}, mount timeout {:?}{})",
+            inner.instance_id,
+            inner.op_timeout,
+            inner.mount_timeout,
+            match &config.cpus {
+                Some(c) => format!(", Ceph threads on cpus {c:?}"),
+                None => String::new(),
+            }
+        );
         Ok(RbdCluster {
             inner: Arc::new(inner),
         })
@@ -185,6 +307,22 @@ impl RbdCluster {
     /// The effective `rados_osd_op_timeout` (zero: none).
     pub fn op_timeout(&self) -> Duration {
         self.inner.op_timeout
+    }
+
+    /// The effective `client_mount_timeout`.
+    pub fn mount_timeout(&self) -> Duration {
+        self.inner.mount_timeout
+    }
+
+    /// The global id the cluster gave this connection (`client.<id>` in the cluster's session
+    /// lists): one per connection, shared by every image opened through it.
+    pub fn instance_id(&self) -> u64 {
+        self.inner.instance_id
+    }
+
+    /// A reference that does not keep the connection alive.
+    pub fn downgrade(&self) -> WeakRbdCluster {
+        WeakRbdCluster(Arc::downgrade(&self.inner))
     }
 
     /// The current value of a configuration option, as librados reports it.
@@ -208,6 +346,7 @@ impl std::fmt::Debug for RbdCluster {
         f.debug_struct("RbdCluster")
             .field("config", &self.inner.config)
             .field("op_timeout", &self.inner.op_timeout)
+            .field("instance_id", &self.inner.instance_id)
             .finish()
     }
 }
@@ -249,6 +388,29 @@ mod tests {
         assert_eq!(secs(Duration::from_secs(30)), "30");
         assert_eq!(secs(Duration::from_millis(1500)), "2");
         assert_eq!(secs(Duration::ZERO), "0");
+    }
+
+    #[test]
+    fn option_names_and_values() {
+        assert!(same_option("rados osd op timeout", "rados_osd_op_timeout"));
+        assert!(!same_option("mon_host", "mon_addr"));
+        assert_eq!(parse_secs("30"), Some(Duration::from_secs(30)));
+        assert_eq!(parse_secs("300.000000"), Some(Duration::from_secs(300)));
+        assert_eq!(parse_secs("-1"), None);
+        assert_eq!(parse_secs("x"), None);
+    }
+
+    #[test]
+    fn an_empty_cpu_set_is_refused() {
+        assert!(matches!(on_cpus(&[], || ()), Err(RbdError::Invalid(_))));
+        assert!(matches!(
+            on_cpus(&[1 << 20], || ()),
+            Err(RbdError::Invalid(_))
+        ));
+        // SAFETY: no arguments; returns the CPU this thread runs on (one it may run on).
+        let here = unsafe { libc::sched_getcpu() };
+        let here = usize::try_from(here).expect("sched_getcpu");
+        assert_eq!(on_cpus(&[here], || 7).expect("the current cpu"), 7);
     }
 
     #[test]

@@ -141,6 +141,7 @@ ffi_table! {
         rados fn rados_conf_get(cluster: RadosT, option: *const c_char, buf: *mut c_char,
             len: usize) -> c_int;
         rados fn rados_connect(cluster: RadosT) -> c_int;
+        rados fn rados_get_instance_id(cluster: RadosT) -> u64;
         rados fn rados_shutdown(cluster: RadosT) -> ();
         rados fn rados_ioctx_create(cluster: RadosT, pool_name: *const c_char,
             ioctx: *mut RadosIoctxT) -> c_int;
@@ -345,6 +346,6 @@ pub(crate) mod tests {
                      uint64_t, rbd_completion_t) = &rbd_aio_readv;"));
         assert!(decls.iter().any(|(n, d)| *n == "rbd_aio_create_completion"
             && d.contains("(void *, void (*)(rbd_completion_t, void *), rbd_completion_t *)")));
-        assert_eq!(decls.len(), 23);
+        assert_eq!(decls.len(), 24);
     }
 }

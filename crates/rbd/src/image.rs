@@ -22,6 +22,9 @@ pub struct RbdImageConfig {
     pub image: String,
     /// Logical block size presented to the guest: 512 or 4096.
     pub block_size: u32,
+    /// Serve it read-only (SPDK's `read_only`): writes, discards and write-zeroes are not
+    /// offered.
+    pub read_only: bool,
 }
 
 impl RbdImageConfig {
@@ -32,6 +35,7 @@ impl RbdImageConfig {
             pool: pool.into(),
             image: image.into(),
             block_size: 512,
+            read_only: false,
         }
     }
 }
@@ -178,6 +182,27 @@ impl ImageHandle {
                 ));
             }
             Ok(size)
+        })
+    }
+}
+
+impl ImageHandle {
+    /// Flushes librbd's write-back cache to the cluster, bounded by [`Self::call_timeout`].
+    fn flush(&self) -> Result<(), RbdError> {
+        self.with_open(|image| {
+            let timeout = self.call_timeout();
+            // SAFETY: open image (under the close lock); the completion outlives the call.
+            let r = aio_wait(timeout, |c| unsafe {
+                (ffi::loaded().rbd_aio_flush)(image, c)
+            })?;
+            match r {
+                Some(r) if r < 0 => Err(RbdError::call(format!("flush {}", self.spec), r)),
+                Some(_) => Ok(()),
+                None => Err(RbdError::Timeout {
+                    what: format!("flush {}", self.spec),
+                    after: timeout.unwrap_or_default(),
+                }),
+            }
         })
     }
 }
@@ -396,6 +421,52 @@ impl RbdBdev {
         self.refresh_size().map(|_| ())
     }
 
+    /// Re-reads the size (see [`RbdBdev::refresh_size`]); a smaller size than served now is
+    /// applied only when `force`, else reported as [`BdevError::Shrunk`].
+    fn rescan_with(&self, force: bool) -> Result<u64, BdevError> {
+        let current = self.size.load(Ordering::Acquire);
+        self.handle.watch.changed.store(false, Ordering::Release);
+        let found = self.handle.size()?;
+        if found < current && !force {
+            return Err(BdevError::Shrunk { current, found });
+        }
+        if found < u64::from(self.config.block_size) {
+            return Err(BdevError::InvalidGeometry(format!(
+                "image {} is {found} bytes, smaller than one block",
+                self.handle.spec
+            )));
+        }
+        self.size.store(found, Ordering::Release);
+        Ok(found)
+    }
+
+    /// Writes librbd's write-back cache to the cluster and waits for it (up to the op timeout
+    /// plus a margin: a lost cluster gives [`RbdError::Timeout`]). Blocks: control thread only.
+    pub fn flush(&self) -> Result<(), RbdError> {
+        self.handle.flush()
+    }
+
+    /// How long [`RbdBdev::flush`] and [`RbdBdev::close`] wait for each step at most (`None`:
+    /// no op timeout, forever).
+    pub fn call_timeout(&self) -> Option<Duration> {
+        self.handle.call_timeout()
+    }
+
+    /// Whether the image has been closed.
+    pub fn is_closed(&self) -> bool {
+        *self.handle.lock()
+    }
+
+    /// How many I/O channels are open on the image.
+    pub fn channels(&self) -> usize {
+        Arc::strong_count(&self.handle) - 1
+    }
+
+    /// `pool/image`.
+    pub fn spec(&self) -> &str {
+        &self.handle.spec
+    }
+
     /// Whether librbd reported a change of the image header (a resize by any client, a
     /// snapshot) since the last [`RbdBdev::refresh_size`].
     pub fn header_changed(&self) -> bool {
@@ -457,13 +528,36 @@ impl Bdev for RbdBdev {
 
     fn supports(&self, op: IoOp) -> bool {
         match op {
-            IoOp::Read | IoOp::Write | IoOp::Flush | IoOp::Discard => true,
-            IoOp::WriteZeroes => self.write_zeroes,
+            IoOp::Read | IoOp::Flush => true,
+            IoOp::Write | IoOp::Discard => !self.config.read_only,
+            IoOp::WriteZeroes => self.write_zeroes && !self.config.read_only,
         }
     }
 
     fn open_channel(&self, depth: usize) -> Result<Box<dyn IoChannel>, BdevError> {
         Ok(Box::new(self.open_rbd_channel(depth)?))
+    }
+
+    fn channel_memory(&self, depth: usize) -> usize {
+        RbdChannel::memory(depth)
+    }
+
+    /// Resizes the image in the cluster ([`RbdBdev::resize`]): it blocks on the cluster.
+    fn resize(&self, new_size_bytes: u64) -> Result<(), BdevError> {
+        if self.config.read_only {
+            return Err(BdevError::Unsupported("resize of a read-only image"));
+        }
+        RbdBdev::resize(self, new_size_bytes).map_err(BdevError::from)
+    }
+
+    /// Re-reads the image size from the cluster (another client may have resized it); a
+    /// smaller size is reported, not applied.
+    fn rescan(&self) -> Result<u64, BdevError> {
+        self.rescan_with(false)
+    }
+
+    fn rescan_forced(&self) -> Result<u64, BdevError> {
+        self.rescan_with(true)
     }
 }
 

@@ -14,7 +14,8 @@
 //!   ([`spinblk_bdev::IoChannel::completion_fd`]) that the reactor drains: no lock on its path.
 //!
 //! Requests stuck because the cluster went away fail with `IoStatus::IoError` after the cluster's
-//! op timeout ([`ClusterConfig::op_timeout`], librados' `rados_osd_op_timeout`).
+//! op timeout ([`ClusterConfig::op_timeout`], librados' `rados_osd_op_timeout`, 30 s unless the
+//! configuration says otherwise).
 #![deny(missing_docs)]
 
 mod channel;
@@ -24,6 +25,9 @@ mod ffi;
 mod image;
 
 pub use channel::RbdChannel;
-pub use cluster::{librbd_version, probe_libraries, ClusterConfig, RbdCluster};
+pub use cluster::{
+    librbd_version, probe_libraries, ClusterConfig, RbdCluster, WeakRbdCluster,
+    DEFAULT_MOUNT_TIMEOUT, DEFAULT_OP_TIMEOUT,
+};
 pub use error::RbdError;
 pub use image::{RbdBdev, RbdImageConfig};

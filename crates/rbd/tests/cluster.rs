@@ -444,6 +444,41 @@ fn open_and_close(env: &Env) {
     assert!(!conn.same_connection(&env.conn));
     let b = RbdBdev::open(&conn, cfg("bs4k")).expect("open through the second connection");
     assert_eq!(b.size_bytes(), 4 * MIB);
+    assert_ne!(
+        conn.instance_id(),
+        env.conn.instance_id(),
+        "two connections, two ids"
+    );
+    // Timeouts: the config file's value wins over spinblk's default; an explicit one over both.
+    let conf = env.cluster.dir.join("timeouts.conf");
+    let text = std::fs::read_to_string(env.cluster.conf()).expect("read ceph.conf");
+    std::fs::write(
+        &conf,
+        text.replace(
+            "[client]\n",
+            "[client]\nrados osd op timeout = 11\nclient mount timeout = 12\n",
+        ),
+    )
+    .expect("write conf");
+    let from_file = RbdCluster::connect(&ClusterConfig {
+        config_file: Some(conf.clone()),
+        ..Default::default()
+    })
+    .expect("connect");
+    assert_eq!(from_file.op_timeout(), Duration::from_secs(11));
+    assert_eq!(from_file.mount_timeout(), Duration::from_secs(12));
+    let explicit = RbdCluster::connect(&ClusterConfig {
+        config_file: Some(conf),
+        op_timeout: Some(Duration::from_secs(4)),
+        ..Default::default()
+    })
+    .expect("connect");
+    assert_eq!(explicit.op_timeout(), Duration::from_secs(4));
+    assert_eq!(env.conn.op_timeout(), spinblk_rbd::DEFAULT_OP_TIMEOUT);
+    println!(
+        "    op timeout: default {:?}, from the file 11 s, explicit 4 s",
+        env.conn.op_timeout()
+    );
 }
 
 fn memory(env: &Env) {
@@ -458,7 +493,7 @@ fn memory(env: &Env) {
 fn osd_killed(env: &Env) {
     let op_timeout = Duration::from_secs(5);
     let conn = RbdCluster::connect(&ClusterConfig {
-        op_timeout,
+        op_timeout: Some(op_timeout),
         ..env.cluster.config()
     })
     .expect("connect");
@@ -612,8 +647,8 @@ fn unreachable_cluster() {
     let mount_timeout = Duration::from_secs(3);
     let config = ClusterConfig {
         options: vec![("mon_host".into(), format!("v2:127.0.0.1:{port}"))],
-        mount_timeout,
-        op_timeout: Duration::from_secs(3),
+        mount_timeout: Some(mount_timeout),
+        op_timeout: Some(Duration::from_secs(3)),
         ..Default::default()
     };
     let t = Instant::now();

@@ -6,7 +6,9 @@ result of the right shape (so rpc.py goes on) and keeps every byte it received. 
 become test fixtures for spinblk's JSON-RPC server (crates/rpc/tests/fixtures/):
   <NN>-<method>.req   the raw bytes of one rpc.py run (pretty-printed objects, back to back)
   index.json          the command line and the methods of each capture
-Usage: capture.py SPDK_RPC OUT_DIR   (SPDK_RPC: path of the spdk-rpc executable)
+Usage: capture.py SPDK_RPC OUT_DIR [COMMANDS]   (SPDK_RPC: path of the spdk-rpc executable;
+COMMANDS: the command file, default commands.txt next to this script; commands-rbd.txt holds
+the RBD methods, whose replay needs a Ceph cluster)
 """
 import json
 import os
@@ -76,7 +78,8 @@ def main():
                 {"method": "vhost_create_blk_controller",
                  "params": {"ctrlr": "cfgc0", "dev_name": "cfg0"}}]}]}, f)
     index = []
-    with open(os.path.join(here, "commands.txt")) as cmds:
+    commands = sys.argv[3] if len(sys.argv) > 3 else os.path.join(here, "commands.txt")
+    with open(commands) as cmds:
         lines = [l.strip() for l in cmds if l.strip() and not l.startswith("#")]
     for n, line in enumerate(lines):
         line = line.replace("@TMP@", tmp).replace("@CONF@", conf)

@@ -60,6 +60,31 @@ pub struct Cli {
     #[arg(long, value_name = "PATH", conflicts_with_all = ["malloc", "null", "file", "block_size"])]
     pub nvme: Option<PathBuf>,
 
+    /// Serve a Ceph RBD image (POOL/IMAGE) through librbd. Connecting and opening happen before
+    /// the socket is created; an unreachable cluster is an error (exit 2) after the mount
+    /// timeout.
+    #[arg(long, value_name = "POOL/IMAGE", value_parser = parse_rbd,
+          conflicts_with_all = ["malloc", "null", "file", "nvme"])]
+    pub rbd: Option<RbdImage>,
+
+    /// With --rbd: the Ceph configuration file (monitors, keyring, options).
+    #[arg(long, value_name = "FILE", requires = "rbd",
+          default_value = spinblk_target::config::DEFAULT_CEPH_CONF)]
+    pub rbd_conf: PathBuf,
+
+    /// With --rbd: the Ceph user, without "client." (default admin).
+    #[arg(long, value_name = "ID", requires = "rbd")]
+    pub rbd_user: Option<String>,
+
+    /// With --rbd: seconds a request may wait for the cluster before it fails with IOERR
+    /// (rados_osd_op_timeout; default: the config file's, else 30).
+    #[arg(long, value_name = "SECS", requires = "rbd")]
+    pub rbd_op_timeout: Option<u64>,
+
+    /// With --rbd: a Ceph option, repeatable (`client_mount_timeout=10`, `rbd_cache=false`).
+    #[arg(long, value_name = "KEY=VALUE", requires = "rbd", value_parser = parse_key_value)]
+    pub rbd_option: Vec<(String, String)>,
+
     /// With --nvme: poll for completions (IOPOLL; the nvme driver needs poll_queues > 0).
     #[arg(long, requires = "nvme")]
     pub nvme_poll: bool,
@@ -118,7 +143,7 @@ pub struct Cli {
 
     /// A bdev, repeatable: `name=m0,malloc=1G[,block-size=4096][,shared]` or
     /// `name=n0,null=1G`. Used with `--controller`.
-    #[arg(long = "bdev", value_name = "SPEC", conflicts_with_all = ["malloc", "null", "file", "nvme", "config"])]
+    #[arg(long = "bdev", value_name = "SPEC", conflicts_with_all = ["malloc", "null", "file", "nvme", "rbd", "config"])]
     pub bdevs: Vec<String>,
 
     /// A controller, repeatable: `socket=PATH,bdev=NAME[,name=N][,cpus=LIST][,num-queues=N]
@@ -132,7 +157,7 @@ pub struct Cli {
     pub controllers: Vec<String>,
 
     /// JSON configuration file with bdevs and controllers (see docs/configuration.md).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["malloc", "null", "file", "nvme"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["malloc", "null", "file", "nvme", "rbd"])]
     pub config: Option<PathBuf>,
 
     /// Print one summary line per controller every SECS seconds.
@@ -142,6 +167,34 @@ pub struct Cli {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: log::LevelFilter,
+}
+
+/// `--rbd POOL/IMAGE`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RbdImage {
+    /// The pool.
+    pub pool: String,
+    /// The image.
+    pub image: String,
+}
+
+fn parse_rbd(s: &str) -> Result<RbdImage, String> {
+    match s.split_once('/') {
+        Some((pool, image)) if !pool.is_empty() && !image.is_empty() && !image.contains('/') => {
+            Ok(RbdImage {
+                pool: pool.into(),
+                image: image.into(),
+            })
+        }
+        _ => Err(format!("'{s}' is not POOL/IMAGE")),
+    }
+}
+
+fn parse_key_value(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.trim().is_empty() => Ok((k.trim().into(), v.trim().into())),
+        _ => Err(format!("'{s}' is not KEY=VALUE")),
+    }
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -229,6 +282,40 @@ mod tests {
         assert!(Cli::try_parse_from(["spinblk", "--block-size", "1024"]).is_err());
         assert!(Cli::try_parse_from(["spinblk", "--num-queues", "0"]).is_err());
         assert!(Cli::try_parse_from(["spinblk", "--serial", "a-serial-that-is-too-long"]).is_err());
+    }
+
+    #[test]
+    fn rbd_options() {
+        let c = Cli::try_parse_from([
+            "spinblk",
+            "--rbd",
+            "pool/img",
+            "--rbd-user",
+            "u",
+            "--rbd-op-timeout",
+            "5",
+            "--rbd-option",
+            "rbd_cache=false",
+        ])
+        .expect("valid");
+        assert_eq!(
+            c.rbd,
+            Some(RbdImage {
+                pool: "pool".into(),
+                image: "img".into()
+            })
+        );
+        assert_eq!(c.rbd_conf, PathBuf::from("/etc/ceph/ceph.conf"));
+        assert_eq!(
+            (c.rbd_user.as_deref(), c.rbd_op_timeout),
+            (Some("u"), Some(5))
+        );
+        assert_eq!(c.rbd_option, vec![("rbd_cache".into(), "false".into())]);
+        assert!(Cli::try_parse_from(["spinblk", "--rbd", "noslash"]).is_err());
+        assert!(Cli::try_parse_from(["spinblk", "--rbd", "p/i/x"]).is_err());
+        assert!(Cli::try_parse_from(["spinblk", "--rbd", "p/i", "--malloc", "1M"]).is_err());
+        assert!(Cli::try_parse_from(["spinblk", "--rbd-user", "u"]).is_err());
+        assert!(Cli::try_parse_from(["spinblk", "--rbd", "p/i", "--rbd-option", "x"]).is_err());
     }
 
     #[test]

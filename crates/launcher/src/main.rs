@@ -96,6 +96,7 @@ fn has_disk_options(cli: &Cli) -> bool {
         || cli.null.is_some()
         || cli.file.is_some()
         || cli.nvme.is_some()
+        || cli.rbd.is_some()
 }
 
 /// The configuration from `--config`, from `--bdev`/`--controller`, or from the single-disk
@@ -137,6 +138,7 @@ fn target_config(cli: &Cli) -> Result<TargetConfig, String> {
         }
     } else {
         let (bdev_type, size, default_name) = match (cli.null, cli.malloc, &cli.file) {
+            _ if cli.rbd.is_some() => (BdevType::Rbd, None, "rbd0"),
             _ if cli.nvme.is_some() => (BdevType::Nvme, None, "nvme0"),
             (_, _, Some(_)) => (BdevType::File, None, "file0"),
             (Some(size), _, _) => (BdevType::Null, Some(size), "null0"),
@@ -160,6 +162,13 @@ fn target_config(cli: &Cli) -> Result<TargetConfig, String> {
                 write_cache: cli.no_write_cache.then_some(false),
                 shared: false,
                 uuid: None,
+                pool: cli.rbd.as_ref().map(|r| r.pool.clone()),
+                image: cli.rbd.as_ref().map(|r| r.image.clone()),
+                conf: cli.rbd.as_ref().map(|_| cli.rbd_conf.clone()),
+                user: cli.rbd_user.clone(),
+                op_timeout: cli.rbd_op_timeout,
+                ceph_options: (!cli.rbd_option.is_empty())
+                    .then(|| cli.rbd_option.iter().cloned().collect()),
             }],
             controllers: vec![ControllerConfig {
                 name: Some("vhost0".into()),
@@ -344,6 +353,21 @@ fn run(cli: &Cli) -> Result<(), Failure> {
     }
     let (reports, reactors) = target.shutdown();
     print_table(&reports, &reactors);
+    // Every RBD image's write-back cache reaches the cluster before the process exits (each
+    // step bounded by the cluster's op timeout).
+    let mut unflushed = Vec::new();
+    for (name, closed) in target.close_rbd_images() {
+        match closed {
+            Ok(took) => eprintln!("spinblk: rbd bdev {name}: flushed and closed in {took:?}"),
+            Err(e) => unflushed.push(e.to_string()),
+        }
+    }
+    if !unflushed.is_empty() {
+        return Err(runtime_error(format!(
+            "shut down, but not every rbd image was flushed: {}",
+            unflushed.join("; ")
+        )));
+    }
     eprintln!("spinblk: shut down cleanly");
     Ok(())
 }

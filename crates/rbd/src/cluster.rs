@@ -258,9 +258,6 @@ impl RbdCluster {
             config.op_timeout,
         ) {
             set("rados_osd_op_timeout", &secs(op))?;
-            if config.op_timeout.is_some() || !in_options("rados_mon_op_timeout") {
-                set("rados_mon_op_timeout", &secs(op))?;
-            }
         }
         if let Some(mount) = resolve(
             "client_mount_timeout",
@@ -269,6 +266,11 @@ impl RbdCluster {
             config.mount_timeout,
         ) {
             set("client_mount_timeout", &secs(mount))?;
+        }
+        // Monitor requests (pool lookups, image watches) get the same bound unless set apart.
+        let op = current("rados_osd_op_timeout").unwrap_or(DEFAULT_OP_TIMEOUT);
+        if config.op_timeout.is_some() || !in_options("rados_mon_op_timeout") {
+            set("rados_mon_op_timeout", &secs(op))?;
         }
         // The effective values.
         inner.op_timeout = current("rados_osd_op_timeout").unwrap_or(DEFAULT_OP_TIMEOUT);
@@ -285,7 +287,8 @@ impl RbdCluster {
         // SAFETY: connected handle.
         inner.instance_id = unsafe { (api.rados_get_instance_id)(handle) };
         log::info!(
-            "rbd: connected to {who} as client.{} (op timeout {:?}, mount timeout {:?}{})",
+            "rbd: connected to {who}: one connection, global id client.{} (op timeout {:?}, \
+             mount timeout {:?}{})",
             inner.instance_id,
             inner.op_timeout,
             inner.mount_timeout,

@@ -21,6 +21,8 @@ use spinblk_target::{
 
 use crate::jsonrpc::{Handler, RpcError, INVALID_PARAMS, INVALID_STATE};
 
+mod rbd;
+
 /// Ticks per second in every tick count spinblk reports (nanoseconds).
 pub const TICK_RATE: u64 = 1_000_000_000;
 /// The SPDK release whose RPC interface spinblk follows.
@@ -58,6 +60,12 @@ pub const METHODS: &[&str] = &[
     "vhost_delete_controller",
     "vhost_get_controllers",
     "vhost_controller_set_coalescing",
+    "bdev_rbd_register_cluster",
+    "bdev_rbd_unregister_cluster",
+    "bdev_rbd_get_clusters_info",
+    "bdev_rbd_create",
+    "bdev_rbd_delete",
+    "bdev_rbd_resize",
     "spinblk_bdev_nvme_create",
     "spinblk_bdev_nvme_delete",
     "spinblk_bdev_set_options",
@@ -73,6 +81,8 @@ const STARTUP_ONLY: &[&str] = &["framework_start_init"];
 pub struct SpdkMethods {
     target: Arc<Target>,
     next_malloc: AtomicU64,
+    /// The number in the next default RBD bdev name (`Ceph<N>`, as SPDK).
+    next_rbd: AtomicU64,
     started: Instant,
 }
 
@@ -338,7 +348,8 @@ fn claim_type(e: &BdevEntry) -> Option<&'static str> {
     }
 }
 
-fn bdev_info(e: &BdevEntry) -> Value {
+fn bdev_info(target: &Target, e: &BdevEntry) -> Value {
+    let mut rbd = None;
     let b = e.bdev();
     let io = |op| b.supports(op);
     let mut supported = Map::new();
@@ -402,6 +413,11 @@ fn bdev_info(e: &BdevEntry) -> Value {
             spinblk["poll"] = json!(poll);
             spinblk["readonly"] = json!(readonly);
         }
+        BdevKind::Rbd(spec) => {
+            let (rbd_info, extra) = rbd::driver_specific(target, e, spec);
+            rbd = Some(rbd_info);
+            spinblk["rbd"] = extra;
+        }
         _ => {}
     }
     let mut out = json!({
@@ -422,6 +438,9 @@ fn bdev_info(e: &BdevEntry) -> Value {
         "supported_io_types": supported,
         "driver_specific": { "spinblk": spinblk },
     });
+    if let Some(r) = rbd {
+        out["driver_specific"]["rbd"] = r;
+    }
     if let Some(t) = claim_type(e) {
         out["claim_type"] = json!(t);
     }
@@ -510,6 +529,7 @@ impl SpdkMethods {
         SpdkMethods {
             target,
             next_malloc: AtomicU64::new(0),
+            next_rbd: AtomicU64::new(0),
             started: Instant::now(),
         }
     }
@@ -685,7 +705,7 @@ impl SpdkMethods {
                     .bdevs()
                     .list()
                     .iter()
-                    .map(|e| bdev_info(e))
+                    .map(|e| bdev_info(&self.target, e))
                     .collect(),
             )),
             Some(name) => {
@@ -693,7 +713,7 @@ impl SpdkMethods {
                 let deadline = Instant::now() + wait;
                 loop {
                     if let Some(e) = self.target.bdevs().get(&name) {
-                        return Ok(json!([bdev_info(&e)]));
+                        return Ok(json!([bdev_info(&self.target, &e)]));
                     }
                     if Instant::now() >= deadline {
                         return Err(target_error(TargetError::NotFound { what: "bdev", name }));
@@ -883,7 +903,8 @@ impl SpdkMethods {
     /// The bdev subsystem's configuration as SPDK writes it: one create call per bdev (plus
     /// spinblk_bdev_set_options where not default), then bdev_wait_for_examine.
     pub fn bdev_config(&self) -> Vec<Value> {
-        let mut out = Vec::new();
+        // Registered RBD clusters first: their bdevs name them.
+        let mut out = rbd::cluster_config(&self.target);
         for e in self.target.bdevs().list() {
             let b = e.bdev();
             let uuid = e.uuid().to_string();
@@ -950,6 +971,7 @@ impl SpdkMethods {
                         "poll": poll, "readonly": readonly, "uuid": uuid,
                     }),
                 ),
+                BdevKind::Rbd(spec) => rbd::create_config(&e, spec),
             };
             out.push(json!({ "method": method, "params": params }));
             if !e.write_cache() || e.shared() {
@@ -1230,6 +1252,7 @@ impl SpdkMethods {
             "bdev_aio_delete" => self.delete_bdev(method, params, "aio"),
             "bdev_uring_create" => self.uring_create(params),
             "bdev_uring_delete" => self.delete_bdev(method, params, "uring"),
+            m if rbd::RBD_METHODS.contains(&m) => self.rbd_call(m, params),
             "spinblk_bdev_nvme_create" => self.nvme_create(params),
             "spinblk_bdev_nvme_delete" => self.delete_bdev(method, params, "nvme"),
             "spinblk_bdev_set_options" => {

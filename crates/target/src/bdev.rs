@@ -65,6 +65,8 @@ pub enum BdevKind {
         /// Opened read-only.
         readonly: bool,
     },
+    /// A Ceph RBD image through librbd.
+    Rbd(crate::rbd::RbdSpec),
 }
 
 impl BdevKind {
@@ -79,6 +81,7 @@ impl BdevKind {
             } => "aio",
             BdevKind::File { .. } => "uring",
             BdevKind::Nvme { .. } => "nvme",
+            BdevKind::Rbd(_) => "rbd",
         }
     }
 
@@ -93,6 +96,7 @@ impl BdevKind {
             } => "AIO disk",
             BdevKind::File { .. } => "URING bdev",
             BdevKind::Nvme { .. } => "NVMe passthrough disk",
+            BdevKind::Rbd(_) => "Ceph Rbd Disk",
         }
     }
 
@@ -100,6 +104,7 @@ impl BdevKind {
     pub fn readonly(&self) -> bool {
         match self {
             BdevKind::File { readonly, .. } | BdevKind::Nvme { readonly, .. } => *readonly,
+            BdevKind::Rbd(spec) => spec.read_only,
             _ => false,
         }
     }
@@ -420,6 +425,12 @@ fn make_bdev(p: &BdevParams) -> Result<Arc<dyn Bdev>, spinblk_bdev::BdevError> {
             )?
             .with_name(p.name.clone()),
         ),
+        // Needs the target's cluster connections: Target::create_bdev opens it.
+        BdevKind::Rbd(_) => {
+            return Err(spinblk_bdev::BdevError::Unsupported(
+                "rbd bdevs outside a target (create them through Target::create_bdev)",
+            ))
+        }
     })
 }
 
@@ -427,6 +438,21 @@ impl BdevRegistry {
     /// Creates and registers a bdev. The name and uuid must be unused. Opening happens outside
     /// the registry lock, so a slow open does not hold up lookups.
     pub fn create(&self, params: BdevParams) -> Result<Arc<BdevEntry>, TargetError> {
+        self.create_with(params, |p| {
+            make_bdev(p).map_err(|error| TargetError::Bdev {
+                name: p.name.clone(),
+                error,
+            })
+        })
+    }
+
+    /// [`BdevRegistry::create`] with the device made by `make`, called with the name reserved
+    /// and no lock held.
+    pub(crate) fn create_with(
+        &self,
+        params: BdevParams,
+        make: impl FnOnce(&BdevParams) -> Result<Arc<dyn Bdev>, TargetError>,
+    ) -> Result<Arc<BdevEntry>, TargetError> {
         check_name("bdev", &params.name)?;
         let uuid = params.uuid.unwrap_or_else(Uuid::random);
         {
@@ -452,7 +478,7 @@ impl BdevRegistry {
             }
             map.insert(params.name.clone(), Slot::Creating);
         }
-        let made = make_bdev(&params);
+        let made = make(&params);
         let mut map = lock(&self.map);
         match made {
             Ok(bdev) => {
@@ -476,10 +502,7 @@ impl BdevRegistry {
             }
             Err(error) => {
                 map.remove(&params.name);
-                Err(TargetError::Bdev {
-                    name: params.name,
-                    error,
-                })
+                Err(error)
             }
         }
     }
@@ -534,6 +557,7 @@ impl BdevRegistry {
                         Some("null") => "null bdev",
                         Some("aio") => "aio bdev",
                         Some("uring") => "uring bdev",
+                        Some("rbd") => "rbd bdev",
                         _ => "bdev of that kind",
                     },
                     name: name.to_string(),

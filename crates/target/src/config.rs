@@ -10,6 +10,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use crate::bdev::{BdevKind, BdevParams, FileFlavor};
+use crate::rbd::{RbdClusterParams, RbdClusterRef, RbdSpec};
 use crate::target::{ControllerParams, DEFAULT_IOPS_THRESHOLD, DEFAULT_NUM_QUEUES};
 use spinblk_protocol::{parse_socket_mode, resolve_group, Coalescing, SocketOptions};
 use spinblk_reactor::PollMode;
@@ -80,7 +81,13 @@ pub enum BdevType {
     /// An NVMe namespace's generic char device (/dev/ngXnY) through io_uring passthrough
     /// (`path` required).
     Nvme,
+    /// A Ceph RBD image (`pool` and `image` required; `conf`, `user`, `op_timeout`,
+    /// `ceph_options` optional).
+    Rbd,
 }
+
+/// The Ceph configuration file an `rbd` bdev reads when none is given.
+pub const DEFAULT_CEPH_CONF: &str = "/etc/ceph/ceph.conf";
 
 /// One bdev.
 #[derive(Debug, Clone, Deserialize)]
@@ -116,6 +123,25 @@ pub struct BdevConfig {
     /// A fixed uuid (default: a new random one each start).
     #[serde(default)]
     pub uuid: Option<String>,
+    /// For rbd bdevs: the pool.
+    #[serde(default)]
+    pub pool: Option<String>,
+    /// For rbd bdevs: the image.
+    #[serde(default)]
+    pub image: Option<String>,
+    /// For rbd bdevs: the Ceph configuration file (default /etc/ceph/ceph.conf).
+    #[serde(default)]
+    pub conf: Option<PathBuf>,
+    /// For rbd bdevs: the Ceph user, without `client.` (default admin).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// For rbd bdevs: seconds a request may wait for the cluster before it fails with IOERR
+    /// (`rados_osd_op_timeout`; default: the config file's, else 30).
+    #[serde(default)]
+    pub op_timeout: Option<u64>,
+    /// For rbd bdevs: more Ceph options (`{"rbd_cache": "false"}`), set after the file.
+    #[serde(default)]
+    pub ceph_options: Option<std::collections::BTreeMap<String, String>>,
 }
 
 impl BdevConfig {
@@ -154,6 +180,29 @@ impl BdevConfig {
                 poll: self.poll,
                 readonly,
             },
+            BdevType::Rbd => BdevKind::Rbd(RbdSpec {
+                pool: self.pool.clone().unwrap_or_default(),
+                image: self.image.clone().unwrap_or_default(),
+                block_size: bs,
+                read_only: readonly,
+                cluster: RbdClusterRef::Direct(RbdClusterParams {
+                    user_id: self.user.clone(),
+                    config_file: Some(
+                        self.conf
+                            .clone()
+                            .unwrap_or_else(|| PathBuf::from(DEFAULT_CEPH_CONF)),
+                    ),
+                    config_param: self
+                        .ceph_options
+                        .iter()
+                        .flatten()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect(),
+                    key_file: None,
+                    core_mask: None,
+                    op_timeout: self.op_timeout,
+                }),
+            }),
         };
         let uuid = match &self.uuid {
             Some(u) => Some(u.parse().map_err(|e| format!("bdev '{name}': {e}"))?),
@@ -177,6 +226,17 @@ impl BdevConfig {
     /// Checks that the fields the bdev's type needs are there, and no others.
     pub fn check(&self) -> Result<(), String> {
         let name = &self.name;
+        let rbd_fields = self.pool.is_some()
+            || self.image.is_some()
+            || self.conf.is_some()
+            || self.user.is_some()
+            || self.op_timeout.is_some()
+            || self.ceph_options.is_some();
+        if rbd_fields && self.bdev_type != BdevType::Rbd {
+            return Err(format!(
+                "bdev '{name}': pool, image, conf, user, op_timeout and ceph_options are for rbd bdevs"
+            ));
+        }
         match self.bdev_type {
             BdevType::Malloc | BdevType::Null => {
                 self.required_size()?;
@@ -198,6 +258,23 @@ impl BdevConfig {
                     return Err(format!(
                         "bdev '{name}': an nvme bdev takes its block size from the namespace and has no buffered mode"
                     ));
+                }
+            }
+            BdevType::Rbd => {
+                if self.pool.as_deref().is_none_or(str::is_empty)
+                    || self.image.as_deref().is_none_or(str::is_empty)
+                {
+                    return Err(format!(
+                        "bdev '{name}': an rbd bdev needs pool and image (rbd=POOL/IMAGE)"
+                    ));
+                }
+                if self.size.is_some() || self.path.is_some() || self.buffered || self.poll {
+                    return Err(format!(
+                        "bdev '{name}': an rbd bdev's size is the image's; path, buffered and poll are for file and nvme bdevs"
+                    ));
+                }
+                if self.block_size.is_some_and(|b| b != 512 && b != 4096) {
+                    return Err(format!("bdev '{name}': block size must be 512 or 4096"));
                 }
             }
         }
@@ -342,6 +419,14 @@ pub fn parse_kv(text: &str) -> Result<Value, String> {
                 map.insert("type".into(), Value::String(key.clone()));
                 map.insert("path".into(), Value::String(value.into()));
             }
+            "rbd" => {
+                let (pool, image) = value
+                    .split_once('/')
+                    .ok_or_else(|| format!("rbd={value}: use rbd=POOL/IMAGE"))?;
+                map.insert("type".into(), Value::String(key.clone()));
+                map.insert("pool".into(), Value::String(pool.into()));
+                map.insert("image".into(), Value::String(image.into()));
+            }
             "cpus" => {
                 map.insert(key.clone(), Value::String(value.into()));
                 last_list = Some(key);
@@ -357,7 +442,7 @@ pub fn parse_kv(text: &str) -> Result<Value, String> {
                     .collect::<Result<Vec<_>, _>>()?;
                 map.insert(key, Value::Array(cores));
             }
-            "num_queues" | "block_size" | "delay_base_us" | "iops_threshold" => {
+            "num_queues" | "block_size" | "delay_base_us" | "iops_threshold" | "op_timeout" => {
                 let n: u64 = value
                     .parse()
                     .map_err(|_| format!("{key} must be a number"))?;
@@ -626,6 +711,63 @@ mod tests {
                 iops_threshold: 5000
             })
         );
+    }
+
+    #[test]
+    fn rbd_bdevs_from_kv_and_json() {
+        let b = bdev_from_kv("name=r0,rbd=pool1/img1,conf=/x/ceph.conf,user=u1,op-timeout=7")
+            .expect("rbd");
+        assert_eq!(b.bdev_type, BdevType::Rbd);
+        assert!(b.check().is_ok());
+        let p = b.params(false).expect("params");
+        let BdevKind::Rbd(spec) = p.kind else {
+            panic!("not rbd: {:?}", p.kind)
+        };
+        assert_eq!((spec.pool.as_str(), spec.image.as_str()), ("pool1", "img1"));
+        assert_eq!((spec.block_size, spec.read_only), (512, false));
+        let RbdClusterRef::Direct(c) = spec.cluster else {
+            panic!("a direct connection")
+        };
+        assert_eq!(c.config_file, Some(PathBuf::from("/x/ceph.conf")));
+        assert_eq!((c.user_id.as_deref(), c.op_timeout), (Some("u1"), Some(7)));
+        // Defaults: /etc/ceph/ceph.conf, admin, read-only when every controller is.
+        let d = bdev_from_kv("name=r1,type=rbd,pool=p,image=i,block-size=4096").expect("rbd");
+        let BdevKind::Rbd(spec) = d.params(true).expect("params").kind else {
+            panic!("not rbd")
+        };
+        assert_eq!((spec.block_size, spec.read_only), (4096, true));
+        assert_eq!(
+            spec.cluster,
+            RbdClusterRef::Direct(RbdClusterParams {
+                config_file: Some(PathBuf::from(DEFAULT_CEPH_CONF)),
+                ..Default::default()
+            })
+        );
+        assert!(bdev_from_kv("name=r2,rbd=noslash").is_err());
+        assert!(bdev_from_kv("name=r3,type=rbd,pool=p")
+            .expect("parses")
+            .check()
+            .is_err());
+        assert!(bdev_from_kv("name=r4,rbd=p/i,size=1G")
+            .expect("parses")
+            .check()
+            .is_err());
+        assert!(bdev_from_kv("name=m,malloc=1M,pool=p")
+            .expect("parses")
+            .check()
+            .is_err());
+        let j: BdevConfig = serde_json::from_str(
+            r#"{"name": "r5", "type": "rbd", "pool": "p", "image": "i",
+                "ceph_options": {"rbd_cache": "false"}}"#,
+        )
+        .expect("json");
+        let BdevKind::Rbd(spec) = j.params(false).expect("params").kind else {
+            panic!("not rbd")
+        };
+        let RbdClusterRef::Direct(c) = spec.cluster else {
+            panic!("direct")
+        };
+        assert_eq!(c.config_param, vec![("rbd_cache".into(), "false".into())]);
     }
 
     #[test]

@@ -44,6 +44,13 @@ pub enum TargetError {
     },
     /// A system resource failed (a socket, a thread).
     System(String, std::io::Error),
+    /// A Ceph cluster or RBD image could not be reached, opened, resized, flushed or closed.
+    Rbd {
+        /// What it was for ("bdev 'r0'", "rbd cluster 'c1'").
+        what: String,
+        /// What librados/librbd said.
+        error: spinblk_rbd::RbdError,
+    },
 }
 
 impl TargetError {
@@ -67,13 +74,30 @@ impl TargetError {
                 BdevError::Unsupported(_) => libc::ENOTSUP,
             },
             TargetError::System(_, e) => e.raw_os_error().unwrap_or(libc::EIO),
+            TargetError::Rbd { error, .. } => match error {
+                spinblk_rbd::RbdError::Call { errno, .. } => *errno,
+                spinblk_rbd::RbdError::Library(_) => libc::ENOENT,
+                spinblk_rbd::RbdError::Invalid(_) => libc::EINVAL,
+                spinblk_rbd::RbdError::Busy { .. } => libc::EBUSY,
+                spinblk_rbd::RbdError::Closed => libc::ENODEV,
+                spinblk_rbd::RbdError::Timeout { .. } => libc::ETIMEDOUT,
+                spinblk_rbd::RbdError::Os(e) => e.raw_os_error().unwrap_or(libc::EIO),
+            },
         }
     }
 
     /// Whether the caller passed something unacceptable (as opposed to a state conflict or a
     /// system failure): SPDK answers these with -32602 (invalid params).
     pub fn is_invalid_param(&self) -> bool {
-        matches!(self, TargetError::Invalid(_) | TargetError::Unsupported(_))
+        matches!(
+            self,
+            TargetError::Invalid(_)
+                | TargetError::Unsupported(_)
+                | TargetError::Rbd {
+                    error: spinblk_rbd::RbdError::Invalid(_),
+                    ..
+                }
+        )
     }
 }
 
@@ -93,6 +117,7 @@ impl fmt::Display for TargetError {
             TargetError::Invalid(why) | TargetError::Unsupported(why) => f.write_str(why),
             TargetError::Bdev { name, error } => write!(f, "bdev '{name}': {error}"),
             TargetError::System(what, e) => write!(f, "{what}: {e}"),
+            TargetError::Rbd { what, error } => write!(f, "{what}: {error}"),
         }
     }
 }
@@ -102,6 +127,7 @@ impl std::error::Error for TargetError {
         match self {
             TargetError::Bdev { error, .. } => Some(error),
             TargetError::System(_, e) => Some(e),
+            TargetError::Rbd { error, .. } => Some(error),
             _ => None,
         }
     }

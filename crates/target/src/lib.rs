@@ -44,6 +44,7 @@ mod bdev;
 pub mod config;
 mod cpumask;
 mod error;
+mod rbd;
 mod target;
 mod uuid;
 
@@ -53,6 +54,7 @@ pub use bdev::{
 };
 pub use cpumask::{BadCpuMask, CoreMask, MAX_CORES};
 pub use error::TargetError;
+pub use rbd::{RbdClusterEntry, RbdClusterParams, RbdClusterRef, RbdSpec};
 pub use spinblk_protocol::Coalescing;
 pub use spinblk_reactor::PollMode;
 pub use target::{

@@ -204,6 +204,8 @@ pub struct Target {
     /// Held while a bdev's statistics are summed and while a deleted controller's totals move
     /// into its bdev's retired counts, so a sum sees each controller exactly once.
     stats_lock: Mutex<()>,
+    /// Ceph clusters, their connections and the open RBD images.
+    pub(crate) rbd: crate::rbd::RbdState,
 }
 
 impl Target {
@@ -248,6 +250,7 @@ impl Target {
             proc_stat_base,
             poll_mode: Mutex::new(opts.poll_mode),
             stats_lock: Mutex::new(()),
+            rbd: crate::rbd::RbdState::default(),
             opts,
         })
     }
@@ -294,7 +297,10 @@ impl Target {
     /// Creates a bdev.
     pub fn create_bdev(&self, params: BdevParams) -> Result<Arc<BdevEntry>, TargetError> {
         let name = params.name.clone();
-        let entry = self.bdevs.create(params)?;
+        let entry = match &params.kind {
+            crate::BdevKind::Rbd(_) => self.create_rbd_bdev(params)?,
+            _ => self.bdevs.create(params)?,
+        };
         info!(
             "bdev {name}: {} {} bytes, {}-byte blocks, uuid {}",
             entry.kind().module(),
@@ -309,7 +315,8 @@ impl Target {
     pub fn delete_bdev(&self, name: &str, module: Option<&str>) -> Result<(), TargetError> {
         self.bdevs.delete(name, module)?;
         info!("bdev {name}: deleted");
-        Ok(())
+        // An RBD image is flushed and closed before the call returns.
+        self.release_rbd_bdev(name)
     }
 
     /// I/O statistics of a bdev: what every controller serving it did, plus what the deleted
@@ -587,10 +594,26 @@ impl Target {
         };
         let report = entry.controller.delete(DELETE_TIMEOUT);
         entry.bdev.unsubscribe(entry.listener);
-        let _consistent = lock(&self.stats_lock);
-        entry.bdev.release(name, Some(&report.total));
+        {
+            let _consistent = lock(&self.stats_lock);
+            entry.bdev.release(name, Some(&report.total));
+        }
+        // What the guest wrote reaches the cluster before the call returns.
+        self.flush_rbd_after_controller(name, &entry.bdev);
         lock(&self.controllers).remove(name);
         Ok(report)
+    }
+
+    /// Tells every controller serving `bdev` that it serves `capacity` bytes now (the guests
+    /// see the new size).
+    pub(crate) fn resize_controllers_of(&self, bdev: &BdevEntry, capacity: u64) {
+        for c in self.controllers() {
+            if std::ptr::eq(Arc::as_ptr(c.bdev()), bdev) {
+                if let Err(e) = c.controller.resize(capacity) {
+                    warn!("{}: resize to {capacity} bytes: {e}", c.name());
+                }
+            }
+        }
     }
 
     /// Sets a controller's interrupt coalescing, applied to its running queues at once (SPDK's

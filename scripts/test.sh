@@ -40,6 +40,8 @@ run_vm scripts/vm-test.sh --num-queues 1 --block-size 4096 --serial spinblk-4k
 run_vm scripts/vm-test.sh --readonly --num-queues 1
 run_vm scripts/vm-test.sh --bdev file
 run_vm scripts/vm-test.sh --bdev file --no-write-cache --size 64M
+# A Ceph RBD image in a throwaway one-node cluster; SIGTERM must flush it (checked by rbd export).
+run_vm scripts/vm-test.sh --bdev rbd --size 128M
 # The disk made by JSON-RPC (SPDK's client) after spinblk started with no disk.
 run_vm scripts/vm-test.sh --rpc --bdev file --no-write-cache --size 128M
 # Restarts under a running guest: SIGKILL and SIGTERM, 5 times each, fio must verify clean.

@@ -14,7 +14,11 @@
 #   --cpus LIST          spinblk reactor cores                              [0]
 #   --bdev malloc|null|file  backing bdev; null gets a read job only; file is a raw image of
 #                        --size, created sparse in $VMTEST_IMG_DIR (on disk, so O_DIRECT works),
-#                        whose content the host checks afterwards        [malloc; file with --restart]
+#                        whose content the host checks afterwards; rbd is an image of --size in
+#                        a throwaway one-node Ceph cluster (scripts/ceph/cluster.sh, started and
+#                        stopped here): after the guest, the target is stopped with SIGTERM (it
+#                        must flush and close the image and exit 0) and the host checks the
+#                        guest's block with `rbd export`          [malloc; file with --restart]
 #   --no-write-cache     spinblk --no-write-cache: the guest must see a write-through disk
 #   --target spinblk|qsd                                                    [spinblk]
 #   --rpc                spinblk starts with only a JSON-RPC socket and no disk; the bdev and the
@@ -120,7 +124,11 @@ size=$(to_bytes "$size_arg")
 ((size % bs == 0)) || die "--size must be a multiple of the block size"
 if ! [[ $queues =~ ^[0-9]+$ ]] || ((queues < 1 || queues > 64)); then die "--num-queues must be 1..64"; fi
 [[ -n $bdev ]] || { if [[ -n $restart ]]; then bdev="file"; else bdev="malloc"; fi; }
-[[ $bdev == malloc || $bdev == null || $bdev == file ]] || die "--bdev must be malloc, null or file"
+[[ $bdev == malloc || $bdev == null || $bdev == file || $bdev == rbd ]] || die "--bdev must be malloc, null, file or rbd"
+if [[ $bdev == rbd ]]; then
+    [[ -z $restart ]] || die "--restart needs --bdev file"
+    ((size % (1024 * 1024) == 0)) || die "--bdev rbd needs a --size in whole MiB"
+fi
 [[ $target == spinblk || $target == qsd ]] || die "--target must be spinblk or qsd"
 [[ $no_wc == 0 || $target == spinblk ]] || die "--no-write-cache is a spinblk option"
 [[ -z $restart || $restart == kill || $restart == term ]] || die "--restart must be kill or term"
@@ -154,6 +162,11 @@ done
 if [[ $target == qsd ]]; then
     command -v qemu-storage-daemon >/dev/null || die "qemu-storage-daemon not found; run scripts/install-deps.sh"
 fi
+if [[ $bdev == rbd ]]; then
+    for tool in ceph-mon ceph-osd ceph rbd; do
+        command -v "$tool" >/dev/null || die "$tool not found; run scripts/install-deps.sh"
+    done
+fi
 
 # Guest kernel: the newest /boot/vmlinuz-* (the Debian linux-image-amd64 kernel) unless given.
 kernel=${VMTEST_KERNEL:-$(find /boot -maxdepth 1 -name 'vmlinuz-*' | sort -V | tail -n1)}
@@ -166,6 +179,7 @@ log_cap=$((64 * 1024 * 1024))
 target_pid=
 qemu_pid=
 img=
+ceph_dir=
 # stop_pid PID: TERM, up to 5 s grace, then KILL; reaps it.
 stop_pid() {
     local pid=$1 i
@@ -185,6 +199,8 @@ cleanup() {
     # QEMU first (it is the vhost-user frontend), then the target.
     [[ -n $qemu_pid ]] && stop_pid "$qemu_pid"
     [[ -n $target_pid ]] && stop_pid "$target_pid"
+    # The Ceph cluster last (the target flushes to it on the way out).
+    [[ -n $ceph_dir ]] && bash "$repo/scripts/ceph/cluster.sh" stop "$ceph_dir"
     if ((keep)); then
         # A flooded target log is cut down to its first 64 MiB.
         for f in "$tmp"/target*.log; do
@@ -273,7 +289,7 @@ if [[ $target == spinblk ]]; then
     if ((no_wc)); then write_cache=write-through; else write_cache=write-back; fi
 fi
 hostdata=0
-[[ $bdev == file && -z $restart ]] && hostdata=1
+[[ ($bdev == file || $bdev == rbd) && -z $restart ]] && hostdata=1
 mode=normal
 restart_secs=0
 if [[ -n $restart ]]; then
@@ -311,6 +327,19 @@ if [[ $bdev == file ]]; then
     truncate -s "$size" "$img"
 fi
 
+# --- Ceph cluster and image (--bdev rbd) -------------------------------------------------------
+# No mgr: RBD I/O does not need one (saves ~150 MiB).
+if [[ $bdev == rbd ]]; then
+    t_ceph=$SECONDS
+    ceph_dir=$(CEPH_MGR=0 bash "$repo/scripts/ceph/cluster.sh" start 2>"$tmp/ceph-start.log" | tail -n1) ||
+        { ceph_dir=; fail_loudly "cannot start a Ceph cluster: $(tail -n 3 "$tmp/ceph-start.log")"; }
+    ceph_conf=$ceph_dir/ceph.conf
+    rbd_image=vmtest
+    bash "$repo/scripts/ceph/cluster.sh" image "$ceph_dir" "$rbd_image" $((size / 1048576)) ||
+        fail_loudly "cannot create the rbd image"
+    echo "vm-test: ceph: $(cat "$tmp/ceph-start.log" | tail -n1) (+ image: $((SECONDS - t_ceph)) s)"
+fi
+
 # --- target ------------------------------------------------------------------------------------
 if [[ $target == spinblk ]]; then
     bin=${SPINBLK_BIN:-$repo/target/release/spinblk}
@@ -336,6 +365,7 @@ if [[ $target == spinblk ]]; then
             malloc) target_cmd+=(--malloc "$size") ;;
             null) target_cmd+=(--null "$size") ;;
             file) target_cmd+=(--file "$img") ;;
+            rbd) target_cmd+=(--rbd "rbd/$rbd_image" --rbd-conf "$ceph_conf") ;;
         esac
         target_cmd+=(--block-size "$bs")
         ((readonly_)) && target_cmd+=(--readonly)
@@ -351,6 +381,7 @@ else
             ;;
         file) blockdev="driver=file,node-name=f,filename=$img,cache.direct=on" ;;
         null) blockdev="driver=null-co,node-name=f,size=$size,read-zeroes=on" ;;
+        rbd) blockdev="driver=rbd,node-name=f,pool=rbd,image=$rbd_image,conf=$ceph_conf,user=admin" ;;
     esac
     ((readonly_)) && blockdev+=",read-only=on"
     if ((readonly_)); then writable=off; else writable=on; fi
@@ -378,6 +409,8 @@ if ((rpc)); then
         malloc) "${R[@]}" bdev_malloc_create -b d0 "$((size / 1048576))" "$bs" ;;
         null) "${R[@]}" bdev_null_create d0 "$((size / 1048576))" "$bs" ;;
         file) "${R[@]}" bdev_aio_create "$img" d0 "$bs" ;;
+        rbd) "${R[@]}" bdev_rbd_register_cluster c0 --config-file "$ceph_conf" &&
+            "${R[@]}" bdev_rbd_create -b d0 -c c0 rbd "$rbd_image" "$bs" ;;
     esac >>"$tmp/rpc.log" 2>&1 || fail_loudly "bdev creation by RPC failed: $(cat "$tmp/rpc.log")"
     ((no_wc)) && { "$(dirname "$spdk_rpc")/python" - "$rpc_sock" >>"$tmp/rpc.log" 2>&1 <<'PY' || fail_loudly "spinblk_bdev_set_options failed: $(cat "$tmp/rpc.log")"
 import sys
@@ -791,6 +824,21 @@ fi
 if grep -qiE "$fio_error_re" <<<"$log"; then
     problems+=("fio reported a verify or I/O error")
 fi
+# --bdev rbd: stop the target with SIGTERM first; it must flush and close the image (librbd's
+# write-back cache included) and exit 0, so the block below is read from the cluster.
+if [[ $bdev == rbd && $target == spinblk && -n $target_pid ]] && kill -0 "$target_pid" 2>/dev/null; then
+    t_stop=$(now_ms)
+    kill -TERM "$target_pid"
+    wait "$target_pid" && trc=0 || trc=$?
+    target_pid=
+    if ((trc != 0)); then
+        problems+=("spinblk exited with status $trc on SIGTERM (rbd image not flushed and closed?)")
+    elif ! grep -q 'flushed and closed' "$target_log"; then
+        problems+=("spinblk did not report flushing and closing the rbd image")
+    else
+        echo "vm-test: SIGTERM: $(grep -m1 'rbd bdev .*flushed and closed' "$target_log" | sed 's/^spinblk: //'); exited 0 after $(secs $(($(now_ms) - t_stop))) s"
+    fi
+fi
 # The guest wrote a block the host must find in the image file, byte for byte.
 if ((hostdata)) && [[ $readonly_ == 0 ]]; then
     hd=$(grep -m1 '^VMTEST-HOSTDATA ' <<<"$log" || true)
@@ -798,11 +846,20 @@ if ((hostdata)) && [[ $readonly_ == 0 ]]; then
         ((size < 8 * 1024 * 1024)) || problems+=("the guest reported no VMTEST-HOSTDATA block")
     else
         read -r _ hoff hlen hmd5 <<<"$hd"
-        got=$(dd if="$img" bs=65536 skip="$hoff" count=$((hlen / 65536)) iflag=skip_bytes 2>/dev/null | md5sum | cut -d' ' -f1)
-        if [[ $got == "$hmd5" ]]; then
-            echo "vm-test: host check: the image file holds the guest's block at offset $hoff ($hlen bytes, md5 $got)"
+        if [[ $bdev == rbd ]]; then
+            src=$tmp/export.img
+            rbd -c "$ceph_conf" export "rbd/$rbd_image" "$src" >/dev/null 2>"$tmp/export.err" ||
+                problems+=("rbd export failed: $(tail -n1 "$tmp/export.err")")
+            where="the rbd image (rbd export)"
         else
-            problems+=("the image file has md5 $got at offset $hoff, the guest wrote $hmd5")
+            src=$img
+            where="the image file"
+        fi
+        got=$(dd if="$src" bs=65536 skip="$hoff" count=$((hlen / 65536)) iflag=skip_bytes 2>/dev/null | md5sum | cut -d' ' -f1)
+        if [[ $got == "$hmd5" ]]; then
+            echo "vm-test: host check: $where holds the guest's block at offset $hoff ($hlen bytes, md5 $got)"
+        else
+            problems+=("$where has md5 $got at offset $hoff, the guest wrote $hmd5")
         fi
     fi
 fi

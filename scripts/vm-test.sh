@@ -337,7 +337,7 @@ if [[ $bdev == rbd ]]; then
     rbd_image=vmtest
     bash "$repo/scripts/ceph/cluster.sh" image "$ceph_dir" "$rbd_image" $((size / 1048576)) ||
         fail_loudly "cannot create the rbd image"
-    echo "vm-test: ceph: $(cat "$tmp/ceph-start.log" | tail -n1) (+ image: $((SECONDS - t_ceph)) s)"
+    echo "vm-test: ceph: $(tail -n1 "$tmp/ceph-start.log") (+ image: $((SECONDS - t_ceph)) s)"
 fi
 
 # --- target ------------------------------------------------------------------------------------

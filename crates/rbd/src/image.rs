@@ -111,10 +111,12 @@ impl ImageHandle {
     }
 
     /// How long a control-plane librbd call may take before the image is given up: the op
-    /// timeout plus a margin (`None`: no op timeout, wait forever).
+    /// timeout plus half of it (at least 2 s, at most 10 s) for what librbd chains after a
+    /// failed request (`None`: no op timeout, wait forever).
     fn call_timeout(&self) -> Option<Duration> {
         let t = self.cluster.op_timeout();
-        (!t.is_zero()).then(|| t + Duration::from_secs(10))
+        let margin = (t / 2).clamp(Duration::from_secs(2), Duration::from_secs(10));
+        (!t.is_zero()).then(|| t + margin)
     }
 
     /// Flushes librbd's cache and closes the image, once; the caller holds the lock. Each step

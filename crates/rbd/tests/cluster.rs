@@ -630,7 +630,7 @@ fn osd_killed(env: &Env) {
         "    close with the OSD gone: {:?} after {close_took:?}",
         closed.map_err(|e| e.to_string())
     );
-    assert!(close_took < (op_timeout + Duration::from_secs(10)) * 2 + slack);
+    assert!(close_took < (op_timeout + Duration::from_secs(3)) * 2 + slack);
     drop(bdev);
     let t = Instant::now();
     drop(conn);

@@ -19,7 +19,7 @@ pub fn cluster_script() -> PathBuf {
 /// Whether the Ceph tools and libraries are here. Missing: `Err(reason)`.
 pub fn ceph_present() -> Result<(), String> {
     let mut missing = vec![];
-    for tool in ["ceph-mon", "ceph-osd", "ceph-mgr", "ceph", "rbd"] {
+    for tool in ["ceph-mon", "ceph-osd", "ceph", "rbd"] {
         let found = std::env::var_os("PATH")
             .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).exists()))
             .unwrap_or(false);
@@ -53,9 +53,14 @@ pub struct Cluster {
 impl Cluster {
     pub fn start() -> Cluster {
         let t = Instant::now();
+        // No mgr (RBD I/O and the rbd CLI's image commands do not need one): ~300 MiB less.
         let out = Command::new("bash")
             .arg(cluster_script())
             .arg("start")
+            .env(
+                "CEPH_MGR",
+                std::env::var("SPINBLK_CEPH_MGR").unwrap_or_else(|_| "0".into()),
+            )
             .output()
             .expect("run cluster.sh");
         let start_time = t.elapsed();

@@ -160,6 +160,10 @@ fn target_config(cli: &Cli) -> Result<TargetConfig, String> {
                 write_cache: cli.no_write_cache.then_some(false),
                 shared: false,
                 uuid: None,
+                rw_ios_per_sec: None,
+                rw_mbytes_per_sec: None,
+                r_mbytes_per_sec: None,
+                w_mbytes_per_sec: None,
             }],
             controllers: vec![ControllerConfig {
                 name: Some("vhost0".into()),

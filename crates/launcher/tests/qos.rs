@@ -2,8 +2,8 @@
 //! libblkio client keeping 32 requests in flight per queue: an IOPS limit and a bandwidth limit
 //! hold within 10 % on one reactor and on two (one controller with two queues on cores 0-1),
 //! removing the limit gives the full speed back, a limited bdev does not slow another one on
-//! the same reactor, throttled requests show as in flight, and the limits survive save_config
-//! and a restart with --json.
+//! the same reactor, throttled requests show as in flight, the limits survive save_config and a
+//! restart with --json, and limits given with --bdev hold from the start.
 //!
 //! The machine these run on may be loaded: each measurement records how long the client and the
 //! target's reactors were runnable but not running, and one that was clearly starved is
@@ -370,6 +370,45 @@ fn limits_survive_save_config_and_a_restart_with_json() {
     assert!(
         within(&m, 11_000.0, m.iops),
         "{:.0} IOPS against the restored 11000 IOPS limit",
+        m.iops
+    );
+}
+
+#[test]
+fn limits_from_the_command_line_hold_from_the_start() {
+    // --bdev keys, as --config takes them too; SPDK's rounding applies (7500 -> 8000).
+    let target = Target::start_args(
+        &[
+            "-r",
+            "{dir}/rpc.sock",
+            "--cpus",
+            "0",
+            "--bdev",
+            "name=n0,null=1G,rw-ios-per-sec=7500",
+            "--controller",
+            "name=vq,socket={dir}/vq,bdev=n0",
+        ],
+        &["rpc.sock", "vq"],
+    );
+    let rpc = SpdkRpc::new(&target.socket_named("rpc.sock"));
+    assert_eq!(limits(&rpc, "n0")["rw_ios_per_sec"], 8000);
+    let m = measure_checked(
+        "--bdev rw-ios-per-sec=7500 (8000 after rounding), 4 KiB QD32",
+        &target.socket_named("vq"),
+        target.pid(),
+        Load {
+            cpu: client_cpu(1),
+            ..Load::reads(4096, 32, 3.0)
+        },
+        |m| within(m, 8000.0, m.iops),
+    );
+    record(
+        "qos.txt",
+        &format!("--bdev rw-ios-per-sec=7500 (8000): {}", m.line()),
+    );
+    assert!(
+        within(&m, 8000.0, m.iops),
+        "{:.0} IOPS against the 8000 IOPS limit given on the command line",
         m.iops
     );
 }

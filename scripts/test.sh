@@ -44,6 +44,12 @@ run_vm scripts/vm-test.sh --bdev file --no-write-cache --size 64M
 run_vm scripts/vm-test.sh --bdev rbd --size 128M
 # The disk made by JSON-RPC (SPDK's client) after spinblk started with no disk.
 run_vm scripts/vm-test.sh --rpc --bdev file --no-write-cache --size 128M
+# Online resize under a running guest (disk made by RPC): bdev_null_resize, truncate +
+# bdev_aio_rescan, spinblk_bdev_resize; the guest must see each new size within 2 s and verify
+# I/O in the new area; each step's latency is printed.
+run_vm scripts/vm-test.sh --resize --bdev null
+run_vm scripts/vm-test.sh --resize --bdev file
+run_vm scripts/vm-test.sh --resize --bdev malloc --resize-steps 1
 # Restarts under a running guest: SIGKILL and SIGTERM, 5 times each, fio must verify clean.
 run_vm scripts/vm-test.sh --restart kill --restarts 5
 run_vm scripts/vm-test.sh --restart term --restarts 5

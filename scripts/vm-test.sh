@@ -36,6 +36,17 @@
 #                        going), fio is clean, the guest kernel logs no I/O error and no target
 #                        counts one; the report shows what the guest logged around each restart.
 #   --restarts N         restarts in one run                                 [5]
+#   --resize             online resize test (implies --rpc): once the guest runs, the disk grows
+#                        --resize-steps times by --resize-step each: bdev_null_resize (null),
+#                        truncate + bdev_aio_rescan (file), spinblk_bdev_resize (malloc), all by
+#                        SPDK's client. Per step the guest must see /sys/block/vda/size change
+#                        within 2 s of the RPC returning (the host measures it: the time from the
+#                        RPC's return until the guest's console says it saw the new size), then
+#                        write + verify the new area with fio (a null disk: writes and reads
+#                        that must succeed, zeroes read back); a file disk's image must hold the
+#                        guest's last block. Reports the latency of each step.
+#   --resize-steps N     resize steps in one run                             [2]
+#   --resize-step SIZE   growth per step, whole MiB                          [64M]
 #   --restart-interval SECS  seconds between restarts                        [5]
 #   --target-log-level LEVEL  spinblk --log-level: info, debug or trace  [info; debug with --restart]
 #   --timeout SECS       limit for the whole guest run                      [300]
@@ -68,6 +79,9 @@ rpc=0
 restart=
 restarts=5
 restart_interval=5
+resize=0
+resize_steps=2
+resize_step_arg=64M
 target_log_level=
 vm_timeout=300
 keep=0
@@ -95,6 +109,9 @@ while [[ $# -gt 0 ]]; do
         --restart) need_arg "$@"; restart=$2; shift 2 ;;
         --restarts) need_arg "$@"; restarts=$2; shift 2 ;;
         --restart-interval) need_arg "$@"; restart_interval=$2; shift 2 ;;
+        --resize) resize=1; shift ;;
+        --resize-steps) need_arg "$@"; resize_steps=$2; shift 2 ;;
+        --resize-step) need_arg "$@"; resize_step_arg=$2; shift 2 ;;
         --target-log-level) need_arg "$@"; target_log_level=$2; shift 2 ;;
         --timeout) need_arg "$@"; vm_timeout=$2; shift 2 ;;
         --keep) keep=1; shift ;;
@@ -140,6 +157,16 @@ if [[ -n $restart ]]; then
     [[ $target == spinblk ]] || die "--restart needs --target spinblk"
     [[ $bdev == file ]] || die "--restart needs --bdev file (a restarted malloc disk is empty)"
     [[ $readonly_ == 0 ]] || die "--restart needs a writable disk"
+fi
+resize_step=$(to_bytes "$resize_step_arg")
+if ((resize)); then
+    [[ $target == spinblk ]] || die "--resize needs --target spinblk"
+    [[ -z $restart ]] || die "--resize and --restart do not go together"
+    [[ $readonly_ == 0 ]] || die "--resize needs a writable disk"
+    [[ $corrupt == 0 ]] || die "--resize and --selftest-corrupt do not go together"
+    if ! [[ $resize_steps =~ ^[0-9]+$ ]] || ((resize_steps < 1 || resize_steps > 10)); then die "--resize-steps must be 1..10"; fi
+    ((resize_step >= 1024 * 1024 && resize_step % (1024 * 1024) == 0)) || die "--resize-step must be a whole number of MiB"
+    rpc=1
 fi
 if ((rpc)); then
     [[ $target == spinblk ]] || die "--rpc needs --target spinblk"
@@ -238,6 +265,7 @@ guest_brief() {
 what="target=$target bdev=$bdev size=$size bs=$bs readonly=$readonly_ queues=$queues"
 ((no_wc)) && what+=" no-write-cache"
 [[ -n $restart ]] && what+=" restart=$restart x$restarts"
+((resize)) && what+=" resize=${resize_steps}x+$resize_step"
 
 # fail_loudly MSG: the one way out on failure, with the evidence.
 fail_loudly() {
@@ -291,6 +319,7 @@ fi
 hostdata=0
 [[ ($bdev == file || $bdev == rbd) && -z $restart ]] && hostdata=1
 mode=normal
+((resize)) && mode=resize
 restart_secs=0
 if [[ -n $restart ]]; then
     mode=restart
@@ -313,6 +342,8 @@ VT_HOSTDATA=$hostdata
 VT_MODE=$mode
 VT_RESTART_SECS=$restart_secs
 VT_RESTART_JOB_SIZE=$restart_job_size
+VT_RESIZE_STEPS=$((resize ? resize_steps : 0))
+VT_RESIZE_STEP=$resize_step
 CONF
 # The serial goes in its own file, byte for byte, so no quoting is involved.
 printf '%s' "$serial" >"$tmp/conf/vmtest/serial"
@@ -718,10 +749,82 @@ restart_loop() {
     done
 }
 
+# --- online resize (--resize) ------------------------------------------------------------------
+resize_lines=()
+resize_done=0
+# resize_rpc NEW_BYTES: grow the disk d0 to NEW_BYTES by SPDK's client, as the bdev kind wants.
+resize_rpc() {
+    local mib=$(($1 / 1048576))
+    case $bdev in
+        null) "${R[@]}" bdev_null_resize d0 "$mib" ;;
+        file) truncate -s "$1" "$img" && "${R[@]}" bdev_aio_rescan d0 ;;
+        malloc)
+            "$(dirname "$spdk_rpc")/python" - "$rpc_sock" "$mib" <<'PY'
+import sys
+from spdk.rpc.client import JSONRPCClient
+JSONRPCClient(sys.argv[1]).call("spinblk_bdev_resize", {"name": "d0", "new_size": int(sys.argv[2])})
+PY
+            ;;
+    esac
+}
+resize_loop() {
+    local k new t0 t_rpc t_seen i seen line
+    for ((k = 1; k <= resize_steps; k++)); do
+        # The guest says when it watches the size for step k.
+        until grep -q "^VMTEST-RESIZE-READY step=$k " "$guest_log"; do
+            guest_alive || return 0
+            if ! kill -0 "$target_pid" 2>/dev/null; then
+                target_died=1
+                return 0
+            fi
+            if grep -q '^VMTEST-RESULT' "$guest_log"; then
+                problems+=("the guest finished before resize step $k")
+                return 0
+            fi
+            sleep 0.1
+        done
+        new=$((size + k * resize_step))
+        t0=$(now_ms)
+        if ! resize_rpc "$new" >>"$tmp/rpc.log" 2>&1; then
+            problems+=("resize step $k: the RPC failed: $(tail -n 5 "$tmp/rpc.log" | tr '\n' ' ')")
+            return 0
+        fi
+        t_rpc=$(now_ms)
+        # Until the guest's console says it saw the new size: polled every 10 ms, 30 s at most.
+        seen=0
+        for ((i = 0; i < 3000; i++)); do
+            if grep -q "^VMTEST-RESIZE-SEEN step=$k " "$guest_log"; then
+                seen=1
+                break
+            fi
+            ((i % 50)) || guest_alive || break
+            sleep 0.01
+        done
+        t_seen=$(now_ms)
+        resize_done=$k
+        line="resize step $k: $bdev d0 -> $new bytes; the RPC (SPDK's client, started at t0) returned at t0+$(secs $((t_rpc - t0)))s"
+        if ((seen)); then
+            line+="; the guest saw the new size at t0+$(secs $((t_seen - t0)))s, $(secs $((t_seen - t_rpc)))s after the RPC returned"
+            line+=" ($(grep -m1 "^VMTEST-RESIZE-SEEN step=$k " "$guest_log" | tr -d '\r' | cut -d' ' -f3-))"
+            # Within 2 s of asking: a slow RPC (a controller stuck telling its frontend) counts.
+            if ((t_seen - t0 > 2000)); then
+                problems+=("resize step $k: the guest saw the new size only $(secs $((t_seen - t0)))s after the resize was asked for (limit 2 s; the RPC itself took $(secs $((t_rpc - t0)))s)")
+            fi
+        else
+            line+="; the guest did NOT see the new size within 30 s"
+            problems+=("resize step $k: the guest did not see the new size")
+        fi
+        echo "vm-test: $line"
+        resize_lines+=("$line")
+        ((seen)) || return 0
+    done
+}
+
 # QEMU runs in the background and this loop watches it: the INT/TERM traps run promptly (the
 # sleeps are short), the run is stopped after --timeout seconds, and it is stopped at once if
 # the target dies (the guest's I/O would otherwise hang until the timeout).
 [[ -n $restart ]] && restart_loop
+((resize)) && resize_loop
 while ((!target_died && !timed_out)) && kill -0 "$qemu_pid" 2>/dev/null; do
     check_hopeless || break
     if ! kill -0 "$target_pid" 2>/dev/null; then
@@ -797,6 +900,20 @@ if [[ -n $restart ]]; then
     grep -q '^VMTEST-RESTART-FIO-DONE' <<<"$log" || problems+=("the restart fio job did not finish")
 fi
 
+if ((resize)); then
+    echo "--- online resize (latency: from the RPC's return until the guest's console reported the new size; the guest polls every 10 ms) ---"
+    for line in "${resize_lines[@]}"; do
+        echo "$line"
+    done
+    ((resize_done == resize_steps)) || problems+=("only $resize_done of $resize_steps resize steps were done")
+    # Every controller must have told its frontend (the target logs each failure).
+    if grep -a 'could not be told' "$target_log" >/dev/null; then
+        problems+=("the target could not tell the frontend about a resize: $(grep -a -m1 'could not be told' "$target_log" | sed 's/^\[[^]]*\] *//')")
+    fi
+    n=$(grep -c '^VMTEST-FIO-END resize-.* ok$' <<<"$log" || true)
+    ((n == resize_steps)) || problems+=("$n of $resize_steps fio runs on the new area passed")
+    grep -E '^(VMTEST-RESIZE|.*new size)' <<<"$log" | head -n 20 || true
+fi
 if ((aborted)); then
     : # the reason is already in problems
 elif ((target_died)); then

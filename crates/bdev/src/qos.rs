@@ -144,7 +144,9 @@ impl QosLimiter {
             if rate == 0 {
                 continue;
             }
-            let earned = (u128::from(rate) * u128::from(elapsed) / 1_000_000_000) as i64;
+            // Clamped before the cast: a long idle time at a huge rate must not wrap negative.
+            let earned = (u128::from(rate) * u128::from(elapsed) / 1_000_000_000)
+                .min(i64::MAX as u128) as i64;
             let cap = burst(rate);
             let _ = b
                 .tokens
@@ -336,6 +338,28 @@ mod tests {
         // Reads are not limited by a write limit.
         let (ops, _) = hammer(limits, 1, 0.1, QosKind::Read, 65536);
         assert!(ops > 10_000, "reads ran free: {ops}");
+    }
+
+    #[test]
+    fn a_huge_rate_after_a_long_idle_time_does_not_wrap() {
+        let mut raw = QosLimiter::new(QosLimits {
+            rw_mbytes_per_sec: u64::MAX / (1 << 21),
+            ..Default::default()
+        });
+        // The last refill was 3 s ago: rate x elapsed is far past i64::MAX.
+        raw.epoch -= Duration::from_secs(3);
+        raw.refilled.store(0, Ordering::Relaxed);
+        for b in &raw.buckets {
+            b.tokens.store(0, Ordering::Relaxed);
+        }
+        let l = Arc::new(raw);
+        let mut c = QosClient::new(Arc::clone(&l));
+        for _ in 0..1000 {
+            assert!(
+                c.try_admit(QosKind::Read, 1 << 20),
+                "a huge limit never throttles"
+            );
+        }
     }
 
     #[test]

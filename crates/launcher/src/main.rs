@@ -169,6 +169,10 @@ fn target_config(cli: &Cli) -> Result<TargetConfig, String> {
                 op_timeout: cli.rbd_op_timeout,
                 ceph_options: (!cli.rbd_option.is_empty())
                     .then(|| cli.rbd_option.iter().cloned().collect()),
+                rw_ios_per_sec: None,
+                rw_mbytes_per_sec: None,
+                r_mbytes_per_sec: None,
+                w_mbytes_per_sec: None,
             }],
             controllers: vec![ControllerConfig {
                 name: Some("vhost0".into()),

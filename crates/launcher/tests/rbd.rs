@@ -721,15 +721,20 @@ fn rpc_save_config_reload_and_resize(env: &Env) {
     py.ok(&["vhost_create_blk_controller", "v0", "r0"]);
     let sock = t1.dir().join("v0");
     let data = pattern(0xc0ffee, MIB as usize);
-    {
-        let mut c = Client::connect(&sock, ClientConfig::default()).expect("connect");
-        assert_eq!(c.capacity(), 8 * MIB);
-        c.queue(0).write_ok(0, &data);
-    }
+    // A client connected before the resizes: requests up to the new end succeed at once.
+    let mut early = Client::connect(&sock, ClientConfig::default()).expect("connect");
+    assert_eq!(early.capacity(), 8 * MIB);
+    early.queue(0).write_ok(0, &data);
+    assert_eq!(
+        early.queue(0).write(10 * MIB, &[1u8; 4096]),
+        EIO,
+        "past the end"
+    );
     // bdev_rbd_resize: MiB; growing only.
     py.ok(&["bdev_rbd_resize", "r0", "12"]);
     let e = py.err(&["bdev_rbd_resize", "r0", "4"]);
     assert_eq!(e.code, -32602, "{}", e.output);
+    early.queue(0).write_ok(12 * MIB - 4096, &[2u8; 4096]);
     let c = Client::connect(&sock, ClientConfig::default()).expect("connect");
     assert_eq!(c.capacity(), 12 * MIB, "a new connection sees the new size");
     drop(c);
@@ -746,6 +751,23 @@ fn rpc_save_config_reload_and_resize(env: &Env) {
         blocks(&py, "r0") == 16 * MIB / 512
     });
     let external = t0.elapsed();
+    // The controller follows (the watcher's rescan sends Resized): the connected client writes
+    // at the new end, a new one sees the new capacity.
+    // (No sync point with the watcher here: the session may take a moment more.)
+    let mut q = early.queue(0);
+    wait_until(
+        "the connected client writes at the new end",
+        Duration::from_secs(5),
+        || q.write(16 * MIB - 4096, &[3u8; 4096]) == 0,
+    );
+    let c = Client::connect(&sock, ClientConfig::default()).expect("connect");
+    assert_eq!(
+        c.capacity(),
+        16 * MIB,
+        "a new connection sees the external resize"
+    );
+    drop(c);
+    drop(early);
     let config = py.json(&["save_config"]);
     let keep = TempDir::new("rbd-saved");
     let saved = keep.path().join("saved.json");
@@ -790,8 +812,9 @@ fn rpc_save_config_reload_and_resize(env: &Env) {
     }
     println!(
         "    rpc.py: cluster c0 + bdev r0 on it, r1 with its own connection, controller v0; \
-         bdev_rbd_resize 8 -> 12 MiB (a new connection sees it; shrinking refused); rbd resize \
-         to 16 MiB seen after {seen:?} (rbd CLI + watch {external:?}); save_config -> --json: \
+         bdev_rbd_resize 8 -> 12 MiB and rbd resize to 16 MiB by another client (seen after \
+         {seen:?}; rbd CLI + watch {external:?}): a client connected before writes at each new \
+         end at once, new connections see each size; shrinking refused; save_config -> --json: \
          data, uuids, clusters and geometry back"
     );
 }

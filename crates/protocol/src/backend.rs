@@ -603,7 +603,8 @@ impl BlkBackend {
     }
 
     /// Online resize: every running queue takes the new capacity (acknowledged), then the
-    /// frontend is told the config space changed, over the backend request channel.
+    /// frontend is told the config space changed, over the backend request channel (no ack is
+    /// awaited: the frontend's answer is a GET_CONFIG on this very session).
     pub(crate) fn resize(&mut self, capacity: u64) -> VhostResult<()> {
         let acks: Vec<Receiver<()>> = self
             .vrings
@@ -622,13 +623,13 @@ impl BlkBackend {
     }
 
     /// Sends VHOST_USER_BACKEND_CONFIG_CHANGE_MSG on the backend request channel (the `vhost`
-    /// crate's `Backend` cannot send it), waiting for the frontend's ack when REPLY_ACK is on.
+    /// crate's `Backend` cannot send it). Without NEED_REPLY, as SPDK does: QEMU answers it by
+    /// reading the config space (GET_CONFIG) on the main channel, which this session serves only
+    /// after the caller lets go of the backend, so waiting here for an ack would stall both.
     fn notify_config_change(&mut self) -> VhostResult<()> {
-        use std::io::{Read, Write};
+        use std::io::Write;
         const CONFIG_CHANGE_MSG: u32 = 2;
         const VERSION_1: u32 = 0x1;
-        const NEED_REPLY: u32 = 0x8;
-        let want_ack = self.reply_ack_negotiated();
         let Some(chan) = self.backend_channel.as_mut() else {
             info!(
                 "{}: capacity changed; the frontend gave no backend channel to tell it",
@@ -636,22 +637,11 @@ impl BlkBackend {
             );
             return Ok(());
         };
-        let flags = VERSION_1 | if want_ack { NEED_REPLY } else { 0 };
         let mut msg = [0u8; 12];
         msg[..4].copy_from_slice(&CONFIG_CHANGE_MSG.to_le_bytes());
-        msg[4..8].copy_from_slice(&flags.to_le_bytes());
+        msg[4..8].copy_from_slice(&VERSION_1.to_le_bytes());
+        let _ = chan.set_write_timeout(Some(REACTOR_ACK_TIMEOUT));
         chan.write_all(&msg).map_err(VhostError::ReqHandlerError)?;
-        if want_ack {
-            let _ = chan.set_read_timeout(Some(REACTOR_ACK_TIMEOUT));
-            let mut reply = [0u8; 20];
-            let got = chan.read_exact(&mut reply);
-            let _ = chan.set_read_timeout(None);
-            got.map_err(VhostError::ReqHandlerError)?;
-            let value = u64::from_le_bytes(reply[12..20].try_into().unwrap_or([0xff; 8]));
-            if value != 0 {
-                warn!("{}: the frontend refused the config change", self.spec.name);
-            }
-        }
         info!(
             "{}: told the frontend the config space changed",
             self.spec.name

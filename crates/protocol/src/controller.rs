@@ -498,7 +498,7 @@ impl Controller {
         let queues = per_queue
             .into_iter()
             .enumerate()
-            .filter(|(_, s)| s.total_ops() > 0)
+            .filter(|(_, s)| s.total_ops() > 0 || s.in_flight > 0)
             .map(|(i, stats)| {
                 total.merge(&stats);
                 let reactor = i % reactors.len().max(1);

@@ -11,9 +11,11 @@
 
 use std::fmt;
 use std::fs::File;
-use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::fd::FromRawFd;
 use std::sync::atomic::{compiler_fence, fence, Ordering};
 use std::sync::Arc;
+
+use crate::sigbus::SharedMapping;
 
 const HEADER: usize = 16;
 const DESC: usize = 16;
@@ -56,9 +58,10 @@ impl std::error::Error for InflightError {}
 /// A mapped inflight region covering `num_queues` queues of `queue_size` descriptors.
 pub struct InflightRegion {
     ptr: *mut u8,
-    len: usize,
     num_queues: u16,
     queue_size: u16,
+    /// Owns the mapping (unmapped when the region goes).
+    _mapping: SharedMapping,
 }
 
 // SAFETY: the mapping is plain shared memory owned by this value; queues write disjoint parts of
@@ -129,27 +132,14 @@ impl InflightRegion {
             return Err(InflightError::TooSmall);
         }
         let len = usize::try_from(need).map_err(|_| InflightError::TooSmall)?;
-        let off = libc::off_t::try_from(offset).map_err(|_| InflightError::TooSmall)?;
-        // SAFETY: a new shared mapping of `len` bytes of a file at least offset + len long
-        // (checked above), so no access inside it can fault.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                off,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(InflightError::Os(std::io::Error::last_os_error()));
-        }
+        // Checked against the file and guarded: a frontend that truncates its file later gets
+        // zero pages in the target, not a SIGBUS of the whole process.
+        let mapping = SharedMapping::map(file, offset, len).map_err(InflightError::Os)?;
         Ok(InflightRegion {
-            ptr: ptr.cast(),
-            len,
+            ptr: mapping.as_ptr(),
             num_queues,
             queue_size,
+            _mapping: mapping,
         })
     }
 
@@ -171,14 +161,6 @@ impl InflightRegion {
             ring_size,
             counter: 0,
         })
-    }
-}
-
-impl Drop for InflightRegion {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly what `map` mapped; InflightQueues hold an Arc, so none is
-        // left pointing into it.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
     }
 }
 

@@ -4,11 +4,10 @@
 //! clears it between migration rounds, and sends the pages it names again.
 
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
-use crate::sigbus::{check_file, Guard};
+use crate::sigbus::SharedMapping;
 
 /// Guest page size the log counts in (vhost-user: VHOST_LOG_PAGE).
 pub const LOG_PAGE: u64 = 4096;
@@ -39,7 +38,8 @@ pub struct DirtyLog {
     len: usize,
     /// Test-only negative control (SPINBLK_TEST_DISABLE_DIRTY_LOG): marks nothing.
     disabled: bool,
-    _guard: Option<Guard>,
+    /// The frontend's log (checked and SIGBUS-guarded), or `None` for a private one.
+    _shared: Option<SharedMapping>,
 }
 
 // SAFETY: the bitmap is shared memory owned by this value and only ever updated with atomic
@@ -52,36 +52,15 @@ impl DirtyLog {
     /// Maps `size` bytes at `offset` of `file` (SET_LOG_BASE).
     pub fn map(file: &File, offset: u64, size: u64) -> Result<Arc<Self>, LogError> {
         let len = usize::try_from(size).map_err(|_| LogError::BadSize)?;
-        if len == 0 {
-            return Err(LogError::BadSize);
-        }
-        let info = check_file(file, offset, size).map_err(|_| LogError::BadSize)?;
-        let off = libc::off_t::try_from(offset).map_err(|_| LogError::BadSize)?;
-        // SAFETY: a new shared mapping of a file we checked is at least offset + size long; the
-        // pointer is owned by the returned value and unmapped in Drop.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                file.as_raw_fd(),
-                off,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(LogError::Os(std::io::Error::last_os_error()));
-        }
-        let guard = if info.sealed {
-            None
-        } else {
-            Guard::register(ptr.cast(), len, info.page_size)
-        };
+        let mapping = SharedMapping::map(file, offset, len).map_err(|e| match e.kind() {
+            std::io::ErrorKind::InvalidInput => LogError::BadSize,
+            _ => LogError::Os(e),
+        })?;
         Ok(Arc::new(DirtyLog {
-            ptr: ptr.cast(),
+            ptr: mapping.as_ptr(),
             len,
             disabled: std::env::var_os("SPINBLK_TEST_DISABLE_DIRTY_LOG").is_some(),
-            _guard: guard,
+            _shared: Some(mapping),
         }))
     }
 
@@ -106,7 +85,7 @@ impl DirtyLog {
             ptr: ptr.cast(),
             len: len.max(1),
             disabled: false,
-            _guard: None,
+            _shared: None,
         }))
     }
 
@@ -162,8 +141,11 @@ impl DirtyLog {
 
 impl Drop for DirtyLog {
     fn drop(&mut self) {
-        // SAFETY: unmapping the mapping this value owns, once.
-        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        if self._shared.is_none() {
+            // SAFETY: unmapping the private mapping this value owns, once (a shared one is
+            // unmapped by its `SharedMapping`).
+            unsafe { libc::munmap(self.ptr.cast(), self.len) };
+        }
     }
 }
 

@@ -137,6 +137,11 @@ fn recv(stream: &mut UnixStream) -> Result<Option<Message>, SessionEnd> {
         Ok((0, _)) => return Ok(None),
         Ok(v) => v,
         Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => (0, 0),
+        // More fds than MAX_FDS: the kernel closed the extra ones, and the message's bytes are
+        // consumed with them, so the stream has lost its framing.
+        Err(e) if e.errno() == libc::ENOBUFS => {
+            return Err(SessionEnd::Closed("a message carried more than 8 fds"))
+        }
         Err(_) => return Err(SessionEnd::Disconnected),
     };
     // SAFETY: recvmsg installed `nfds` new descriptors that nobody else owns.

@@ -137,6 +137,79 @@ impl Drop for Guard {
     }
 }
 
+/// A shared mapping of part of a frontend's file (an inflight region, a dirty log), checked
+/// against the file's size before mapping and, unless the file is sealed against shrinking,
+/// guarded against SIGBUS for as long as it is mapped.
+pub struct SharedMapping {
+    ptr: *mut u8,
+    len: usize,
+    /// Unregistered after the unmap (fields drop after `Drop::drop`).
+    _guard: Option<Guard>,
+}
+
+// SAFETY: the mapping is plain shared memory owned by this value; users access it through raw
+// pointers with their own synchronisation (volatile or atomic accesses).
+unsafe impl Send for SharedMapping {}
+// SAFETY: as above; no Rust references into it are handed out by this type.
+unsafe impl Sync for SharedMapping {}
+
+impl SharedMapping {
+    /// Maps `len` bytes at `offset` of `file`, read-write and shared.
+    pub fn map(file: &File, offset: u64, len: usize) -> std::io::Result<Self> {
+        let bad =
+            |why: &str| std::io::Error::new(std::io::ErrorKind::InvalidInput, why.to_string());
+        if len == 0 {
+            return Err(bad("empty mapping"));
+        }
+        let info = check_file(file, offset, len as u64).map_err(|e| bad(&e.to_string()))?;
+        let off = libc::off_t::try_from(offset).map_err(|_| bad("offset too large"))?;
+        // SAFETY: a new shared mapping of `len` bytes of a file at least offset + len long
+        // (checked above); the pointer is owned by the returned value and unmapped in Drop.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                off,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        let guard = if info.sealed {
+            None
+        } else {
+            match Guard::register(ptr.cast(), len, info.page_size) {
+                Some(g) => Some(g),
+                None => {
+                    // SAFETY: unmapping the mapping made just above, once.
+                    unsafe { libc::munmap(ptr, len) };
+                    return Err(bad("too many guarded mappings"));
+                }
+            }
+        };
+        Ok(SharedMapping {
+            ptr: ptr.cast(),
+            len,
+            _guard: guard,
+        })
+    }
+
+    /// Start of the mapping.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+}
+
+impl Drop for SharedMapping {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping this value owns, once.
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
+    }
+}
+
 fn install() {
     INSTALL.call_once(|| {
         // SAFETY: installing a handler with a zeroed, then filled, sigaction; the handler only

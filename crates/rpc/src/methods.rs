@@ -16,7 +16,7 @@ use spinblk_reactor::{PollMode, Tick};
 use spinblk_target::config::socket_options;
 use spinblk_target::{
     BdevEntry, BdevKind, BdevParams, Coalescing, ControllerEntry, ControllerParams, CoreMask,
-    FileFlavor, Target, TargetError, Uuid, DEFAULT_NUM_QUEUES,
+    FileFlavor, QosUpdate, Target, TargetError, Uuid, DEFAULT_NUM_QUEUES,
 };
 
 use crate::jsonrpc::{Handler, RpcError, INVALID_PARAMS, INVALID_STATE};
@@ -48,14 +48,18 @@ pub const METHODS: &[&str] = &[
     "bdev_wait_for_examine",
     "bdev_get_bdevs",
     "bdev_get_iostat",
+    "bdev_set_qos_limit",
     "bdev_malloc_create",
     "bdev_malloc_delete",
     "bdev_null_create",
     "bdev_null_delete",
+    "bdev_null_resize",
     "bdev_aio_create",
     "bdev_aio_delete",
+    "bdev_aio_rescan",
     "bdev_uring_create",
     "bdev_uring_delete",
+    "bdev_uring_rescan",
     "vhost_create_blk_controller",
     "vhost_delete_controller",
     "vhost_get_controllers",
@@ -69,6 +73,7 @@ pub const METHODS: &[&str] = &[
     "spinblk_bdev_nvme_create",
     "spinblk_bdev_nvme_delete",
     "spinblk_bdev_set_options",
+    "spinblk_bdev_resize",
     "spinblk_get_stats",
     "spinblk_set_poll_mode",
     "spinblk_get_poll_mode",
@@ -268,6 +273,41 @@ struct ByName {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct SetQosLimit {
+    name: String,
+    rw_ios_per_sec: Option<u64>,
+    rw_mbytes_per_sec: Option<u64>,
+    r_mbytes_per_sec: Option<u64>,
+    w_mbytes_per_sec: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NullResize {
+    name: String,
+    /// MiB.
+    new_size: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Rescan {
+    name: String,
+    /// spinblk: apply a smaller size even while controllers serve the bdev.
+    force: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SpinblkResize {
+    name: String,
+    /// MiB, as bdev_null_resize.
+    new_size: u64,
+    force: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct BdevOptions {
     name: String,
     write_cache: Option<bool>,
@@ -322,6 +362,18 @@ struct GetStats {
 #[serde(deny_unknown_fields)]
 struct SetPollMode {
     mode: String,
+}
+
+/// A size in MiB as bytes: at least 1 MiB, and representable.
+fn mib_to_bytes(mib: u64) -> Result<u64, RpcError> {
+    if mib == 0 {
+        return Err(RpcError::new(
+            -libc::EINVAL,
+            "new_size must be at least 1 (MiB)",
+        ));
+    }
+    mib.checked_mul(1 << 20)
+        .ok_or_else(|| RpcError::new(-libc::EINVAL, format!("new_size {mib} MiB is too large")))
 }
 
 fn rate_limits(e: &BdevEntry) -> Value {
@@ -509,6 +561,7 @@ fn stats_json(s: &QueueStats) -> Value {
         "write_zeroes_ops": s.write_zeroes.ops, "write_zeroes_bytes": s.write_zeroes.bytes,
         "get_id_ops": s.get_id.ops,
         "io_errors": s.io_errors, "unsupported": s.unsupported, "dropped": s.dropped,
+        "in_flight": s.in_flight,
         "latency_ns": {
             "count": l.len(),
             "min": if l.is_empty() { 0 } else { l.min_nz() },
@@ -697,6 +750,100 @@ impl SpdkMethods {
         self.create_bdev(bp)
     }
 
+    /// SPDK's bdev_set_qos_limit: the limits given change (0 removes one), the others stay;
+    /// at least one must be given (SPDK: -EINVAL "No rate limits specified"); an IOPS limit is
+    /// rounded up to a multiple of 1000.
+    fn set_qos_limit(&self, params: Option<&Value>) -> Result<Value, RpcError> {
+        let p: SetQosLimit = decode("bdev_set_qos_limit", params)?;
+        let update = QosUpdate {
+            rw_ios_per_sec: p.rw_ios_per_sec,
+            rw_mbytes_per_sec: p.rw_mbytes_per_sec,
+            r_mbytes_per_sec: p.r_mbytes_per_sec,
+            w_mbytes_per_sec: p.w_mbytes_per_sec,
+        };
+        if update.is_empty() {
+            return Err(RpcError::new(-libc::EINVAL, "No rate limits specified"));
+        }
+        self.target
+            .set_bdev_qos(&p.name, &update)
+            .map_err(target_error)?;
+        Ok(Value::Bool(true))
+    }
+
+    /// SPDK's bdev_null_resize: a null bdev's new size in MiB, never smaller than now (SPDK
+    /// refuses a shrink with -EINVAL; spinblk_bdev_resize with force shrinks).
+    fn null_resize(&self, params: Option<&Value>) -> Result<Value, RpcError> {
+        let p: NullResize = decode("bdev_null_resize", params)?;
+        let e = self.bdev(&p.name)?;
+        if e.kind().module() != "null" {
+            return Err(RpcError::new(
+                -libc::EINVAL,
+                format!("bdev '{}' is not a null bdev", p.name),
+            ));
+        }
+        let bytes = mib_to_bytes(p.new_size)?;
+        if bytes < e.bdev().size_bytes() {
+            return Err(RpcError::new(
+                -libc::EINVAL,
+                format!(
+                    "The new bdev size must not be smaller than current bdev size ({} MiB); \
+                     spinblk_bdev_resize with force shrinks",
+                    e.bdev().size_bytes() >> 20
+                ),
+            ));
+        }
+        self.target
+            .resize_bdev(e.name(), bytes, false)
+            .map_err(target_error)?;
+        Ok(Value::Bool(true))
+    }
+
+    /// SPDK's bdev_aio_rescan / bdev_uring_rescan: re-read the file's or device's size. The
+    /// bdev must be of that module (SPDK: -ENODEV). A smaller size is applied only while no
+    /// controller serves the bdev, or with spinblk's `force`.
+    fn rescan(
+        &self,
+        method: &str,
+        params: Option<&Value>,
+        module: &str,
+    ) -> Result<Value, RpcError> {
+        let p: Rescan = decode(method, params)?;
+        let e = self.bdev(&p.name)?;
+        if e.kind().module() != module {
+            return Err(RpcError::new(
+                -libc::ENODEV,
+                format!("bdev '{}' is not an {module} bdev", p.name),
+            ));
+        }
+        self.target
+            .rescan_bdev(e.name(), p.force.unwrap_or(false))
+            .map_err(target_error)?;
+        Ok(Value::Bool(true))
+    }
+
+    /// spinblk_bdev_resize: a malloc or null bdev's new size in MiB; a shrink while controllers
+    /// serve the bdev needs `force`.
+    fn spinblk_resize(&self, params: Option<&Value>) -> Result<Value, RpcError> {
+        let p: SpinblkResize = decode("spinblk_bdev_resize", params)?;
+        let e = self.bdev(&p.name)?;
+        if matches!(e.kind(), BdevKind::File { .. } | BdevKind::Nvme { .. }) {
+            return Err(RpcError::new(
+                -libc::ENOTSUP,
+                format!(
+                    "bdev '{}' takes its size from its file or device: grow it, then call \
+                     bdev_{}_rescan",
+                    p.name,
+                    e.kind().module()
+                ),
+            ));
+        }
+        let bytes = mib_to_bytes(p.new_size)?;
+        self.target
+            .resize_bdev(e.name(), bytes, p.force.unwrap_or(false))
+            .map_err(target_error)?;
+        Ok(Value::Bool(true))
+    }
+
     fn get_bdevs(&self, params: Option<&Value>) -> Result<Value, RpcError> {
         let p: GetBdevs = decode("bdev_get_bdevs", params)?;
         match p.name {
@@ -833,17 +980,27 @@ impl SpdkMethods {
 
     fn controller_info(&self, c: &ControllerEntry) -> Value {
         let co = c.coalescing();
-        let sessions: Vec<Value> = c
-            .sessions()
+        let live = c.sessions();
+        // The requests the controller's queues hold now (submitted, throttled or waiting for
+        // room), asked of the reactors with bounded waits only when someone is connected. The
+        // protocol layer counts them per controller, not per session: the whole count goes on
+        // the first session, so the sessions' counts add up to it.
+        let in_flight = if live.is_empty() {
+            0
+        } else {
+            c.report().total.in_flight
+        };
+        let sessions: Vec<Value> = live
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
                 json!({
                     "vid": s.vid,
                     "id": s.id,
                     "name": s.name,
                     "started": s.running_queues.is_some_and(|n| n > 0),
                     "max_queues": c.params().num_queues,
-                    "inflight_task_cnt": 0,
+                    "inflight_task_cnt": if i == 0 { in_flight } else { 0 },
                 })
             })
             .collect();
@@ -861,6 +1018,8 @@ impl SpdkMethods {
                     "transport": TRANSPORT,
                 },
                 "spinblk": {
+                    "inflight_task_cnt": in_flight,
+                    "capacity": c.capacity(),
                     "num_queues": c.params().num_queues,
                     "queue_cpus": c.queue_cores(),
                     "serial": c.serial(),
@@ -900,8 +1059,9 @@ impl SpdkMethods {
         Ok(Value::Bool(true))
     }
 
-    /// The bdev subsystem's configuration as SPDK writes it: one create call per bdev (plus
-    /// spinblk_bdev_set_options where not default), then bdev_wait_for_examine.
+    /// The bdev subsystem's configuration as SPDK writes it: one create call per bdev (with its
+    /// size now), spinblk_bdev_set_options where not default and bdev_set_qos_limit where
+    /// limits are set, then bdev_wait_for_examine.
     pub fn bdev_config(&self) -> Vec<Value> {
         // Registered RBD clusters first: their bdevs name them.
         let mut out = rbd::cluster_config(&self.target);
@@ -979,6 +1139,22 @@ impl SpdkMethods {
                     "method": "spinblk_bdev_set_options",
                     "params": { "name": e.name(), "write_cache": e.write_cache(), "shared": e.shared() },
                 }));
+            }
+            // As SPDK writes it: the limits that are set, after the bdev's creation.
+            let q = e.qos();
+            if q.any() {
+                let mut params = json!({ "name": e.name() });
+                for (k, v) in [
+                    ("rw_ios_per_sec", q.rw_ios_per_sec),
+                    ("rw_mbytes_per_sec", q.rw_mbytes_per_sec),
+                    ("r_mbytes_per_sec", q.r_mbytes_per_sec),
+                    ("w_mbytes_per_sec", q.w_mbytes_per_sec),
+                ] {
+                    if v > 0 {
+                        params[k] = json!(v);
+                    }
+                }
+                out.push(json!({ "method": "bdev_set_qos_limit", "params": params }));
             }
         }
         out.push(json!({ "method": "bdev_wait_for_examine" }));
@@ -1244,14 +1420,18 @@ impl SpdkMethods {
             "bdev_wait_for_examine" => no_params(method, params).map(|_| Value::Bool(true)),
             "bdev_get_bdevs" => self.get_bdevs(params),
             "bdev_get_iostat" => self.get_iostat(params),
+            "bdev_set_qos_limit" => self.set_qos_limit(params),
             "bdev_malloc_create" => self.malloc_create(params),
             "bdev_malloc_delete" => self.delete_bdev(method, params, "malloc"),
             "bdev_null_create" => self.null_create(params),
             "bdev_null_delete" => self.delete_bdev(method, params, "null"),
+            "bdev_null_resize" => self.null_resize(params),
             "bdev_aio_create" => self.aio_create(params),
             "bdev_aio_delete" => self.delete_bdev(method, params, "aio"),
+            "bdev_aio_rescan" => self.rescan(method, params, "aio"),
             "bdev_uring_create" => self.uring_create(params),
             "bdev_uring_delete" => self.delete_bdev(method, params, "uring"),
+            "bdev_uring_rescan" => self.rescan(method, params, "uring"),
             m if rbd::RBD_METHODS.contains(&m) => self.rbd_call(m, params),
             "spinblk_bdev_nvme_create" => self.nvme_create(params),
             "spinblk_bdev_nvme_delete" => self.delete_bdev(method, params, "nvme"),
@@ -1260,6 +1440,7 @@ impl SpdkMethods {
                 self.bdev(&p.name)?.set_options(p.write_cache, p.shared);
                 Ok(Value::Bool(true))
             }
+            "spinblk_bdev_resize" => self.spinblk_resize(params),
             "vhost_create_blk_controller" => self.create_blk(params),
             "vhost_delete_controller" => {
                 let p: ByCtrlr = decode(method, params)?;

@@ -8,8 +8,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub use spinblk_bdev::QosLimits;
 use spinblk_bdev::{
-    Bdev, IoOp, MallocBdev, NullBdev, NvmeBdev, NvmeOptions, UringBdev, UringOptions,
+    Bdev, BdevError, IoOp, MallocBdev, NullBdev, NvmeBdev, NvmeOptions, QosLimiter, UringBdev,
+    UringOptions,
 };
 use spinblk_protocol::QueueStats;
 
@@ -124,10 +126,13 @@ pub struct BdevParams {
     pub write_cache: bool,
     /// Several writable controllers may serve it (their guests must coordinate).
     pub shared: bool,
+    /// I/O limits from the start (SPDK's rounding already applied: see
+    /// [`QosUpdate`](crate::QosUpdate)); the default is none.
+    pub qos: QosLimits,
 }
 
 impl BdevParams {
-    /// Parameters with the defaults: generated uuid, write cache on, not shared.
+    /// Parameters with the defaults: generated uuid, write cache on, not shared, no limits.
     pub fn new(name: impl Into<String>, kind: BdevKind) -> BdevParams {
         BdevParams {
             name: name.into(),
@@ -135,22 +140,9 @@ impl BdevParams {
             kind,
             write_cache: true,
             shared: false,
+            qos: QosLimits::default(),
         }
     }
-}
-
-/// Per-bdev rate limits (SPDK's `bdev_set_qos_limit`; 0 = no limit). Stored and reported;
-/// enforced by the data path once it has a limiter (issue 16).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct QosLimits {
-    /// Read plus write I/Os per second.
-    pub rw_ios_per_sec: u64,
-    /// Read plus write MiB per second.
-    pub rw_mbytes_per_sec: u64,
-    /// Read MiB per second.
-    pub r_mbytes_per_sec: u64,
-    /// Write MiB per second.
-    pub w_mbytes_per_sec: u64,
 }
 
 /// Something that happened to a bdev that its users (controllers) must act on.
@@ -161,7 +153,8 @@ pub enum BdevEvent {
         /// New capacity in blocks.
         num_blocks: u64,
     },
-    /// The QoS limits changed.
+    /// The QoS limits changed: the controllers hand the bdev's limiter
+    /// ([`BdevEntry::qos_limiter`]) to their queues, or take it away when no limit is left.
     QosChanged(QosLimits),
     /// The bdev is going away (only ever sent when no controller claims it).
     Removed,
@@ -200,6 +193,29 @@ pub struct BdevEntry {
     bdev: Arc<dyn Bdev>,
     state: Mutex<BdevState>,
     next_listener: AtomicU64,
+    /// The one limiter of this bdev, shared by every queue of every controller that serves it
+    /// while a limit is set.
+    limiter: Arc<QosLimiter>,
+    /// Held while a change (resize, rescan, QoS) is applied and its event delivered, and while
+    /// a new listener subscribes and learns the current state: listeners see changes in the
+    /// order they were made, and a new one misses none.
+    changes: Mutex<()>,
+}
+
+/// What a resize or rescan did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resized {
+    /// Capacity before, in blocks.
+    pub old_blocks: u64,
+    /// Capacity now, in blocks.
+    pub num_blocks: u64,
+}
+
+impl Resized {
+    /// Whether the capacity changed.
+    pub fn changed(&self) -> bool {
+        self.old_blocks != self.num_blocks
+    }
 }
 
 impl std::fmt::Debug for BdevEntry {
@@ -274,10 +290,108 @@ impl BdevEntry {
         lock(&self.state).qos
     }
 
-    /// Stores new QoS limits and tells the users.
+    /// Stores new QoS limits, applies them to the bdev's limiter at once (every queue that
+    /// holds it follows within a time slice) and tells the users, which hand the limiter to
+    /// their queues or take it away.
     pub fn set_qos(&self, limits: QosLimits) {
+        let _order = lock(&self.changes);
         lock(&self.state).qos = limits;
+        self.limiter.set_limits(limits);
         self.notify(&BdevEvent::QosChanged(limits));
+    }
+
+    /// The limiter the data path must use: `None` while no limit is set (a queue without a
+    /// limiter pays one branch per request).
+    pub fn qos_limiter(&self) -> Option<Arc<QosLimiter>> {
+        lock(&self.state)
+            .qos
+            .any()
+            .then(|| Arc::clone(&self.limiter))
+    }
+
+    /// Claimed by at least one controller: the names.
+    fn claimed_by(st: &BdevState) -> Option<String> {
+        (!st.claims.is_empty()).then(|| {
+            st.claims
+                .iter()
+                .map(|c| c.controller.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+    }
+
+    fn bdev_error(&self, error: BdevError) -> TargetError {
+        TargetError::Bdev {
+            name: self.name.clone(),
+            error,
+        }
+    }
+
+    /// Changes the capacity to `new_size_bytes` ([`Bdev::resize`]: malloc grows within its
+    /// reserve, null takes any size) and tells the controllers (`Resized`), which update their
+    /// guests. A shrink is refused while a controller serves the bdev, unless `force` (requests
+    /// the guest already sent beyond the new end then fail).
+    pub fn resize(&self, new_size_bytes: u64, force: bool) -> Result<Resized, TargetError> {
+        let _order = lock(&self.changes);
+        let old_blocks = self.bdev.num_blocks();
+        let old = self.bdev.size_bytes();
+        if new_size_bytes < old {
+            // Under the state lock, so no controller claims it between the check and the
+            // shrink.
+            let st = lock(&self.state);
+            if let (Some(by), false) = (Self::claimed_by(&st), force) {
+                return Err(TargetError::Busy(format!(
+                    "bdev '{}' is served by {by}: shrinking it from {old} to {new_size_bytes} \
+                     bytes is refused (force to shrink anyway)",
+                    self.name
+                )));
+            }
+            self.bdev
+                .resize(new_size_bytes)
+                .map_err(|e| self.bdev_error(e))?;
+        } else if new_size_bytes > old {
+            self.bdev
+                .resize(new_size_bytes)
+                .map_err(|e| self.bdev_error(e))?;
+        }
+        self.resized(old_blocks)
+    }
+
+    /// Re-reads the size of the backing file or device ([`Bdev::rescan`]; SPDK's
+    /// `bdev_aio_rescan`) and tells the controllers if it changed. A file that shrank is
+    /// refused while a controller serves the bdev, unless `force`.
+    pub fn rescan(&self, force: bool) -> Result<Resized, TargetError> {
+        let _order = lock(&self.changes);
+        let old_blocks = self.bdev.num_blocks();
+        match self.bdev.rescan() {
+            Ok(_) => {}
+            Err(BdevError::Shrunk { current, found }) => {
+                let st = lock(&self.state);
+                if let (Some(by), false) = (Self::claimed_by(&st), force) {
+                    return Err(TargetError::Busy(format!(
+                        "bdev '{}' is served by {by}: its backing store shrank from {current} \
+                         to {found} bytes; not applied (force to apply)",
+                        self.name
+                    )));
+                }
+                self.bdev.rescan_forced().map_err(|e| self.bdev_error(e))?;
+            }
+            Err(e) => return Err(self.bdev_error(e)),
+        }
+        self.resized(old_blocks)
+    }
+
+    /// After a size change (under `changes`): the event, if the size did change.
+    fn resized(&self, old_blocks: u64) -> Result<Resized, TargetError> {
+        let num_blocks = self.bdev.num_blocks();
+        let r = Resized {
+            old_blocks,
+            num_blocks,
+        };
+        if r.changed() {
+            self.notify(&BdevEvent::Resized { num_blocks });
+        }
+        Ok(r)
     }
 
     /// Statistics of deleted controllers that used this bdev.
@@ -290,6 +404,19 @@ impl BdevEntry {
         let id = ListenerId(self.next_listener.fetch_add(1, Ordering::Relaxed));
         lock(&self.state).listeners.push((id, Arc::new(f)));
         id
+    }
+
+    /// Like [`subscribe`](BdevEntry::subscribe), and in the same step (no change can come in
+    /// between) calls `f` with the bdev's current state: `Resized` with its capacity now and
+    /// `QosChanged` with its limits now. A new controller catches up this way with whatever
+    /// changed since it read the bdev's size.
+    pub fn subscribe_current(&self, f: impl Fn(&BdevEvent) + Send + Sync + 'static) -> ListenerId {
+        let _order = lock(&self.changes);
+        f(&BdevEvent::Resized {
+            num_blocks: self.bdev.num_blocks(),
+        });
+        f(&BdevEvent::QosChanged(self.qos()));
+        self.subscribe(f)
     }
 
     /// Stops calling the listener `id`.
@@ -491,11 +618,13 @@ impl BdevRegistry {
                         claims: Vec::new(),
                         write_cache: params.write_cache,
                         shared: params.shared,
-                        qos: QosLimits::default(),
+                        qos: params.qos,
                         retired: QueueStats::default(),
                         listeners: Vec::new(),
                     }),
                     next_listener: AtomicU64::new(0),
+                    limiter: Arc::new(QosLimiter::new(params.qos)),
+                    changes: Mutex::new(()),
                 });
                 map.insert(params.name, Slot::Ready(Arc::clone(&entry)));
                 Ok(entry)
@@ -703,5 +832,126 @@ mod tests {
         e.unsubscribe(id);
         e.notify(&BdevEvent::Resized { num_blocks: 4096 });
         assert_eq!(seen.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn resize_refuses_a_claimed_shrink_unless_forced_and_tells_listeners() {
+        let reg = BdevRegistry::default();
+        let e = reg.create(null("rs")).expect("create");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = Arc::clone(&seen);
+        let id = e.subscribe_current(move |ev| lock(&s).push(ev.clone()));
+        assert_eq!(
+            lock(&seen).as_slice(),
+            [
+                BdevEvent::Resized { num_blocks: 2048 },
+                BdevEvent::QosChanged(QosLimits::default())
+            ],
+            "a new listener learns the state now"
+        );
+        lock(&seen).clear();
+        let r = e.resize(2 << 20, false).expect("grow");
+        assert_eq!((r.old_blocks, r.num_blocks), (2048, 4096));
+        assert_eq!(
+            e.resize(2 << 20, false).map(|r| r.changed()).ok(),
+            Some(false)
+        );
+        reg.claim("rs", "c0", false).expect("claim");
+        let err = e.resize(1 << 20, false).expect_err("claimed shrink");
+        assert_eq!(err.errno(), libc::EBUSY, "{err}");
+        assert_eq!(e.bdev().num_blocks(), 4096, "not applied");
+        e.resize(1 << 20, true).expect("forced shrink");
+        e.release("c0", None);
+        e.resize(512 << 10, false).expect("unclaimed shrink");
+        assert!(e.resize(1000, false).is_err(), "not whole blocks");
+        assert_eq!(
+            lock(&seen).as_slice(),
+            [
+                BdevEvent::Resized { num_blocks: 4096 },
+                BdevEvent::Resized { num_blocks: 2048 },
+                BdevEvent::Resized { num_blocks: 1024 },
+            ],
+            "one event per change, none when unchanged or refused"
+        );
+        e.unsubscribe(id);
+        // A file bdev cannot be resized, only rescanned; a null one has no file to rescan.
+        assert!(e.rescan(false).is_err());
+    }
+
+    #[test]
+    fn rescan_follows_the_file_and_refuses_a_claimed_shrink() {
+        let dir =
+            std::env::temp_dir().join(format!("spinblk-target-rescan-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("disk.img");
+        let f = std::fs::File::create(&path).expect("file");
+        f.set_len(1 << 20).expect("size");
+        let reg = BdevRegistry::default();
+        let p = BdevParams::new(
+            "f0",
+            BdevKind::File {
+                flavor: FileFlavor::Aio,
+                path: path.clone(),
+                block_size: Some(512),
+                readonly: false,
+                // Buffered: works on any filesystem the test directory is on.
+                buffered: true,
+            },
+        );
+        let e = reg.create(p).expect("create");
+        let seen = Arc::new(AtomicUsize::new(0));
+        let s = Arc::clone(&seen);
+        e.subscribe(move |ev| {
+            if let BdevEvent::Resized { num_blocks } = ev {
+                s.store(*num_blocks as usize, Ordering::SeqCst);
+            }
+        });
+        f.set_len(3 << 20).expect("grow");
+        let r = e.rescan(false).expect("rescan");
+        assert_eq!(r.num_blocks, 6144);
+        assert_eq!(seen.load(Ordering::SeqCst), 6144);
+        reg.claim("f0", "c0", false).expect("claim");
+        f.set_len(2 << 20).expect("shrink");
+        let err = e.rescan(false).expect_err("claimed shrink");
+        assert_eq!(err.errno(), libc::EBUSY, "{err}");
+        assert_eq!(e.bdev().num_blocks(), 6144);
+        assert_eq!(e.rescan(true).expect("forced").num_blocks, 4096);
+        assert_eq!(seen.load(Ordering::SeqCst), 4096);
+        e.release("c0", None);
+        drop(f);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn qos_limiter_only_while_a_limit_is_set() {
+        let reg = BdevRegistry::default();
+        let mut p = null("q");
+        p.qos.rw_ios_per_sec = 5000;
+        let e = reg.create(p).expect("create");
+        let first = e.qos_limiter().expect("limited from the start");
+        assert_eq!(first.limits().rw_ios_per_sec, 5000);
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = Arc::clone(&seen);
+        e.subscribe(move |ev| lock(&s).push(ev.clone()));
+        let new = QosLimits {
+            w_mbytes_per_sec: 10,
+            ..Default::default()
+        };
+        e.set_qos(new);
+        let again = e.qos_limiter().expect("still limited");
+        assert!(Arc::ptr_eq(&first, &again), "one limiter per bdev");
+        assert_eq!(again.limits(), new, "applied to the limiter at once");
+        e.set_qos(QosLimits::default());
+        assert!(
+            e.qos_limiter().is_none(),
+            "no limit: no limiter on the data path"
+        );
+        assert_eq!(
+            lock(&seen).as_slice(),
+            [
+                BdevEvent::QosChanged(new),
+                BdevEvent::QosChanged(QosLimits::default())
+            ]
+        );
     }
 }

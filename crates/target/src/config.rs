@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
-use crate::bdev::{BdevKind, BdevParams, FileFlavor};
+use crate::bdev::{BdevKind, BdevParams, FileFlavor, QosLimits};
+use crate::qos::QosUpdate;
 use crate::rbd::{RbdClusterParams, RbdClusterRef, RbdSpec};
 use crate::target::{ControllerParams, DEFAULT_IOPS_THRESHOLD, DEFAULT_NUM_QUEUES};
 use spinblk_protocol::{parse_socket_mode, resolve_group, Coalescing, SocketOptions};
@@ -142,6 +143,19 @@ pub struct BdevConfig {
     /// For rbd bdevs: more Ceph options (`{"rbd_cache": "false"}`), set after the file.
     #[serde(default)]
     pub ceph_options: Option<std::collections::BTreeMap<String, String>>,
+    /// QoS: read + write I/Os per second (SPDK's `bdev_set_qos_limit` key; rounded up to a
+    /// multiple of 1000; 0 or absent: no limit).
+    #[serde(default)]
+    pub rw_ios_per_sec: Option<u64>,
+    /// QoS: read + write MiB per second.
+    #[serde(default)]
+    pub rw_mbytes_per_sec: Option<u64>,
+    /// QoS: read MiB per second.
+    #[serde(default)]
+    pub r_mbytes_per_sec: Option<u64>,
+    /// QoS: write MiB per second.
+    #[serde(default)]
+    pub w_mbytes_per_sec: Option<u64>,
 }
 
 impl BdevConfig {
@@ -214,7 +228,18 @@ impl BdevConfig {
             kind,
             write_cache: self.write_cache.unwrap_or(true),
             shared: self.shared,
+            qos: self.qos().apply(name, QosLimits::default()),
         })
+    }
+
+    /// The QoS limits this bdev asks for (SPDK's `bdev_set_qos_limit` keys).
+    pub fn qos(&self) -> QosUpdate {
+        QosUpdate {
+            rw_ios_per_sec: self.rw_ios_per_sec,
+            rw_mbytes_per_sec: self.rw_mbytes_per_sec,
+            r_mbytes_per_sec: self.r_mbytes_per_sec,
+            w_mbytes_per_sec: self.w_mbytes_per_sec,
+        }
     }
 
     /// The capacity, which malloc and null bdevs must have.
@@ -385,7 +410,9 @@ fn cpus_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<usize>>, D::Er
 /// Parses `key=value,key=value,flag` option text into a JSON object: keys with `-` become `_`,
 /// bare words become `true`, numbers stay numbers, and a bare piece that follows `cpus=` or
 /// `queue-cpus=` continues that list (so `cpus=0,2,bdev=m0` works). `malloc=SIZE`,
-/// `null=SIZE` and `file=PATH` set the bdev type; `no-write-cache` is `write_cache=false`.
+/// `null=SIZE` and `file=PATH` set the bdev type; `no-write-cache` is `write_cache=false`;
+/// `rw-ios-per-sec=N`, `rw-mbytes-per-sec=N`, `r-mbytes-per-sec=N`, `w-mbytes-per-sec=N` are
+/// QoS limits (numbers).
 pub fn parse_kv(text: &str) -> Result<Value, String> {
     let mut map = Map::new();
     let mut last_list: Option<String> = None;
@@ -442,7 +469,8 @@ pub fn parse_kv(text: &str) -> Result<Value, String> {
                     .collect::<Result<Vec<_>, _>>()?;
                 map.insert(key, Value::Array(cores));
             }
-            "num_queues" | "block_size" | "delay_base_us" | "iops_threshold" | "op_timeout" => {
+            "num_queues" | "block_size" | "delay_base_us" | "iops_threshold" | "rw_ios_per_sec"
+            | "rw_mbytes_per_sec" | "r_mbytes_per_sec" | "w_mbytes_per_sec" | "op_timeout" => {
                 let n: u64 = value
                     .parse()
                     .map_err(|_| format!("{key} must be a number"))?;
@@ -673,6 +701,18 @@ mod tests {
             Some(std::path::Path::new("/var/lib/a.img"))
         );
         assert!(f.check().is_ok());
+        let q = bdev_from_kv("name=q0,null=1G,rw-ios-per-sec=20500,w-mbytes-per-sec=50")
+            .expect("qos keys");
+        let p = q.params(false).expect("params");
+        assert_eq!(p.qos.rw_ios_per_sec, 21_000, "rounded up as SPDK does");
+        assert_eq!((p.qos.w_mbytes_per_sec, p.qos.r_mbytes_per_sec), (50, 0));
+        assert!(bdev_from_kv("name=q1,null=1G,rw-ios-per-sec=lots").is_err());
+        assert!(!bdev_from_kv("name=q2,null=1G")
+            .expect("no qos")
+            .params(false)
+            .expect("params")
+            .qos
+            .any());
         let n = bdev_from_kv("name=n0,nvme=/dev/ng0n1,poll").expect("nvme");
         assert_eq!((n.bdev_type, n.poll), (BdevType::Nvme, true));
         assert!(n.check().is_ok());

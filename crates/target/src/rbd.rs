@@ -14,7 +14,8 @@
 //!   by the cluster's op timeout (plus a margin); a timeout is reported as an error naming the
 //!   image (its handle is then leaked rather than freed under librbd).
 //! * A resize by another client is reported by librbd's header watch: a watcher thread re-reads
-//!   the size and sends the bdev's `Resized` event.
+//!   the size ([`BdevEntry::rescan`]), whose `Resized` event the controllers pass to their
+//!   guests.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -22,10 +23,10 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use log::{error, info, warn};
-use spinblk_bdev::{Bdev, BdevError};
+use spinblk_bdev::Bdev;
 use spinblk_rbd::{ClusterConfig, RbdBdev, RbdCluster, RbdError, RbdImageConfig, WeakRbdCluster};
 
-use crate::bdev::{check_name, BdevEntry, BdevEvent, BdevKind, BdevParams};
+use crate::bdev::{check_name, BdevEntry, BdevKind, BdevParams};
 use crate::cpumask::CoreMask;
 use crate::error::TargetError;
 use crate::target::Target;
@@ -267,41 +268,24 @@ impl RbdState {
     }
 }
 
-/// The watcher's work: re-read the size of a changed image, and send `Resized` if it changed.
-/// A smaller size is not applied while the image is served (requests the guest already sent
-/// would fail); it is logged.
+/// The watcher's work: re-read the size of a changed image ([`BdevEntry::rescan`]): a new size
+/// goes to the controllers (`Resized`), which tell their guests. A smaller size is not applied
+/// while the image is served (requests the guest already sent would fail); it is logged.
 fn refresh(c: &Changed) {
     let (Some(entry), Some(image)) = (c.entry.upgrade(), c.image.upgrade()) else {
         return;
     };
-    let before = image.num_blocks();
-    match Bdev::rescan(&*image) {
-        Ok(_) => {}
-        Err(BdevError::Shrunk { current, found }) if entry.claims().is_empty() => {
-            match Bdev::rescan_forced(&*image) {
-                Ok(_) => info!(
-                    "bdev {}: image {} shrank from {current} to {found} bytes",
-                    entry.name(),
-                    image.spec()
-                ),
-                Err(e) => warn!("bdev {}: re-reading the size: {e}", entry.name()),
-            }
-        }
-        Err(e) => {
-            warn!("bdev {}: image {}: {e}", entry.name(), image.spec());
-            return;
-        }
-    }
-    let after = image.num_blocks();
-    if after != before {
-        info!(
+    let bs = u64::from(image.block_size());
+    match entry.rescan(false) {
+        Ok(r) if r.changed() => info!(
             "bdev {}: image {} resized by another client: {} -> {} bytes",
             entry.name(),
             image.spec(),
-            before * u64::from(image.block_size()),
-            after * u64::from(image.block_size())
-        );
-        entry.notify(&BdevEvent::Resized { num_blocks: after });
+            r.old_blocks * bs,
+            r.num_blocks * bs
+        ),
+        Ok(_) => {}
+        Err(e) => warn!("bdev {}: image {} changed: {e}", entry.name(), image.spec()),
     }
 }
 
@@ -478,7 +462,8 @@ impl Target {
     }
 
     /// Grows RBD bdev `name` to `new_size` bytes (SPDK's `bdev_rbd_resize`: a smaller size is
-    /// refused) and tells its controllers (`Resized`). Blocks on the cluster.
+    /// refused) and tells its controllers, which tell their guests ([`Target::resize_bdev`]).
+    /// Blocks on the cluster.
     pub fn resize_rbd_bdev(&self, name: &str, new_size: u64) -> Result<u64, TargetError> {
         let entry = self
             .bdevs()
@@ -501,21 +486,7 @@ impl Target {
                  ({current} bytes); an rbd bdev only grows"
             )));
         }
-        if new_size > current {
-            image
-                .resize(new_size)
-                .map_err(|e| rbd_error(format!("bdev '{name}'"), e))?;
-        }
-        let num_blocks = image.num_blocks();
-        info!(
-            "bdev {name}: rbd image {} resized from {current} to {} bytes",
-            image.spec(),
-            image.size_bytes()
-        );
-        entry.notify(&BdevEvent::Resized { num_blocks });
-        // Until the controllers act on `Resized` themselves (issue 16, H-life's listener), the
-        // guests are told here, as that listener will: remove this loop once it is in.
-        self.resize_controllers_of(&entry, image.size_bytes());
+        self.resize_bdev(entry.name(), new_size, false)?;
         Ok(image.size_bytes())
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
 use log::{info, warn};
@@ -16,9 +16,12 @@ use spinblk_reactor::{
     PollMode, PollerInfo, ReactorConfig, ReactorHandle, ReactorPool, ReactorStats,
 };
 
-use crate::bdev::{check_name, BdevEntry, BdevEvent, BdevParams, BdevRegistry, ListenerId};
+use crate::bdev::{
+    check_name, BdevEntry, BdevEvent, BdevParams, BdevRegistry, ListenerId, QosLimits, Resized,
+};
 use crate::cpumask::CoreMask;
 use crate::error::TargetError;
+use crate::qos::QosUpdate;
 
 /// Queues a controller offers when it is not told (lets QEMU's default of one queue per vCPU
 /// work for guests of up to 16 vCPUs).
@@ -93,7 +96,7 @@ pub struct ControllerEntry {
     queue_cores: Vec<usize>,
     socket: PathBuf,
     bdev: Arc<BdevEntry>,
-    controller: Controller,
+    controller: Arc<Controller>,
     listener: ListenerId,
 }
 
@@ -142,9 +145,15 @@ impl ControllerEntry {
         self.controller.sessions()
     }
 
-    /// Its statistics (per queue and total).
+    /// Its statistics (per queue and total; `total.in_flight` is the requests its queues hold
+    /// right now). Bounded: waits at most a few seconds for a busy session or reactor.
     pub fn report(&self) -> ControllerReport {
         self.controller.report()
+    }
+
+    /// The capacity it serves now, in bytes (follows its bdev's resizes).
+    pub fn capacity(&self) -> u64 {
+        self.controller.capacity()
     }
 
     /// The interrupt coalescing settings.
@@ -317,6 +326,58 @@ impl Target {
         info!("bdev {name}: deleted");
         // An RBD image is flushed and closed before the call returns.
         self.release_rbd_bdev(name)
+    }
+
+    /// Changes bdev `name`'s capacity to `new_size_bytes` (malloc: within its reserve; null:
+    /// any size) and tells every controller serving it, which tell their guests. A shrink is
+    /// refused while a controller serves it, unless `force`. Returns when every controller has
+    /// updated its sessions.
+    pub fn resize_bdev(
+        &self,
+        name: &str,
+        new_size_bytes: u64,
+        force: bool,
+    ) -> Result<Resized, TargetError> {
+        let entry = self.bdev_entry(name)?;
+        let r = entry.resize(new_size_bytes, force)?;
+        log_resize(&entry, r, "resized");
+        Ok(r)
+    }
+
+    /// Re-reads the size of bdev `name`'s backing file or device and, if it changed, tells
+    /// every controller serving it. A file that shrank is refused while a controller serves it,
+    /// unless `force`.
+    pub fn rescan_bdev(&self, name: &str, force: bool) -> Result<Resized, TargetError> {
+        let entry = self.bdev_entry(name)?;
+        let r = entry.rescan(force)?;
+        log_resize(&entry, r, "rescanned");
+        Ok(r)
+    }
+
+    /// Changes bdev `name`'s QoS limits (SPDK's `bdev_set_qos_limit` semantics, see
+    /// [`QosUpdate`]) and applies them to every queue serving it; returns the limits now.
+    pub fn set_bdev_qos(&self, name: &str, update: &QosUpdate) -> Result<QosLimits, TargetError> {
+        let entry = self.bdev_entry(name)?;
+        let limits = update.apply(entry.name(), entry.qos());
+        entry.set_qos(limits);
+        info!(
+            "bdev {}: QoS limits rw_ios_per_sec={} rw_mbytes_per_sec={} r_mbytes_per_sec={} \
+             w_mbytes_per_sec={}{}",
+            entry.name(),
+            limits.rw_ios_per_sec,
+            limits.rw_mbytes_per_sec,
+            limits.r_mbytes_per_sec,
+            limits.w_mbytes_per_sec,
+            if limits.any() { "" } else { " (none)" }
+        );
+        Ok(limits)
+    }
+
+    fn bdev_entry(&self, name: &str) -> Result<Arc<BdevEntry>, TargetError> {
+        self.bdevs.get(name).ok_or_else(|| TargetError::NotFound {
+            what: "bdev",
+            name: name.to_string(),
+        })
     }
 
     /// I/O statistics of a bdev: what every controller serving it did, plus what the deleted
@@ -538,14 +599,14 @@ impl Target {
                 std::io::Error::other(e.to_string()),
             ))
         })?;
-        let name = params.name.clone();
-        let listener = bdev.subscribe(move |ev| {
-            if let BdevEvent::Resized { num_blocks } = ev {
-                // The data-path side of resize (config space update and the config-change
-                // message to the guest) is issue 16's; until then the change is logged.
-                warn!("{name}: bdev resized to {num_blocks} blocks; the guest keeps the old size until it reconnects");
-            }
-        });
+        let controller = Arc::new(controller);
+        // Told the bdev's size and limits now, in the same step as subscribing: a resize or a
+        // limit set since the size was read above is not missed.
+        let listener = bdev.subscribe_current(bdev_listener(
+            &params.name,
+            &bdev,
+            Arc::downgrade(&controller),
+        ));
         info!(
             "controller {}: serving {} ({} bytes, {}-byte blocks{}, serial '{serial}') on {}, up to {} queues on cpus {:?}",
             params.name,
@@ -602,18 +663,6 @@ impl Target {
         self.flush_rbd_after_controller(name, &entry.bdev);
         lock(&self.controllers).remove(name);
         Ok(report)
-    }
-
-    /// Tells every controller serving `bdev` that it serves `capacity` bytes now (the guests
-    /// see the new size).
-    pub(crate) fn resize_controllers_of(&self, bdev: &BdevEntry, capacity: u64) {
-        for c in self.controllers() {
-            if std::ptr::eq(Arc::as_ptr(c.bdev()), bdev) {
-                if let Err(e) = c.controller.resize(capacity) {
-                    warn!("{}: resize to {capacity} bytes: {e}", c.name());
-                }
-            }
-        }
     }
 
     /// Sets a controller's interrupt coalescing, applied to its running queues at once (SPDK's
@@ -705,6 +754,67 @@ impl Drop for Target {
         if lock(&self.pool).is_some() {
             self.shutdown();
         }
+    }
+}
+
+/// The listener a controller registers on its bdev: a resize goes to the controller's sessions
+/// (config space, queues, and the config-change message to each frontend), new limits hand the
+/// bdev's limiter to its queues (or take it away). Holds the controller weakly: the bdev entry
+/// must not keep a deleted controller alive.
+fn bdev_listener(
+    name: &str,
+    bdev: &Arc<BdevEntry>,
+    controller: Weak<Controller>,
+) -> impl Fn(&BdevEvent) + Send + Sync + 'static {
+    let name = name.to_string();
+    let block_size = u64::from(bdev.bdev().block_size());
+    let entry = Arc::downgrade(bdev);
+    move |ev| {
+        let Some(c) = controller.upgrade() else {
+            return;
+        };
+        match ev {
+            BdevEvent::Resized { num_blocks } => {
+                let capacity = num_blocks.saturating_mul(block_size);
+                if c.capacity() == capacity {
+                    return;
+                }
+                let started = Instant::now();
+                match c.resize(capacity) {
+                    Ok(()) => info!(
+                        "{name}: capacity {capacity} bytes; every session updated in {:.1} ms",
+                        started.elapsed().as_secs_f64() * 1e3
+                    ),
+                    Err(e) => {
+                        warn!("{name}: capacity {capacity} bytes; a session could not be told: {e}")
+                    }
+                }
+            }
+            BdevEvent::QosChanged(_) => {
+                if let Some(e) = entry.upgrade() {
+                    c.set_qos(e.qos_limiter());
+                }
+            }
+            BdevEvent::Removed => {}
+        }
+    }
+}
+
+fn log_resize(entry: &BdevEntry, r: Resized, what: &str) {
+    let bs = u64::from(entry.bdev().block_size());
+    if r.changed() {
+        info!(
+            "bdev {}: {what} from {} to {} bytes",
+            entry.name(),
+            r.old_blocks * bs,
+            r.num_blocks * bs
+        );
+    } else {
+        info!(
+            "bdev {}: {what}; size unchanged ({} bytes)",
+            entry.name(),
+            r.num_blocks * bs
+        );
     }
 }
 

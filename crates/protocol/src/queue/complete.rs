@@ -2,6 +2,7 @@
 //! ring (so nothing allocates) and each goes through `finish`.
 
 use spinblk_bdev::Completion;
+use spinblk_reactor::Tick;
 
 use super::finish::Outcome;
 use super::poller::VirtqPoller;
@@ -15,6 +16,10 @@ impl VirtqPoller {
         let VirtqPoller { channel, done, .. } = self;
         channel.poll_completions(&mut |c: Completion| done.push(c));
         let n = self.done.len();
+        if n > 0 {
+            // One clock read stamps every completion of the pass.
+            self.reaped_at = Tick::now();
+        }
         for i in 0..n {
             let c = self.done[i];
             // Tags are the heads we submitted; anything else would be a channel bug.

@@ -4,7 +4,6 @@
 //! retires their inflight records, and signals the guest at most once.
 
 use spinblk_bdev::IoStatus;
-use spinblk_reactor::Tick;
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 
 use super::poller::VirtqPoller;
@@ -65,7 +64,7 @@ impl VirtqPoller {
                 self.release_table(slot.table);
                 if let Some(t) = slot.submitted {
                     self.stats
-                        .record_latency(slot.kind, Tick::now().ticks_since(t));
+                        .record_latency(slot.kind, self.reaped_at.ticks_since(t));
                 }
                 let (status, used_len) = match io_status {
                     IoStatus::Success => {

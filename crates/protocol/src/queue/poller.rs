@@ -87,6 +87,8 @@ pub(crate) struct VirtqPoller {
     pub(super) limits: DeviceLimits,
     pub(super) slots: Box<[Slot]>,
     pub(super) iovecs: Box<[IoVec]>,
+    /// When this pass's completions were collected (their latency ends there).
+    pub(super) reaped_at: Tick,
     /// Completions of one pass (capacity: the ring size, so collecting never allocates).
     pub(super) done: Vec<Completion>,
     /// A used element was pushed this pass (the used index needs publishing).
@@ -176,6 +178,7 @@ impl VirtqPoller {
             device: s.device,
             slots: vec![Slot::default(); size].into_boxed_slice(),
             iovecs: vec![empty; size * MAX_IOVECS].into_boxed_slice(),
+            reaped_at: Tick::now(),
             done: Vec::with_capacity(size),
             used_pending: false,
             throttled: VecDeque::with_capacity(size),

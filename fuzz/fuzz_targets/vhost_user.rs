@@ -518,6 +518,7 @@ fn run(data: &[u8]) {
     // No queue may outlive its connection, and no fd may leak. Reactors drop a stopped queue
     // (and its fds) right after acknowledging the stop, so allow them a moment.
     let t0 = Instant::now();
+    let mut retries = 0u64;
     loop {
         let pollers: usize = h.pool.stats().iter().map(|s| s.pollers).sum();
         let fds = open_fds();
@@ -529,7 +530,11 @@ fn run(data: &[u8]) {
             "after the session: {pollers} pollers (idle {}), {fds} fds (before {fds_before})",
             h.idle_pollers
         );
-        std::thread::sleep(Duration::from_millis(1));
+        retries += 1;
+        std::thread::yield_now();
+    }
+    if debug() {
+        eprintln!("post-session checks settled after {retries} retries");
     }
     let rss = rss_mb();
     assert!(rss < 1024, "RSS {rss} MiB after a session");

@@ -58,8 +58,9 @@ for t in "${TARGETS[@]}"; do
     [ -n "$execs" ] || execs=$(sed -n 's/^#\([0-9]*\)[[:space:]]*DONE.*/\1/p' "$log" | tail -1)
     rate=$(sed -n 's/^stat::average_exec_per_sec: *//p' "$log" | tail -1)
     if [ "$rc" -ne 0 ] || [ -z "$execs" ] || [ "$execs" -eq 0 ]; then
-        echo "fuzz: FAIL: $t (exit $rc, ${execs:-0} executions); last lines of $log:"
-        grep -v '^#[0-9]' "$log" | tail -40
+        echo "fuzz: FAIL: $t (exit $rc, ${execs:-0} executions); from $log:"
+        grep -E -A3 'panicked at|ERROR: libFuzzer|SUMMARY: |deadly signal|^Running: ' "$log" \
+            | grep -v -E '^ +[0-9]+: |^ +at ' | head -40 || true
         ls -1 "$artifacts" 2>/dev/null | sed 's/^/fuzz:   artifact: /'
         failed=1
         summary+=("$t: FAILED after ${execs:-0} executions")

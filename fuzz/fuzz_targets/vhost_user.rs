@@ -423,7 +423,8 @@ fn send_some(sock: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> isize {
 ///   short). hflags bit 0 sets NEED_REPLY; bit 1 uses the next 4 input bytes as the raw
 ///   request code; bit 2 puts hflags' high nibble into the header's flags (bad flags).
 /// - 4 guest write: `file u8, offset u32, len u8`, then `len` bytes written into that memfd.
-/// - 5 kick: `file u8`: writes 1 to it (an eventfd kick; other kinds as they come).
+/// - 5 kick: `file u8`: writes 1 to it (an eventfd kick; other kinds as they come); with bit 7
+///   set, writes 2^64 - 2 (an eventfd saturated: a blocking write to it would sleep).
 /// - 6 round trip: waits for the target to answer GET_QUEUE_NUM (all earlier messages done).
 /// - 7 shrink: `file u8, pages u8`: truncates a memfd (refused on sealed ones).
 fn run(data: &[u8]) {
@@ -521,7 +522,10 @@ fn run(data: &[u8]) {
                 5 => {
                     let Some(i) = input.u8() else { break };
                     if let Some(f) = files.get(usize::from(i) % MAX_FILES) {
-                        let one = 1u64.to_ne_bytes();
+                        // Bit 7: saturate the counter instead (an eventfd at its maximum
+                        // blocks a blocking writer: the target must never be one).
+                        let v: u64 = if i & 0x80 != 0 { u64::MAX - 1 } else { 1 };
+                        let one = v.to_ne_bytes();
                         // SAFETY: a non-blocking-safe 8-byte write attempt; errors ignored.
                         // (A full pipe would block: only eventfds and memfds are written.)
                         let mut pfd = libc::pollfd {

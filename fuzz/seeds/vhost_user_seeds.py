@@ -170,6 +170,7 @@ def main():
     mem = s.msg(SET_MEM_TABLE, struct.pack("<II", 1, 0) + region(0, MEM_PAGES * 4096, UA, 0),
                 need_reply=True, fds=[memfd(MEM_PAGES)])
     k0 = start_queue(s, 0, 0)
+    s.b += bytes([5, 0x80 | (k0 + 1)])  # saturate the call eventfd, then I/O
     io(s, mem, 0, k0)
     s.shrink(mem, 1)
     s.kick(k0)

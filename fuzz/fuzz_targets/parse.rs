@@ -278,7 +278,7 @@ fn reference_chain(m: &Mem<'_>, table: u64, size: u16, head: u16) -> (Vec<Desc>,
             let entries = d.len / 16;
             if indirect
                 || has_next
-                || d.len % 16 != 0
+                || !d.len.is_multiple_of(16)
                 || entries == 0
                 || entries > MAX_INDIRECT
                 || !m.in_one_region(d.addr, u64::from(d.len))
@@ -366,7 +366,8 @@ fn reference_parse(m: &Mem<'_>, descs: &[Desc], limits: &DeviceLimits, iov_len: 
         let bs = u64::from(limits.block_size);
         let off = sector.checked_mul(SECTOR_SIZE)?;
         let end = off.checked_add(len)?;
-        (len > 0 && len % bs == 0 && off % bs == 0 && end <= limits.capacity).then_some(off)
+        (len > 0 && len.is_multiple_of(bs) && off.is_multiple_of(bs) && end <= limits.capacity)
+            .then_some(off)
     };
     // Host iovecs the data needs (split at region ends), or None if outside memory.
     let iovecs = |data: &[(u64, u64, bool)]| -> Option<usize> {
@@ -460,7 +461,8 @@ fn check_ring_geometry(m: &Mem<'_>, s: &Setup, r: &Result<SplitRing, RingError>)
     let n = u64::from(s.ring_size);
     let a = s.addrs;
     let size_ok = s.ring_size != 0 && s.ring_size <= 1024 && s.ring_size.is_power_of_two();
-    let aligned = a.desc % 16 == 0 && a.avail % 2 == 0 && a.used % 4 == 0;
+    let aligned =
+        a.desc.is_multiple_of(16) && a.avail.is_multiple_of(2) && a.used.is_multiple_of(4);
     let inside = m.in_one_region(a.desc, 16 * n)
         && m.in_one_region(a.avail, 6 + 2 * n)
         && m.in_one_region(a.used, 6 + 8 * n);

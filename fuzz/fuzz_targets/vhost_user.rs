@@ -117,7 +117,7 @@ fn rss_mb() -> u64 {
         .nth(1)
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    pages * 4096 >> 20
+    (pages * 4096) >> 20
 }
 
 /// A cursor over the input.

@@ -182,8 +182,19 @@ fn make_fd(
     extra: &mut Vec<OwnedFd>,
 ) -> Option<OwnedFd> {
     match kind & 7 {
-        // SAFETY: eventfd with valid flags.
-        0 => check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) }),
+        0 => {
+            // SAFETY: eventfd with valid flags.
+            let fd = check(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) })?;
+            if kind & 8 != 0 {
+                // Saturated (2^64 - 2): a blocking write to it sleeps, so a target that writes
+                // it blocking (a call fd) would hang. Written while the counter is 0, so this
+                // write cannot block.
+                let v = (u64::MAX - 1).to_ne_bytes();
+                // SAFETY: writing 8 bytes from our buffer to our new eventfd.
+                unsafe { libc::write(fd.as_raw_fd(), v.as_ptr().cast(), 8) };
+            }
+            Some(fd)
+        }
         1 => memfd(input.u8()?, true),
         2 => memfd(input.u8()?, false),
         3 => files.get(usize::from(kind >> 3))?.try_clone().ok(),
@@ -423,8 +434,8 @@ fn send_some(sock: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> isize {
 ///   short). hflags bit 0 sets NEED_REPLY; bit 1 uses the next 4 input bytes as the raw
 ///   request code; bit 2 puts hflags' high nibble into the header's flags (bad flags).
 /// - 4 guest write: `file u8, offset u32, len u8`, then `len` bytes written into that memfd.
-/// - 5 kick: `file u8`: writes 1 to it (an eventfd kick; other kinds as they come); with bit 7
-///   set, writes 2^64 - 2 (an eventfd saturated: a blocking write to it would sleep).
+/// - 5 kick: `file u8`: writes 1 to it when that cannot block (an eventfd kick; other kinds as
+///   they come).
 /// - 6 round trip: waits for the target to answer GET_QUEUE_NUM (all earlier messages done).
 /// - 7 shrink: `file u8, pages u8`: truncates a memfd (refused on sealed ones).
 fn run(data: &[u8]) {
@@ -522,10 +533,7 @@ fn run(data: &[u8]) {
                 5 => {
                     let Some(i) = input.u8() else { break };
                     if let Some(f) = files.get(usize::from(i) % MAX_FILES) {
-                        // Bit 7: saturate the counter instead (an eventfd at its maximum
-                        // blocks a blocking writer: the target must never be one).
-                        let v: u64 = if i & 0x80 != 0 { u64::MAX - 1 } else { 1 };
-                        let one = v.to_ne_bytes();
+                        let one = 1u64.to_ne_bytes();
                         // SAFETY: a non-blocking-safe 8-byte write attempt; errors ignored.
                         // (A full pipe would block: only eventfds and memfds are written.)
                         let mut pfd = libc::pollfd {

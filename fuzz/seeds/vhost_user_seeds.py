@@ -32,6 +32,7 @@ DESC, AVAIL, USED, HDR, DATA, STATUS = 0x0, 0x100, 0x200, 0x1000, 0x2000, 0x3000
 NEXT, WRITE = 1, 2
 
 EVENTFD = b"\x00"
+SATURATED_EVENTFD = b"\x08"  # an eventfd whose counter is at its maximum
 
 
 def sealed_memfd(pages):
@@ -170,7 +171,7 @@ def main():
     mem = s.msg(SET_MEM_TABLE, struct.pack("<II", 1, 0) + region(0, MEM_PAGES * 4096, UA, 0),
                 need_reply=True, fds=[memfd(MEM_PAGES)])
     k0 = start_queue(s, 0, 0)
-    s.b += bytes([5, 0x80 | (k0 + 1)])  # saturate the call eventfd, then I/O
+    s.msg(SET_VRING_CALL, u64(0), need_reply=True, fds=[SATURATED_EVENTFD])  # then I/O
     io(s, mem, 0, k0)
     s.shrink(mem, 1)
     s.kick(k0)

@@ -7,6 +7,8 @@ mod backend;
 mod config;
 mod controller;
 mod device;
+#[doc(hidden)]
+pub mod fuzzing;
 mod inflight;
 mod log;
 mod memory;

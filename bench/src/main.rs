@@ -189,6 +189,8 @@ fn run(args: &Args) -> Result<(Report, Target), String> {
             stats: WorkerStats::new()?,
             ramp,
             runtime,
+            think: Duration::from_micros(args.think_us),
+            think_spin: args.think_spin,
             gate: &gate,
             abort: &abort,
         });
@@ -263,6 +265,8 @@ fn run(args: &Args) -> Result<(Report, Target), String> {
         capacity: info.capacity,
         device: info,
         ramp_s: args.ramp,
+        think_us: args.think_us,
+        think_spin: args.think_spin,
         runtime_s: runtime.as_secs_f64(),
         read,
         write,

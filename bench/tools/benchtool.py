@@ -8,6 +8,12 @@ Subcommands:
            /proc/PID/stat during the measured window, append one CSV row
   table    print a CSV as a text table (and optionally a Markdown one)
   plot     draw PNGs with gnuplot from a compare.sh CSV
+  pairs    rounds of alternating targets (compare.sh --client bdevperf):
+           per-pair ratios, their median, the ratio of each target's best
+           run, QD1 average latency; optional Markdown and PNGs
+  bdevperf-fill  check a bdevperf perform_tests result: bytes written
+  rpc      one JSON-RPC 2.0 call over a unix socket (SPDK apps: vhost,
+           bdevperf); prints the result as JSON
   sysinfo  one line about the machine (cores, CPU model, load average)
   cpus     the CPUs this process may run on, space separated
 
@@ -21,6 +27,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -32,6 +39,7 @@ COLUMNS = [
     "p999_us", "max_us", "mean_us", "client_cpu_pct", "target_cpu_s",
     "target_cpu_pct", "iops_per_target_cpu_s", "target_cpu_us_per_io",
     "tgt_core_other_pct", "tgt_core_steal_pct", "errors", "timeouts", "load1", "status", "note",
+    "round", "unix_time",
 ]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -116,6 +124,31 @@ def parse_bdevperf(text):
     }
 
 
+def parse_bdevperf_json(text):
+    """The JSON result of bdevperf's perform_tests RPC (as printed by
+    bdevperf.py perform_tests): one entry per job in "results". IOPS are
+    summed over jobs, the average latency is weighted by each job's IOPS."""
+    start = text.find("{")
+    if start < 0:
+        raise ValueError("no JSON object in the perform_tests output")
+    r = json.loads(text[start:])
+    jobs = r.get("results") or []
+    if not jobs:
+        raise ValueError("perform_tests returned no job results")
+    iops = sum(float(j["iops"]) for j in jobs)
+    mib = sum(float(j["mibps"]) for j in jobs)
+    avg = sum(float(j["iops"]) * float(j["avg_latency_us"]) for j in jobs) / iops if iops else 0.0
+    failed = sum(int(j.get("io_failed", 0)) for j in jobs)
+    timeouts = sum(int(j.get("io_timeout", 0)) for j in jobs)
+    bad = [f"{j.get('job')}: {j.get('status')}" for j in jobs if j.get("status") not in (None, "finished")]
+    return {
+        "iops": iops, "mib_s": mib, "p50_us": "", "p99_us": "", "p999_us": "",
+        "max_us": max(float(j["max_latency_us"]) for j in jobs), "mean_us": avg,
+        "client_cpu_pct": "", "errors": failed, "timeouts": timeouts, "fatal": bad,
+        "window": None, "runtime": max(float(j["runtime"]) for j in jobs),
+    }
+
+
 def fmt(v, digits=1):
     if v == "" or v is None:
         return ""
@@ -187,18 +220,21 @@ def cmd_point(a):
         "suite": a.suite, "client": a.client, "target": a.target,
         "disk": a.disk, "workload": a.workload, "rw": a.rw, "bs": a.bs,
         "iodepth": a.iodepth, "queues": a.queues, "reactors": a.reactors,
-        "mode": a.mode, "load1": f"{la:.2f}", "note": a.note,
+        "mode": a.mode, "load1": f"{la:.2f}", "note": a.note, "round": a.round,
+        "unix_time": f"{launch:.0f}",
     })
     status = "ok"
     try:
-        r = (parse_bdevperf if a.parser == "bdevperf" else parse_spinblk_bench)(text)
+        parser = {"bdevperf": parse_bdevperf, "bdevperf-json": parse_bdevperf_json,
+                  "spinblk-bench": parse_spinblk_bench}[a.parser]
+        r = parser(text)
         if r["fatal"]:
             status = "fatal: " + "; ".join(r["fatal"])
         elif r["timeouts"] not in ("", 0, 0.0):
             status = "timeouts"
         elif r["errors"] not in ("", 0, 0.0):
             status = "errors"
-        elif proc.returncode != 0 and a.parser != "bdevperf":
+        elif proc.returncode != 0:
             status = f"client exit {proc.returncode}"
         for k in ("iops", "mib_s", "p50_us", "p99_us", "p999_us", "max_us",
                   "mean_us", "client_cpu_pct", "errors", "timeouts"):
@@ -486,6 +522,266 @@ unset multiplot
     return 0
 
 
+def median(xs):
+    xs = sorted(xs)
+    n = len(xs)
+    if n == 0:
+        return None
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def pairs_data(rows, subject):
+    """Groups the rows of an alternating run by (disk, workload).
+
+    Returns (groups, targets): groups is a list of ((disk, workload),
+    {target: {round: row}}) in first-seen order, targets the target names in
+    first-seen order with the subject first. Only rows whose status starts
+    with "ok" and that have an IOPS figure are used."""
+    groups, order, targets = {}, [], []
+    for r in rows:
+        if not r.get("status", "").startswith("ok") or num(r["iops"]) is None:
+            continue
+        key = (r["disk"], r["workload"])
+        if key not in groups:
+            groups[key] = {}
+            order.append(key)
+        groups[key].setdefault(r["target"], {})[r.get("round", "")] = r
+        if r["target"] not in targets:
+            targets.append(r["target"])
+    if subject in targets:
+        targets.remove(subject)
+        targets.insert(0, subject)
+    return [(k, groups[k]) for k in order], targets
+
+
+def pairs_tables(rows, subject, markdown):
+    """Two tables: per target (best, median, spread, QD1 average latency,
+    target CPU) and per comparison (pair ratios, median, best-of ratio)."""
+    groups, targets = pairs_data(rows, subject)
+    t1h = ["disk", "workload", "target", "runs", "best IOPS", "median IOPS", "worst IOPS",
+           "avg lat us (best run)", "avg lat us (median)", "tgt CPU% (median)",
+           "others% tgt core (max)", "load1 (median)"]
+    t1 = []
+    for (disk, wl), by_t in groups:
+        for t in targets:
+            runs = by_t.get(t)
+            if not runs:
+                continue
+            rs = list(runs.values())
+            iops = [num(r["iops"]) for r in rs]
+            best = max(rs, key=lambda r: num(r["iops"]))
+            lat = [num(r["mean_us"]) for r in rs if num(r["mean_us"]) is not None]
+            cpu = [num(r["target_cpu_pct"]) for r in rs if num(r["target_cpu_pct"]) is not None]
+            oth = [num(r.get("tgt_core_other_pct")) for r in rs
+                   if num(r.get("tgt_core_other_pct")) is not None]
+            ld = [num(r["load1"]) for r in rs if num(r["load1"]) is not None]
+            t1.append([disk, wl, t, str(len(rs)), fmt(max(iops), 0), fmt(median(iops), 0),
+                       fmt(min(iops), 0), fmt(num(best["mean_us"]), 2),
+                       fmt(median(lat), 2) if lat else "", fmt(median(cpu), 1) if cpu else "",
+                       fmt(max(oth), 0) if oth else "", fmt(median(ld), 2) if ld else ""])
+        t1.append(None)
+    if t1 and t1[-1] is None:
+        t1.pop()
+    t2h = ["disk", "workload", "ratio", "pair ratios (round order)", "median pair ratio",
+           "best-of ratio", "pairs"]
+    t2 = []
+    for (disk, wl), by_t in groups:
+        mine = by_t.get(subject, {})
+        for other in targets[1:]:
+            theirs = by_t.get(other, {})
+            rounds = [k for k in mine if k in theirs]
+            rounds.sort(key=lambda k: (num(k) is None, num(k) or 0, k))
+            ratios = [num(mine[k]["iops"]) / num(theirs[k]["iops"]) for k in rounds
+                      if num(theirs[k]["iops"])]
+            best_m = max((num(r["iops"]) for r in mine.values()), default=None)
+            best_t = max((num(r["iops"]) for r in theirs.values()), default=None)
+            t2.append([disk, wl, f"{subject}/{other}", " ".join(f"{x:.2f}" for x in ratios),
+                       f"{median(ratios):.2f}" if ratios else "",
+                       f"{best_m / best_t:.2f}" if best_m and best_t else "", str(len(ratios))])
+    out = render(t1h, t1, markdown)
+    out += "\n\n" + render(t2h, t2, markdown)
+    return out
+
+
+def cmd_pairs(a):
+    rows = read_csv(a.csv)
+    if not rows:
+        print("(no results)")
+        return 0
+    print(pairs_tables(rows, a.subject, False))
+    if a.markdown:
+        with open(a.markdown, "w", encoding="utf-8") as f:
+            f.write(pairs_tables(rows, a.subject, True) + "\n")
+    if a.plot_dir:
+        return pairs_plot(rows, a.subject, a.plot_dir, a.title)
+    return 0
+
+
+def pairs_plot(rows, subject, outdir, title):
+    """rounds.png: IOPS of every run, per (disk, workload), x = round, one
+    line per target. ratios.png: median pair ratio and best-of ratio of the
+    subject against each other target, per (disk, workload)."""
+    if not shutil.which("gnuplot"):
+        print("benchtool: gnuplot not found, no plots", file=sys.stderr)
+        return 1
+    groups, targets = pairs_data(rows, subject)
+    if not groups:
+        print("benchtool: no results to plot", file=sys.stderr)
+        return 1
+    os.makedirs(outdir, exist_ok=True)
+    rounds_dat = os.path.join(outdir, "rounds.dat")
+    with open(rounds_dat, "w", encoding="utf-8") as f:
+        for k, ((disk, wl), by_t) in enumerate(groups):
+            if k:
+                f.write("\n\n")
+            rnds = sorted({rd for runs in by_t.values() for rd in runs},
+                          key=lambda x: (num(x) is None, num(x) or 0, x))
+            f.write(f"# {disk} {wl}\nround " + " ".join(gp_str(t) for t in targets) + "\n")
+            for rd in rnds:
+                vals = []
+                for t in targets:
+                    r = by_t.get(t, {}).get(rd)
+                    vals.append("NaN" if r is None else f"{num(r['iops']) / 1000:.3f}")
+                f.write(f"{gp_str(str(rd))} " + " ".join(vals) + "\n")
+    others = targets[1:]
+    ratios_dat = os.path.join(outdir, "ratios.dat")
+    cols = []
+    for o in others:
+        cols += [f"median pair {subject}/{o}", f"best-of {subject}/{o}"]
+    with open(ratios_dat, "w", encoding="utf-8") as f:
+        f.write("group " + " ".join(gp_str(c) for c in cols) + "\n")
+        for (disk, wl), by_t in groups:
+            mine = by_t.get(subject, {})
+            vals = []
+            for o in others:
+                theirs = by_t.get(o, {})
+                rs = [num(mine[k]["iops"]) / num(theirs[k]["iops"]) for k in mine
+                      if k in theirs and num(theirs[k]["iops"])]
+                bm = max((num(r["iops"]) for r in mine.values()), default=None)
+                bt = max((num(r["iops"]) for r in theirs.values()), default=None)
+                vals.append(f"{median(rs):.3f}" if rs else "NaN")
+                vals.append(f"{bm / bt:.3f}" if bm and bt else "NaN")
+            f.write(gp_str(f"{disk} {wl}") + " " + " ".join(vals) + "\n")
+    title = title.replace('"', "'")
+    n = len(groups)
+    ncol = min(n, 4)
+    nrow = (n + ncol - 1) // ncol
+    panels = []
+    for k, ((disk, wl), _by) in enumerate(groups):
+        panels.append(f"""
+set title {gp_str(f"{disk} {wl}")}
+{"set key bottom right" if k == 0 else "unset key"}
+plot for [i=2:{len(targets) + 1}] "{rounds_dat}" index {k} using 0:i:xtic(1) with linespoints title columnheader(i)
+""")
+    script = f"""
+set datafile missing "NaN"
+set grid ytics
+set terminal pngcairo size {300 * ncol + 100},{280 * nrow + 80} noenhanced font ",9"
+set output "{outdir}/rounds.png"
+set multiplot layout {nrow},{ncol} title "{title}: IOPS of every run by round (targets alternate within a round)"
+set ylabel "thousand IOPS"
+set xlabel "round"
+set yrange [0:*]
+{"".join(panels)}
+unset multiplot
+
+set terminal pngcairo size {max(900, 140 * n * max(len(cols), 2) // 2)},600 noenhanced font ",10"
+set output "{outdir}/ratios.png"
+set title "{title}: {subject} IOPS / other target's IOPS (median of back-to-back pairs, and best run / best run)"
+set style data histograms
+set style histogram clustered gap 1
+set style fill solid 0.85 border -1
+set boxwidth 0.9
+set xtics rotate by -20 left
+unset xlabel
+set ylabel "ratio"
+set yrange [0:*]
+set key top right
+plot for [i=2:{len(cols) + 1}] "{ratios_dat}" using i:xtic(1) title columnheader(i), 1 with lines lc rgb "black" dt 2 notitle
+"""
+    gp = os.path.join(outdir, "pairs.gp")
+    with open(gp, "w", encoding="utf-8") as f:
+        f.write(script)
+    res = subprocess.run(["gnuplot", gp], capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        print("benchtool: gnuplot failed:\n" + res.stderr, file=sys.stderr)
+        return 1
+    for p in ("rounds.png", "ratios.png"):
+        print(os.path.join(outdir, p))
+    return 0
+
+
+def cmd_bdevperf_fill(a):
+    """Prints the bytes a bdevperf write pass wrote (IOPS * io size *
+    runtime), from perform_tests' JSON or (--text) bdevperf's own report;
+    exit 1 if no result could be read or the run had failures."""
+    with open(a.result, encoding="utf-8", errors="replace") as f:
+        text = f.read()
+    try:
+        if a.text:
+            r = parse_bdevperf(text)
+            r["runtime"] = a.runtime
+        else:
+            r = parse_bdevperf_json(text)
+    except (ValueError, KeyError, json.JSONDecodeError) as e:
+        print(f"benchtool: {e}", file=sys.stderr)
+        return 1
+    if r["errors"] or r["timeouts"]:
+        print(f"benchtool: the write pass had failures ({r['errors']}/s failed, "
+              f"{r['timeouts']}/s timed out)", file=sys.stderr)
+        return 1
+    print(int(r["iops"] * a.io_size * r["runtime"]))
+    return 0
+
+
+def jsonrpc_call(path, method, params=None, timeout=60.0):
+    """One JSON-RPC 2.0 request on a unix socket; returns the result or
+    raises RuntimeError with the server's error."""
+    req = {"jsonrpc": "2.0", "id": 1, "method": method}
+    if params is not None:
+        req["params"] = params
+    deadline = time.monotonic() + timeout
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sk:
+        sk.settimeout(timeout)
+        sk.connect(path)
+        sk.sendall(json.dumps(req).encode())
+        buf = b""
+        dec = json.JSONDecoder()
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeError(f"{method}: no reply within {timeout}s")
+            sk.settimeout(left)
+            chunk = sk.recv(65536)
+            if not chunk:
+                raise RuntimeError(f"{method}: connection closed before a reply")
+            buf += chunk
+            try:
+                resp, _ = dec.raw_decode(buf.decode("utf-8").lstrip())
+            except (ValueError, UnicodeDecodeError):
+                continue
+            if "error" in resp:
+                e = resp["error"]
+                raise RuntimeError(f"{method}: error {e.get('code')}: {e.get('message')}")
+            return resp.get("result")
+
+
+def cmd_rpc(a):
+    params = json.loads(a.params) if a.params else None
+    end = time.monotonic() + a.retry
+    while True:
+        try:
+            res = jsonrpc_call(a.sock, a.method, params, a.timeout)
+            break
+        except (OSError, RuntimeError) as e:
+            if time.monotonic() >= end:
+                print(f"benchtool rpc: {e}", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+    print(json.dumps(res, indent=2))
+    return 0
+
+
 def cmd_sysinfo(_a):
     model = "unknown"
     try:
@@ -517,7 +813,8 @@ def main():
     pt.add_argument("--csv", required=True)
     pt.add_argument("--suite", default="")
     pt.add_argument("--client", default="spinblk-bench")
-    pt.add_argument("--parser", choices=["spinblk-bench", "bdevperf"], default="spinblk-bench")
+    pt.add_argument("--parser", choices=["spinblk-bench", "bdevperf", "bdevperf-json"],
+                    default="spinblk-bench")
     pt.add_argument("--result-file", help="parse this file (after the command ends) instead of its stdout")
     pt.add_argument("--client-log", help="append the client's stdout and stderr here")
     pt.add_argument("--target", required=True)
@@ -533,6 +830,7 @@ def main():
     pt.add_argument("--reactors", default="")
     pt.add_argument("--mode", default="")
     pt.add_argument("--note", default="")
+    pt.add_argument("--round", default="", help="round number (alternating runs)")
     pt.add_argument("--runtime", type=float, required=True,
                     help="the client's measured seconds (target CPU-s = rate * runtime)")
     pt.add_argument("--sample-from", type=float, default=0.5,
@@ -554,6 +852,31 @@ def main():
     pl.add_argument("--outdir", required=True)
     pl.add_argument("csv")
     pl.set_defaults(func=cmd_plot)
+
+    pr = sub.add_parser("pairs", help="per-pair ratios and best-of ratios of an alternating run")
+    pr.add_argument("--subject", default="spinblk", help="the target whose ratios are shown")
+    pr.add_argument("--markdown", help="also write Markdown tables here")
+    pr.add_argument("--plot-dir", help="draw rounds.png and ratios.png here (gnuplot)")
+    pr.add_argument("--title", default="spinblk vs SPDK (bdevperf)")
+    pr.add_argument("csv")
+    pr.set_defaults(func=cmd_pairs)
+
+    bf = sub.add_parser("bdevperf-fill", help="bytes written by a perform_tests write pass")
+    bf.add_argument("--io-size", type=int, required=True)
+    bf.add_argument("--text", action="store_true",
+                    help="the file is bdevperf's text report (a run without -z), not perform_tests JSON")
+    bf.add_argument("--runtime", type=float, default=0.0, help="with --text: the run's seconds")
+    bf.add_argument("result", help="file holding the perform_tests JSON output")
+    bf.set_defaults(func=cmd_bdevperf_fill)
+
+    rp = sub.add_parser("rpc", help="one JSON-RPC call on a unix socket")
+    rp.add_argument("--sock", required=True)
+    rp.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the reply")
+    rp.add_argument("--retry", type=float, default=0.0,
+                    help="repeat a failing call (no socket yet, error reply) for up to this many seconds")
+    rp.add_argument("method")
+    rp.add_argument("params", nargs="?", help="JSON object")
+    rp.set_defaults(func=cmd_rpc)
 
     si = sub.add_parser("sysinfo", help="cores, CPU model, load average")
     si.set_defaults(func=cmd_sysinfo)

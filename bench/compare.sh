@@ -307,7 +307,7 @@ if [[ $client == bdevperf ]]; then
       --target "$name" --target-pid "$tpid" --target-cores "$tcores" --disk "$kind" --workload "$label" \
       --rw "$rw" --bs 4096 --iodepth "$qd" --queues 1 --reactors 1 --mode poll --round "$round" \
       --note "$desc" --runtime "$runtime" --sample-from 0.5 --sample-len "$((runtime - 1))" \
-      --client-log "$out/logs/perform-$tag.log" -- \
+      --client-log "$out/logs/perform-$tag.log" --pct-file "$out/logs/bdevperf-$tag.log" -- \
       "${BL_TOOL[@]}" rpc --sock "$bsock" --timeout $((runtime + 60)) perform_tests ||
       bl_log "warning: $tag: no row recorded"
     bl_stop "$bpid" bdevperf || bl_log "warning: bdevperf ($tag) exited with status $?"

@@ -171,15 +171,18 @@ bdevperf_oneshot() {
 
 # bdevperf_start LOG CPUS CONF RPCSOCK MEM_MIB QD RW IOSIZE SECS: bdevperf
 # waiting for perform_tests (-z) on RPCSOCK, with the workload given on its
-# command line (perform_tests must be called without parameters: bdevperf
-# builds its jobs from the first run's settings). Waits until the bdev
+# command line (call perform_tests without parameters: one bdevperf per
+# workload keeps every run's settings plain). Waits until the bdev
 # VirtioBlk0 exists; sets BL_PID; returns 1 if bdevperf did not get there.
+# perform_tests may be called several times (the same workload each time).
 bdevperf_start() {
   local log=$1 cpus=$2 conf=$3 rpcsock=$4 mem=$5 qd=$6 rw=$7 bs=$8 secs=$9
   bdevperf_args "$conf" "$cpus" "$mem"
   rm -f "$rpcsock"
-  bl_start bdevperf "$log" "$cpus" "$SPDK_BDEVPERF" "${BDEVPERF_ARGS[@]}" -r "$rpcsock" -z \
-    -q "$qd" -o "$bs" -w "$rw" -t "$secs"
+  # -l: a latency summary (percentiles) per run in LOG; line-buffered so it
+  # is there when perform_tests returns (benchtool point --pct-file).
+  bl_start bdevperf "$log" "$cpus" stdbuf -oL "$SPDK_BDEVPERF" "${BDEVPERF_ARGS[@]}" -r "$rpcsock" -z \
+    -q "$qd" -o "$bs" -w "$rw" -t "$secs" -l
   bl_wait_socket "$rpcsock" "$BL_PID" 60 || return 1
   spdk_rpc "$rpcsock" bdev_get_bdevs '{"name":"VirtioBlk0","timeout":20000}' --timeout 30 --retry 30 >/dev/null
 }

@@ -129,6 +129,12 @@ pub struct Args {
     #[arg(long)]
     pub think_spin: bool,
 
+    /// Connect, set up the queues and the memory region, then submit nothing
+    /// for --ramp + --runtime seconds: a connected but idle client (for the
+    /// target's idle CPU cost). The report shows zero I/O and the window.
+    #[arg(long)]
+    pub idle: bool,
+
     /// Virtqueue size (power of two). Default: big enough for --iodepth
     /// (each request takes 3 descriptors), at least 256.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=32768))]

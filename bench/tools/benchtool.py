@@ -149,6 +149,28 @@ def parse_bdevperf_json(text):
     }
 
 
+def latency_summaries(path):
+    """The 'Latency summary' blocks bdevperf -l printed to its log so far,
+    as a list of {percentile: us} (worst job's value per percentile)."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    except OSError:
+        return []
+    blocks = text.split("Latency summary")[1:]
+    out = []
+    for b in blocks:
+        # A block ends where the next report or run starts.
+        b = re.split(r"Running I/O|Device Information|Received shutdown", b)[0]
+        pct = {}
+        for p, us in PCT_RE.findall(b):
+            p = round(float(p), 5)
+            pct[p] = max(pct.get(p, 0.0), float(us))
+        if pct:
+            out.append(pct)
+    return out
+
+
 def fmt(v, digits=1):
     if v == "" or v is None:
         return ""
@@ -200,6 +222,7 @@ def cmd_point(a):
     out = open(a.client_log, "ab") if a.client_log else subprocess.DEVNULL
     sampler = Sampler(pids, cores)
     sampler.thread.start()
+    pct_before = len(latency_summaries(a.pct_file)) if a.pct_file else 0
     launch = time.time()
     proc = subprocess.Popen(a.command, stdout=subprocess.PIPE, stderr=out)
     stdout, _ = proc.communicate()
@@ -236,6 +259,18 @@ def cmd_point(a):
             status = "errors"
         elif proc.returncode != 0:
             status = f"client exit {proc.returncode}"
+        if a.pct_file:
+            # bdevperf prints the summary of the run (-l) around the time it
+            # answers perform_tests: wait for it briefly.
+            for _ in range(60):
+                blocks = latency_summaries(a.pct_file)
+                if len(blocks) > pct_before:
+                    last = blocks[-1]
+                    r["p50_us"] = last.get(50.0, "")
+                    r["p99_us"] = last.get(99.0, "")
+                    r["p999_us"] = last.get(99.9, "")
+                    break
+                time.sleep(0.05)
         for k in ("iops", "mib_s", "p50_us", "p99_us", "p999_us", "max_us",
                   "mean_us", "client_cpu_pct", "errors", "timeouts"):
             row[k] = fmt(r[k], 1 if k not in ("p50_us", "p99_us", "p999_us", "mean_us") else 2)
@@ -559,7 +594,8 @@ def pairs_tables(rows, subject, markdown):
     target CPU) and per comparison (pair ratios, median, best-of ratio)."""
     groups, targets = pairs_data(rows, subject)
     t1h = ["disk", "workload", "target", "runs", "best IOPS", "median IOPS", "worst IOPS",
-           "avg lat us (best run)", "avg lat us (median)", "tgt CPU% (median)",
+           "avg lat us (best run)", "avg lat us (median)", "p50/p99 us (best run)",
+           "tgt CPU% (median)",
            "others% tgt core (max)", "load1 (median)"]
     t1 = []
     for (disk, wl), by_t in groups:
@@ -577,7 +613,9 @@ def pairs_tables(rows, subject, markdown):
             ld = [num(r["load1"]) for r in rs if num(r["load1"]) is not None]
             t1.append([disk, wl, t, str(len(rs)), fmt(max(iops), 0), fmt(median(iops), 0),
                        fmt(min(iops), 0), fmt(num(best["mean_us"]), 2),
-                       fmt(median(lat), 2) if lat else "", fmt(median(cpu), 1) if cpu else "",
+                       fmt(median(lat), 2) if lat else "",
+                       f"{best['p50_us']}/{best['p99_us']}" if best["p50_us"] else "",
+                       fmt(median(cpu), 1) if cpu else "",
                        fmt(max(oth), 0) if oth else "", fmt(median(ld), 2) if ld else ""])
         t1.append(None)
     if t1 and t1[-1] is None:
@@ -817,6 +855,8 @@ def main():
                     default="spinblk-bench")
     pt.add_argument("--result-file", help="parse this file (after the command ends) instead of its stdout")
     pt.add_argument("--client-log", help="append the client's stdout and stderr here")
+    pt.add_argument("--pct-file", help="bdevperf's log (run with -l, line-buffered): take p50/p99/p99.9 "
+                    "from the latency summary this run adds to it")
     pt.add_argument("--target", required=True)
     pt.add_argument("--target-pid", required=True, help="pid(s), comma separated")
     pt.add_argument("--target-cores", default="",

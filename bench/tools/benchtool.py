@@ -12,6 +12,8 @@ Subcommands:
            per-pair ratios, their median, the ratio of each target's best
            run, QD1 average latency; optional Markdown and PNGs
   bdevperf-fill  check a bdevperf perform_tests result: bytes written
+  idle-table  the idle / light / full load / hog table of bench/idle-light.sh
+  sweep-plot  latency (p50, p99) and target CPU against offered load
   rpc      one JSON-RPC 2.0 call over a unix socket (SPDK apps: vhost,
            bdevperf); prints the result as JSON
   sysinfo  one line about the machine (cores, CPU model, load average)
@@ -39,7 +41,7 @@ COLUMNS = [
     "p999_us", "max_us", "mean_us", "client_cpu_pct", "target_cpu_s",
     "target_cpu_pct", "iops_per_target_cpu_s", "target_cpu_us_per_io",
     "tgt_core_other_pct", "tgt_core_steal_pct", "errors", "timeouts", "load1", "status", "note",
-    "round", "unix_time",
+    "round", "unix_time", "think_us",
 ]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -171,6 +173,14 @@ def latency_summaries(path):
     return out
 
 
+def parse_idle(_text):
+    """A client that does no I/O (e.g. `sleep N` while bdevperf sits
+    attached and idle): no figures but the target's CPU."""
+    return {"iops": 0.0, "mib_s": 0.0, "p50_us": "", "p99_us": "", "p999_us": "",
+            "max_us": "", "mean_us": "", "client_cpu_pct": "", "errors": 0,
+            "timeouts": 0, "fatal": [], "window": None}
+
+
 def fmt(v, digits=1):
     if v == "" or v is None:
         return ""
@@ -244,12 +254,13 @@ def cmd_point(a):
         "disk": a.disk, "workload": a.workload, "rw": a.rw, "bs": a.bs,
         "iodepth": a.iodepth, "queues": a.queues, "reactors": a.reactors,
         "mode": a.mode, "load1": f"{la:.2f}", "note": a.note, "round": a.round,
+        "think_us": a.think_us,
         "unix_time": f"{launch:.0f}",
     })
     status = "ok"
     try:
         parser = {"bdevperf": parse_bdevperf, "bdevperf-json": parse_bdevperf_json,
-                  "spinblk-bench": parse_spinblk_bench}[a.parser]
+                  "spinblk-bench": parse_spinblk_bench, "idle": parse_idle}[a.parser]
         r = parser(text)
         if r["fatal"]:
             status = "fatal: " + "; ".join(r["fatal"])
@@ -749,6 +760,190 @@ plot for [i=2:{len(cols) + 1}] "{ratios_dat}" using i:xtic(1) title columnheader
     return 0
 
 
+IDLE_COLUMNS = [
+    # header, workload, mode, what
+    ("idle CPU%", "idle", None, "cpu"),
+    ("light intr p50/p99 us", "light", "interrupt", "lat"),
+    ("light intr CPU%", "light", "interrupt", "cpu"),
+    ("light poll p50/p99 us", "light", "poll", "lat"),
+    ("light poll CPU%", "light", "poll", "cpu"),
+    ("QD32 IOPS", "qd32", None, "iops"),
+    ("QD1 intr p50 us", "qd1", "interrupt", "p50"),
+    ("QD1 poll p50 us", "qd1", "poll", "p50"),
+    ("hog light intr p50/p99 us", "hog-light", "interrupt", "lat"),
+    ("hog QD1 intr p50/p99 us", "hog-qd1", "interrupt", "lat"),
+    ("hog QD1 poll p50/p99 us", "hog-qd1", "poll", "lat"),
+]
+
+
+def idle_cells(rows):
+    """{(target, workload, mode): [rows]} for the ok rows of an idle-light CSV."""
+    cells = {}
+    for r in rows:
+        if not r.get("status", "").startswith("ok"):
+            continue
+        cells.setdefault((r["target"], r["workload"], r["mode"]), []).append(r)
+    return cells
+
+
+def idle_value(cells, target, wl, mode, what):
+    """Median over rounds of one figure; None when not measured."""
+    rs = []
+    for (t, w, m), v in cells.items():
+        if t == target and w == wl and (mode is None or m == mode):
+            rs += v
+    if not rs:
+        return None
+    col = {"cpu": "target_cpu_pct", "iops": "iops", "p50": "p50_us", "p99": "p99_us"}
+    if what == "lat":
+        p50 = median([x for x in (num(r["p50_us"]) for r in rs) if x is not None])
+        p99 = median([x for x in (num(r["p99_us"]) for r in rs) if x is not None])
+        return (p50, p99)
+    vals = [x for x in (num(r[col[what]]) for r in rs) if x is not None]
+    return median(vals) if vals else None
+
+
+def idle_table(rows, markdown):
+    cells = idle_cells(rows)
+    targets = []
+    for r in rows:
+        if r["target"] not in targets:
+            targets.append(r["target"])
+    headers = ["target"] + [c[0] for c in IDLE_COLUMNS]
+    out = []
+    for t in targets:
+        line = [t]
+        for _h, wl, mode, what in IDLE_COLUMNS:
+            v = idle_value(cells, t, wl, mode, what)
+            if v is None:
+                line.append("n/a")
+            elif what == "lat":
+                line.append("/".join("" if x is None else f"{x:.1f}" for x in v))
+            elif what == "iops":
+                line.append(f"{v:.0f}")
+            elif what == "cpu":
+                line.append(f"{v:.1f}")
+            else:
+                line.append(f"{v:.2f}")
+        out.append(line)
+    text = render(headers, out, markdown)
+    rounds = sorted({r.get("round", "") for r in rows})
+    text += f"\n(medians over {len(rounds)} round(s); n/a = not measured for that target/client)"
+    return text + "\n" + idle_goals(cells, markdown)
+
+
+def idle_goals(cells, markdown):
+    """Issue 13's goals, where the rows needed are there."""
+    a, b, q = "spinblk-adaptive", "spinblk-busy", "qsd"
+    lines = []
+
+    def have(*xs):
+        return all(x is not None for x in xs)
+
+    idle = idle_value(cells, a, "idle", None, "cpu")
+    if have(idle):
+        lines.append(f"idle client: adaptive {idle:.1f}% of a core (goal < 1%)")
+    for mode in ("interrupt", "poll"):
+        la = idle_value(cells, a, "light", mode, "lat")
+        lq = idle_value(cells, q, "light", mode, "lat")
+        ca = idle_value(cells, a, "light", mode, "cpu")
+        if have(la, lq, ca) and la[0] and lq[0]:
+            lines.append(f"light load, client {mode}: adaptive p50 {la[0]:.1f} us = {la[0] / lq[0]:.2f}x qsd's "
+                         f"{lq[0]:.1f} us (goal < 0.5x) at {ca:.1f}% of a core (goal < 40%)")
+    ia, ib = idle_value(cells, a, "qd32", None, "iops"), idle_value(cells, b, "qd32", None, "iops")
+    if have(ia, ib) and ib:
+        lines.append(f"full load: QD32 IOPS adaptive/busy = {ia / ib:.2f} (goal >= 0.95)")
+    for mode in ("interrupt", "poll"):
+        pa, pb = idle_value(cells, a, "qd1", mode, "p50"), idle_value(cells, b, "qd1", mode, "p50")
+        if have(pa, pb) and pb:
+            lines.append(f"continuous QD1 p50, client {mode}: adaptive/busy = {pa / pb:.2f} (goal <= 1.1)")
+    for wl, mode in (("hog-light", "interrupt"), ("hog-qd1", "interrupt"), ("hog-qd1", "poll")):
+        ha, hb = idle_value(cells, a, wl, mode, "lat"), idle_value(cells, b, wl, mode, "lat")
+        if have(ha, hb):
+            lines.append(f"{wl} (client {mode}) with a busy process on the target core: p50/p99 adaptive "
+                         f"{ha[0]:.1f}/{ha[1]:.1f} us vs busy {hb[0]:.1f}/{hb[1]:.1f} us")
+    if not lines:
+        return "(goals of issue 13: need spinblk-adaptive rows)"
+    bullet = "- " if markdown else "  "
+    return "issue 13 goals:\n" + "\n".join(bullet + x for x in lines)
+
+
+def cmd_idle_table(a):
+    rows = read_csv(a.csv)
+    if not rows:
+        print("(no results)")
+        return 0
+    print(idle_table(rows, False))
+    if a.markdown:
+        with open(a.markdown, "w", encoding="utf-8") as f:
+            f.write(idle_table(rows, True) + "\n")
+    return 0
+
+
+def cmd_sweep_plot(a):
+    """latency-vs-load.png: p50 and p99 against achieved IOPS (the offered
+    load, set by the think time), one line per target and client mode; and
+    the target's CPU against the same axis."""
+    if not shutil.which("gnuplot"):
+        print("benchtool: gnuplot not found, no plots", file=sys.stderr)
+        return 1
+    rows = [r for r in read_csv(a.csv) if r["workload"] == "sweep"
+            and r.get("status", "").startswith("ok") and num(r["iops"])]
+    if not rows:
+        print("benchtool: no sweep rows to plot", file=sys.stderr)
+        return 1
+    series = {}
+    for r in rows:
+        series.setdefault(f"{r['target']} ({r['mode']})", []).append(r)
+    os.makedirs(a.outdir, exist_ok=True)
+    dat = os.path.join(a.outdir, "sweep.dat")
+    names = list(series)
+    with open(dat, "w", encoding="utf-8") as f:
+        for k, n in enumerate(names):
+            if k:
+                f.write("\n\n")
+            f.write(f"# {n}\n# iops p50_us p99_us target_cpu_pct think_us\n")
+            for r in sorted(series[n], key=lambda r: num(r["iops"])):
+                f.write(f"{num(r['iops']):.1f} {num(r['p50_us']) or 'NaN'} {num(r['p99_us']) or 'NaN'} "
+                        f"{num(r['target_cpu_pct']) if num(r['target_cpu_pct']) is not None else 'NaN'} "
+                        f"{r.get('think_us') or 'NaN'}\n")
+    title = a.title.replace('"', "'")
+    plots_p50 = ", ".join(f'"{dat}" index {k} using 1:2 with linespoints title {gp_str(n + " p50")}'
+                          for k, n in enumerate(names))
+    plots_p99 = ", ".join(f'"{dat}" index {k} using 1:3 with linespoints dt 2 title {gp_str(n + " p99")}'
+                          for k, n in enumerate(names))
+    plots_cpu = ", ".join(f'"{dat}" index {k} using 1:4 with linespoints title {gp_str(n)}'
+                          for k, n in enumerate(names))
+    script = f"""
+set terminal pngcairo size 1300,600 noenhanced font ",10"
+set output "{a.outdir}/latency-vs-load.png"
+set datafile missing "NaN"
+set multiplot layout 1,2 title "{title}: QD1, offered load set by the pause after each completion"
+set grid
+set logscale xy
+set xlabel "IOPS (achieved = offered)"
+set ylabel "latency (us)"
+set key top left font ",8"
+set title "latency against load (solid p50, dashed p99)"
+plot {plots_p50}, {plots_p99}
+unset logscale y
+set ylabel "target CPU (% of one core)"
+set yrange [0:105]
+set title "target CPU against load"
+plot {plots_cpu}
+unset multiplot
+"""
+    gp = os.path.join(a.outdir, "sweep.gp")
+    with open(gp, "w", encoding="utf-8") as f:
+        f.write(script)
+    res = subprocess.run(["gnuplot", gp], capture_output=True, text=True, check=False)
+    if res.returncode != 0:
+        print("benchtool: gnuplot failed:\n" + res.stderr, file=sys.stderr)
+        return 1
+    print(os.path.join(a.outdir, "latency-vs-load.png"))
+    return 0
+
+
 def cmd_bdevperf_fill(a):
     """Prints the bytes a bdevperf write pass wrote (IOPS * io size *
     runtime), from perform_tests' JSON or (--text) bdevperf's own report;
@@ -851,7 +1046,7 @@ def main():
     pt.add_argument("--csv", required=True)
     pt.add_argument("--suite", default="")
     pt.add_argument("--client", default="spinblk-bench")
-    pt.add_argument("--parser", choices=["spinblk-bench", "bdevperf", "bdevperf-json"],
+    pt.add_argument("--parser", choices=["spinblk-bench", "bdevperf", "bdevperf-json", "idle"],
                     default="spinblk-bench")
     pt.add_argument("--result-file", help="parse this file (after the command ends) instead of its stdout")
     pt.add_argument("--client-log", help="append the client's stdout and stderr here")
@@ -871,6 +1066,7 @@ def main():
     pt.add_argument("--mode", default="")
     pt.add_argument("--note", default="")
     pt.add_argument("--round", default="", help="round number (alternating runs)")
+    pt.add_argument("--think-us", default="", help="the client's pause after each completion")
     pt.add_argument("--runtime", type=float, required=True,
                     help="the client's measured seconds (target CPU-s = rate * runtime)")
     pt.add_argument("--sample-from", type=float, default=0.5,
@@ -908,6 +1104,17 @@ def main():
     bf.add_argument("--runtime", type=float, default=0.0, help="with --text: the run's seconds")
     bf.add_argument("result", help="file holding the perform_tests JSON output")
     bf.set_defaults(func=cmd_bdevperf_fill)
+
+    it = sub.add_parser("idle-table", help="the table of bench/idle-light.sh")
+    it.add_argument("--markdown", help="also write a Markdown table here")
+    it.add_argument("csv")
+    it.set_defaults(func=cmd_idle_table)
+
+    sp = sub.add_parser("sweep-plot", help="latency and target CPU against offered load")
+    sp.add_argument("--outdir", required=True)
+    sp.add_argument("--title", default="idle-light")
+    sp.add_argument("csv")
+    sp.set_defaults(func=cmd_sweep_plot)
 
     rp = sub.add_parser("rpc", help="one JSON-RPC call on a unix socket")
     rp.add_argument("--sock", required=True)

@@ -304,7 +304,7 @@ if [[ $client == bdevperf ]]; then
     # bdevperf reports no window: its jobs start right after perform_tests
     # arrives; sample from 0.5 s in for runtime - 1 s.
     bl_point --csv "$csv" --suite bdevperf --client bdevperf --parser bdevperf-json \
-      --target "$name" --target-pid "$tpid" --target-cores "$tcores" --disk "$kind" --workload "$label" \
+      --target "$name" --target-pid "$tpid" --client-pid "$bpid" --target-cores "$tcores" --disk "$kind" --workload "$label" \
       --rw "$rw" --bs 4096 --iodepth "$qd" --queues 1 --reactors 1 --mode poll --round "$round" \
       --note "$desc" --runtime "$runtime" --sample-from 0.5 --sample-len "$((runtime - 1))" \
       --client-log "$out/logs/perform-$tag.log" --pct-file "$out/logs/bdevperf-$tag.log" -- \

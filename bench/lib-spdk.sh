@@ -114,8 +114,11 @@ spdk_vhost_start() {
     mem_args=(--no-huge -s "$mem")
   fi
   rm -f "$rpcsock"
-  bl_start spdk-vhost "$log" "$cpus" "$SPDK_VHOST" -m "$(spdk_mask "$cpus")" -S "$sockdir" \
-    -r "$rpcsock" --no-pci "${mem_args[@]}"
+  # No core file: SPDK v26.05's vhost app sometimes crashes on SIGTERM
+  # (SIGSEGV in DPDK's vhost-user fdset_event_dispatch thread) and would
+  # leave a core of ~75 MiB in the current directory each time.
+  bl_start spdk-vhost "$log" "$cpus" sh -c 'ulimit -c 0; exec "$@"' sh "$SPDK_VHOST" -m "$(spdk_mask "$cpus")" \
+    -S "$sockdir" -r "$rpcsock" --no-pci "${mem_args[@]}"
   bl_wait_socket "$rpcsock" "$BL_PID" 60 || return 1
   spdk_rpc "$rpcsock" framework_wait_init "" --timeout 60 --retry 30 >/dev/null
 }

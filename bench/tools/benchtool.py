@@ -195,9 +195,10 @@ class Sampler:
 
     PERIOD = 0.05
 
-    def __init__(self, pids, cores):
-        self.pids, self.cores = pids, cores
-        self.samples = []  # (unix time, target ticks, (core busy, core steal))
+    def __init__(self, pids, cores, client_pids=()):
+        self.pids, self.cores, self.client_pids = pids, cores, list(client_pids)
+        # (unix time, target ticks, (core busy, core steal), client ticks)
+        self.samples = []
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.run, daemon=True)
 
@@ -207,7 +208,11 @@ class Sampler:
             core = core_ticks(self.cores) if self.cores else (0, 0)
         except (OSError, ValueError):
             return
-        self.samples.append((time.time(), ticks, core))
+        try:
+            cticks = sum(cpu_ticks(p) for p in self.client_pids) if self.client_pids else None
+        except (OSError, ValueError):
+            cticks = None
+        self.samples.append((time.time(), ticks, core, cticks))
 
     def run(self):
         while not self.stop.is_set():
@@ -230,7 +235,8 @@ def cmd_point(a):
     pids = [int(p) for p in a.target_pid.split(",") if p]
     cores = [int(c) for c in a.target_cores.split(",") if c] if a.target_cores else []
     out = open(a.client_log, "ab") if a.client_log else subprocess.DEVNULL
-    sampler = Sampler(pids, cores)
+    client_pids = [int(p) for p in a.client_pid.split(",") if p] if a.client_pid else []
+    sampler = Sampler(pids, cores, client_pids)
     sampler.thread.start()
     pct_before = len(latency_summaries(a.pct_file)) if a.pct_file else 0
     launch = time.time()
@@ -295,8 +301,11 @@ def cmd_point(a):
     picked = sampler.window(*win)
     if r is not None and picked is not None and \
             picked[1][0] - picked[0][0] >= 0.5 * (win[1] - win[0]):
-        (t1, k1, c1), (t2, k2, c2) = picked
+        (t1, k1, c1, ck1), (t2, k2, c2, ck2) = picked
         rate = (k2 - k1) / CLK_TCK / (t2 - t1)  # CPU-seconds per second
+        if row["client_cpu_pct"] == "" and ck1 is not None and ck2 is not None:
+            # A client that does not report its own CPU (bdevperf): sampled.
+            row["client_cpu_pct"] = f"{(ck2 - ck1) / CLK_TCK / (t2 - t1) * 100:.1f}"
         row["target_cpu_pct"] = f"{rate * 100:.1f}"
         row["target_cpu_s"] = f"{rate * a.runtime:.2f}"
         if rate > 0:
@@ -606,7 +615,7 @@ def pairs_tables(rows, subject, markdown):
     groups, targets = pairs_data(rows, subject)
     t1h = ["disk", "workload", "target", "runs", "best IOPS", "median IOPS", "worst IOPS",
            "avg lat us (best run)", "avg lat us (median)", "p50/p99 us (best run)",
-           "tgt CPU% (median)",
+           "tgt CPU% (median)", "IOPS/tgt-CPU-s (median)", "client CPU% (median)",
            "others% tgt core (max)", "load1 (median)"]
     t1 = []
     for (disk, wl), by_t in groups:
@@ -622,11 +631,15 @@ def pairs_tables(rows, subject, markdown):
             oth = [num(r.get("tgt_core_other_pct")) for r in rs
                    if num(r.get("tgt_core_other_pct")) is not None]
             ld = [num(r["load1"]) for r in rs if num(r["load1"]) is not None]
+            eff = [num(r["iops_per_target_cpu_s"]) for r in rs
+                   if num(r["iops_per_target_cpu_s"]) is not None]
+            ccpu = [num(r["client_cpu_pct"]) for r in rs if num(r["client_cpu_pct"]) is not None]
             t1.append([disk, wl, t, str(len(rs)), fmt(max(iops), 0), fmt(median(iops), 0),
                        fmt(min(iops), 0), fmt(num(best["mean_us"]), 2),
                        fmt(median(lat), 2) if lat else "",
                        f"{best['p50_us']}/{best['p99_us']}" if best["p50_us"] else "",
                        fmt(median(cpu), 1) if cpu else "",
+                       fmt(median(eff), 0) if eff else "", fmt(median(ccpu), 1) if ccpu else "",
                        fmt(max(oth), 0) if oth else "", fmt(median(ld), 2) if ld else ""])
         t1.append(None)
     if t1 and t1[-1] is None:
@@ -1054,6 +1067,8 @@ def main():
                     "from the latency summary this run adds to it")
     pt.add_argument("--target", required=True)
     pt.add_argument("--target-pid", required=True, help="pid(s), comma separated")
+    pt.add_argument("--client-pid", default="",
+                    help="pid(s) of a long-running client (bdevperf) whose CPU to sample over the window")
     pt.add_argument("--target-cores", default="",
                     help="the target's cores, comma separated: report what else ran there")
     pt.add_argument("--disk", default="")

@@ -585,7 +585,7 @@ def median(xs):
     return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
 
 
-def pairs_data(rows, subject):
+def pairs_data(rows, subject, key_order=None):
     """Groups the rows of an alternating run by (disk, workload).
 
     Returns (groups, targets): groups is a list of ((disk, workload),
@@ -606,13 +606,16 @@ def pairs_data(rows, subject):
     if subject in targets:
         targets.remove(subject)
         targets.insert(0, subject)
+    if key_order:
+        rank = {k: i for i, k in enumerate(key_order)}
+        order.sort(key=lambda k: rank.get(k, len(rank)))
     return [(k, groups[k]) for k in order], targets
 
 
-def pairs_tables(rows, subject, markdown):
+def pairs_tables(rows, subject, markdown, key_order=None):
     """Two tables: per target (best, median, spread, QD1 average latency,
     target CPU) and per comparison (pair ratios, median, best-of ratio)."""
-    groups, targets = pairs_data(rows, subject)
+    groups, targets = pairs_data(rows, subject, key_order)
     t1h = ["disk", "workload", "target", "runs", "best IOPS", "median IOPS", "worst IOPS",
            "avg lat us (best run)", "avg lat us (median)", "p50/p99 us (best run)",
            "tgt CPU% (median)", "IOPS/tgt-CPU-s (median)", "client CPU% (median)",
@@ -665,15 +668,40 @@ def pairs_tables(rows, subject, markdown):
     return out
 
 
+def undisturbed(rows, limit):
+    """The rows whose target core ran (almost) nothing else: others% on the
+    target core at most `limit`."""
+    out = []
+    for r in rows:
+        o = num(r.get("tgt_core_other_pct"))
+        if o is not None and o <= limit:
+            out.append(r)
+    return out
+
+
+def pairs_report(rows, subject, markdown, limit):
+    text = ("All runs:\n\n" if markdown else "All runs:\n") + pairs_tables(rows, subject, markdown)
+    clean = undisturbed(rows, limit)
+    head = (f"Undisturbed runs only (others% on the target core <= {limit:g}; "
+            f"{len(clean)} of {len(rows)} runs):")
+    text += "\n\n" + head + ("\n\n" if markdown else "\n")
+    key_order = []
+    for r in rows:
+        if (r["disk"], r["workload"]) not in key_order:
+            key_order.append((r["disk"], r["workload"]))
+    text += pairs_tables(clean, subject, markdown, key_order) if clean else "(none)"
+    return text
+
+
 def cmd_pairs(a):
     rows = read_csv(a.csv)
     if not rows:
         print("(no results)")
         return 0
-    print(pairs_tables(rows, a.subject, False))
+    print(pairs_report(rows, a.subject, False, a.undisturbed))
     if a.markdown:
         with open(a.markdown, "w", encoding="utf-8") as f:
-            f.write(pairs_tables(rows, a.subject, True) + "\n")
+            f.write(pairs_report(rows, a.subject, True, a.undisturbed) + "\n")
     if a.plot_dir:
         return pairs_plot(rows, a.subject, a.plot_dir, a.title)
     return 0
@@ -1107,6 +1135,9 @@ def main():
     pr = sub.add_parser("pairs", help="per-pair ratios and best-of ratios of an alternating run")
     pr.add_argument("--subject", default="spinblk", help="the target whose ratios are shown")
     pr.add_argument("--markdown", help="also write Markdown tables here")
+    pr.add_argument("--undisturbed", type=float, default=10.0,
+                    help="the second set of tables keeps runs with at most this much else "
+                    "(%% of the core) on the target core (default 10)")
     pr.add_argument("--plot-dir", help="draw rounds.png and ratios.png here (gnuplot)")
     pr.add_argument("--title", default="spinblk vs SPDK (bdevperf)")
     pr.add_argument("csv")

@@ -23,6 +23,11 @@
 #                         in for runtime - 3 s [RUNTIME]
 #   --freq HZ             sampling frequency (default 4999) [FREQ]
 #   --top N               symbols printed (default 15) [TOP]
+#   --call-graph fp|dwarf fp: `perf record -g` (frame pointers: Rust release
+#                         code has none, so callers are mostly lost; fine for
+#                         self time); dwarf: `--call-graph dwarf` (callers of
+#                         inlined code too; use a lower --freq, e.g. 999)
+#                         (default fp) [CALL_GRAPH]
 #   --target-cpu N        (default 1) [TARGET_CPU]
 #   --client-cpu N        (default 0) [CLIENT_CPU]
 #   --vq-count N          virtqueues (default 2) [VQ_COUNT]
@@ -43,6 +48,7 @@ qd=${QD:-32}
 runtime=${RUNTIME:-12}
 freq=${FREQ:-4999}
 top=${TOP:-15}
+call_graph=${CALL_GRAPH:-fp}
 target_cpu=${TARGET_CPU:-1}
 client_cpu=${CLIENT_CPU:-0}
 vq_count=${VQ_COUNT:-2}
@@ -60,6 +66,7 @@ while (($#)); do
     --runtime) runtime=$2; shift 2 ;;
     --freq) freq=$2; shift 2 ;;
     --top) top=$2; shift 2 ;;
+    --call-graph) call_graph=$2; shift 2 ;;
     --target-cpu) target_cpu=$2; shift 2 ;;
     --client-cpu) client_cpu=$2; shift 2 ;;
     --vq-count) vq_count=$2; shift 2 ;;
@@ -74,6 +81,11 @@ client=${client:-$([[ -n $spdk_dir ]] && echo bdevperf || echo libblkio)}
 [[ $disk == null || $disk == malloc ]] || bl_die "--disk must be null or malloc"
 [[ $rw == randread || $rw == randwrite ]] || bl_die "--rw must be randread or randwrite"
 ((runtime >= 5)) || bl_die "--runtime must be at least 5"
+case $call_graph in
+  fp) cg_args=(-g) ;;
+  dwarf) cg_args=(--call-graph dwarf) ;;
+  *) bl_die "--call-graph must be fp or dwarf" ;;
+esac
 command -v perf >/dev/null 2>&1 || bl_die "perf not found (Debian: apt-get install -y linux-perf)"
 
 out=${out:-$BL_ROOT/target/bench-results/profile-$(date +%Y%m%d-%H%M%S)}
@@ -90,7 +102,7 @@ print(int(s[:-1])<<m[s[-1]] if s[-1] in m else int(s))" "$size")
   echo "profile.sh $(date -Is)"
   echo "machine: $(bl_sysinfo)"
   echo "spinblk --$disk $size --cpus $target_cpu --num-queues $vq_count; client $client on core $client_cpu; 4k $rw QD$qd"
-  echo "perf: $(perf --version 2>&1); record -g -e cpu-clock -F $freq for $((runtime - 3))s"
+  echo "perf: $(perf --version 2>&1); record ${cg_args[*]} -e cpu-clock -F $freq for $((runtime - 3))s"
 } | tee "$out/run-info.txt" >&2
 
 sock=$run/spinblk.sock
@@ -125,9 +137,14 @@ else
 fi
 
 sleep 1
-bl_log "perf record -g on spinblk (pid $spid) for $((runtime - 3))s"
-perf record -g -e cpu-clock -F "$freq" -p "$spid" -o "$out/perf.data" -- sleep $((runtime - 3)) \
+# The client's pid: bdevperf, or spinblk-bench (started in the background).
+cpid=$([[ $client == bdevperf ]] && echo "$BL_PID" || echo "$load_pid")
+bl_log "perf record ${cg_args[*]} on spinblk (pid $spid) for $((runtime - 3))s"
+snap0=$("${BL_TOOL[@]}" cpu-snap --pids "$spid,$cpid" --cores "$(bl_expand_cpus "$target_cpu")")
+perf record "${cg_args[@]}" -e cpu-clock -F "$freq" -p "$spid" -o "$out/perf.data" -- sleep $((runtime - 3)) \
   >"$out/logs/perf-record.log" 2>&1 || bl_log "warning: perf record failed (see $out/logs/perf-record.log)"
+snap1=$("${BL_TOOL[@]}" cpu-snap --pids "$spid,$cpid" --cores "$(bl_expand_cpus "$target_cpu")")
+cpu_line=$("${BL_TOOL[@]}" cpu-diff --names "spinblk,client" "$snap0" "$snap1")
 wait "$load_pid" || bl_log "warning: the client exited with status $?"
 bl_stop "$spid" spinblk || bl_log "warning: spinblk exited with status $?"
 
@@ -138,10 +155,16 @@ r = json.loads(t[t.index('{'):])
 print(round(sum(j['iops'] for j in r['results'])) if 'results' in r else round(r['iops']))" "$out/result.json" 2>/dev/null || echo "?")
 perf report -i "$out/perf.data" --no-children --sort symbol --stdio >"$out/report-self.txt" 2>"$out/logs/perf-report.log" || true
 perf report -i "$out/perf.data" --children --sort symbol --stdio -g none >"$out/report-children.txt" 2>>"$out/logs/perf-report.log" || true
+# Callers of each symbol (most useful with --call-graph dwarf).
+perf report -i "$out/perf.data" --no-children --sort symbol --stdio -G --percent-limit 2 \
+  >"$out/report-callers.txt" 2>>"$out/logs/perf-report.log" || true
 samples=$(grep -m1 -o 'of event .*' "$out/report-self.txt" || true)
+{
 echo
 echo "== spinblk reactor profile: 4k $rw QD$qd, $disk $size, client $client; $iops IOPS during the run (with perf attached) =="
-echo "perf record -g -e cpu-clock -F $freq, $((runtime - 3))s; samples: $(grep -m1 -o '^# Samples: [^ ]*' "$out/report-self.txt" | awk '{print $3}') $samples"
+echo "CPU while recording: $cpu_line"
+echo "perf record ${cg_args[*]} -e cpu-clock -F $freq, $((runtime - 3))s; samples: $(grep -m1 -o '^# Samples: [^ ]*' "$out/report-self.txt" | awk '{print $3}') $samples"
 echo "top $top symbols by self time (perf report --no-children --sort symbol):"
 grep -E '^ +[0-9.]+%' "$out/report-self.txt" | head -n "$top" | sed -E 's/ +/ /g; s/^ //; s/( -)+ *$//'
-echo "results: $out (perf.data, report-self.txt, report-children.txt, logs/)"
+} | tee "$out/summary.txt"
+echo "results: $out (summary.txt, perf.data, report-self.txt, report-children.txt, report-callers.txt, logs/)"

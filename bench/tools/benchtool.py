@@ -1056,6 +1056,36 @@ def cmd_rpc(a):
     return 0
 
 
+def cmd_cpu_snap(a):
+    """One line: unix time, CPU ticks of each pid (0 if gone), busy ticks of
+    the given cores; `cpu-diff` turns two such lines into rates."""
+    ticks = []
+    for p in a.pids.split(","):
+        try:
+            ticks.append(cpu_ticks(int(p)))
+        except (OSError, ValueError):
+            ticks.append(0)
+    busy, _steal = core_ticks([int(c) for c in a.cores.split(",") if c])
+    print(f"{time.time():.3f} {busy} " + " ".join(map(str, ticks)))
+    return 0
+
+
+def cmd_cpu_diff(a):
+    """From two cpu-snap lines (pids: target first): the CPU rate of each pid
+    and what else ran on the cores, in % of one core."""
+    t1, b1, *p1 = a.before.split()
+    t2, b2, *p2 = a.after.split()
+    dt = float(t2) - float(t1)
+    rates = [(int(y) - int(x)) / CLK_TCK / dt * 100 for x, y in zip(p1, p2)]
+    ncores = max(1, a.ncores)
+    others = (int(b2) - int(b1)) / CLK_TCK / dt * 100 - rates[0]
+    names = a.names.split(",")
+    parts = [f"{n} {r:.1f}%" for n, r in zip(names, rates)]
+    print(", ".join(parts) + f", others on the target core(s) {max(others, 0.0) / ncores:.0f}% "
+          f"(over {dt:.1f}s)")
+    return 0
+
+
 def cmd_sysinfo(_a):
     model = "unknown"
     try:
@@ -1170,6 +1200,17 @@ def main():
     rp.add_argument("method")
     rp.add_argument("params", nargs="?", help="JSON object")
     rp.set_defaults(func=cmd_rpc)
+
+    cs = sub.add_parser("cpu-snap", help="CPU ticks of pids and busy ticks of cores, now")
+    cs.add_argument("--pids", required=True)
+    cs.add_argument("--cores", required=True)
+    cs.set_defaults(func=cmd_cpu_snap)
+    cd = sub.add_parser("cpu-diff", help="rates between two cpu-snap lines")
+    cd.add_argument("--names", required=True, help="names of the pids, comma separated")
+    cd.add_argument("--ncores", type=int, default=1)
+    cd.add_argument("before")
+    cd.add_argument("after")
+    cd.set_defaults(func=cmd_cpu_diff)
 
     si = sub.add_parser("sysinfo", help="cores, CPU model, load average")
     si.set_defaults(func=cmd_sysinfo)

@@ -668,6 +668,37 @@ def pairs_tables(rows, subject, markdown, key_order=None):
     return out
 
 
+def pairs_summary(rows, subject, markdown):
+    """One line per (disk, workload): each target's best IOPS, the subject's
+    best-of ratio and median pair ratio against each other target, and the
+    average latency of each target's best run."""
+    groups, targets = pairs_data(rows, subject)
+    others = targets[1:]
+    headers = ["disk", "workload"] + [f"{t} best" for t in targets]
+    headers += [f"best-of vs {o}" for o in others] + [f"median pair vs {o}" for o in others]
+    headers += ["avg lat us of best runs (" + " / ".join(targets) + ")"]
+    out = []
+    for (disk, wl), by_t in groups:
+        best = {}
+        for t in targets:
+            runs = by_t.get(t, {})
+            best[t] = max(runs.values(), key=lambda r: num(r["iops"])) if runs else None
+        line = [disk, wl] + [fmt(num(best[t]["iops"]), 0) if best[t] else "" for t in targets]
+        mine = by_t.get(subject, {})
+        for o in others:
+            b = best[o]
+            line.append(f"{num(best[subject]['iops']) / num(b['iops']):.2f}"
+                        if best.get(subject) and b and num(b["iops"]) else "")
+        for o in others:
+            theirs = by_t.get(o, {})
+            rs = [num(mine[k]["iops"]) / num(theirs[k]["iops"]) for k in mine
+                  if k in theirs and num(theirs[k]["iops"])]
+            line.append(f"{median(rs):.2f}" if rs else "")
+        line.append(" / ".join(fmt(num(best[t]["mean_us"]), 2) if best[t] else "-" for t in targets))
+        out.append(line)
+    return render(headers, out, markdown)
+
+
 def undisturbed(rows, limit):
     """The rows whose target core ran (almost) nothing else: others% on the
     target core at most `limit`."""
@@ -680,7 +711,10 @@ def undisturbed(rows, limit):
 
 
 def pairs_report(rows, subject, markdown, limit):
-    text = ("All runs:\n\n" if markdown else "All runs:\n") + pairs_tables(rows, subject, markdown)
+    sep = "\n\n" if markdown else "\n"
+    text = "Summary (best run of each target; median of the back-to-back pair ratios):" + sep
+    text += pairs_summary(rows, subject, markdown) + "\n\n"
+    text += "All runs:" + sep + pairs_tables(rows, subject, markdown)
     clean = undisturbed(rows, limit)
     head = (f"Undisturbed runs only (others% on the target core <= {limit:g}; "
             f"{len(clean)} of {len(rows)} runs):")

@@ -848,6 +848,7 @@ IDLE_COLUMNS = [
     ("hog light intr p50/p99 us", "hog-light", "interrupt", "lat"),
     ("hog QD1 intr p50/p99 us", "hog-qd1", "interrupt", "lat"),
     ("hog QD1 poll p50/p99 us", "hog-qd1", "poll", "lat"),
+    ("others% tgt core (median, without hog)", None, None, "others"),
 ]
 
 
@@ -865,11 +866,13 @@ def idle_value(cells, target, wl, mode, what):
     """Median over rounds of one figure; None when not measured."""
     rs = []
     for (t, w, m), v in cells.items():
-        if t == target and w == wl and (mode is None or m == mode):
+        if t == target and (w == wl or (wl is None and not w.startswith("hog"))) \
+                and (mode is None or m == mode):
             rs += v
     if not rs:
         return None
-    col = {"cpu": "target_cpu_pct", "iops": "iops", "p50": "p50_us", "p99": "p99_us"}
+    col = {"cpu": "target_cpu_pct", "iops": "iops", "p50": "p50_us", "p99": "p99_us",
+           "others": "tgt_core_other_pct"}
     if what == "lat":
         p50 = median([x for x in (num(r["p50_us"]) for r in rs) if x is not None])
         p99 = median([x for x in (num(r["p99_us"]) for r in rs) if x is not None])
@@ -896,8 +899,8 @@ def idle_table(rows, markdown):
                 line.append("/".join("" if x is None else f"{x:.1f}" for x in v))
             elif what == "iops":
                 line.append(f"{v:.0f}")
-            elif what == "cpu":
-                line.append(f"{v:.1f}")
+            elif what in ("cpu", "others"):
+                line.append(f"{v:.1f}" if what == "cpu" else f"{v:.0f}")
             else:
                 line.append(f"{v:.2f}")
         out.append(line)
@@ -967,9 +970,18 @@ def cmd_sweep_plot(a):
     if not rows:
         print("benchtool: no sweep rows to plot", file=sys.stderr)
         return 1
-    series = {}
+    # One point per (target, client mode, pause): the median over rounds.
+    by = {}
     for r in rows:
-        series.setdefault(f"{r['target']} ({r['mode']})", []).append(r)
+        by.setdefault((f"{r['target']} ({r['mode']})", r.get("think_us", "")), []).append(r)
+    series = {}
+    for (name, think), rs in by.items():
+        def med(col, rs=rs):
+            v = [num(r[col]) for r in rs if num(r[col]) is not None]
+            return median(v) if v else None
+        series.setdefault(name, []).append({
+            "iops": med("iops"), "p50_us": med("p50_us"), "p99_us": med("p99_us"),
+            "target_cpu_pct": med("target_cpu_pct"), "think_us": think})
     os.makedirs(a.outdir, exist_ok=True)
     dat = os.path.join(a.outdir, "sweep.dat")
     names = list(series)
@@ -978,10 +990,10 @@ def cmd_sweep_plot(a):
             if k:
                 f.write("\n\n")
             f.write(f"# {n}\n# iops p50_us p99_us target_cpu_pct think_us\n")
-            for r in sorted(series[n], key=lambda r: num(r["iops"])):
-                f.write(f"{num(r['iops']):.1f} {num(r['p50_us']) or 'NaN'} {num(r['p99_us']) or 'NaN'} "
-                        f"{num(r['target_cpu_pct']) if num(r['target_cpu_pct']) is not None else 'NaN'} "
-                        f"{r.get('think_us') or 'NaN'}\n")
+            for r in sorted(series[n], key=lambda r: -(num(r["think_us"]) or 0)):
+                vals = [r["iops"], r["p50_us"], r["p99_us"], r["target_cpu_pct"]]
+                f.write(" ".join("NaN" if v is None else f"{v:.3f}" for v in vals)
+                        + f" {r['think_us'] or 'NaN'}\n")
     title = a.title.replace('"', "'")
     plots_p50 = ", ".join(f'"{dat}" index {k} using 1:2 with linespoints title {gp_str(n + " p50")}'
                           for k, n in enumerate(names))
@@ -993,7 +1005,7 @@ def cmd_sweep_plot(a):
 set terminal pngcairo size 1300,600 noenhanced font ",10"
 set output "{a.outdir}/latency-vs-load.png"
 set datafile missing "NaN"
-set multiplot layout 1,2 title "{title}: QD1, offered load set by the pause after each completion"
+set multiplot layout 1,2 title "{title}: QD1, offered load set by the pause after each completion (medians over rounds)"
 set grid
 set logscale xy
 set xlabel "IOPS (achieved = offered)"

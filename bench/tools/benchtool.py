@@ -586,7 +586,8 @@ def median(xs):
 
 
 def pairs_data(rows, subject, key_order=None):
-    """Groups the rows of an alternating run by (disk, workload).
+    """Groups the rows of an alternating run by (disk, workload); runs on a
+    RAM disk that was not filled (note "NOT filled") are left out.
 
     Returns (groups, targets): groups is a list of ((disk, workload),
     {target: {round: row}}) in first-seen order, targets the target names in
@@ -596,6 +597,8 @@ def pairs_data(rows, subject, key_order=None):
     for r in rows:
         if not r.get("status", "").startswith("ok") or num(r["iops"]) is None:
             continue
+        if "NOT filled" in r.get("note", ""):
+            continue  # a RAM disk the fill did not cover: not comparable
         key = (r["disk"], r["workload"])
         if key not in groups:
             groups[key] = {}

@@ -731,7 +731,16 @@ def pairs_report(rows, subject, markdown, limit):
 
 
 def cmd_pairs(a):
-    rows = read_csv(a.csv)
+    if len(a.csv) == 1:
+        rows = read_csv(a.csv[0])
+    else:
+        # Several runs: round R of the i-th file becomes round "i.R" (pairs
+        # only form within one run).
+        rows = []
+        for i, path in enumerate(a.csv, 1):
+            for r in read_csv(path):
+                r["round"] = f"{i}.{r.get('round', '')}"
+                rows.append(r)
     if not rows:
         print("(no results)")
         return 0
@@ -1219,7 +1228,7 @@ def main():
                     "(%% of the core) on the target core (default 10)")
     pr.add_argument("--plot-dir", help="draw rounds.png and ratios.png here (gnuplot)")
     pr.add_argument("--title", default="spinblk vs SPDK (bdevperf)")
-    pr.add_argument("csv")
+    pr.add_argument("csv", nargs="+", help="results.csv of one run, or of several (rounds renumbered run.round)")
     pr.set_defaults(func=cmd_pairs)
 
     bf = sub.add_parser("bdevperf-fill", help="bytes written by a perform_tests write pass")

@@ -52,6 +52,7 @@
 #   --rounds N         (default 1) [ROUNDS]
 #   --spdk DIR         built SPDK tree [SPDK_DIR]
 #   --spdk-huge        run SPDK's vhost app on hugepages (default --no-huge)
+#                      [memory: SPDK_MEM MiB, default 1024; bdevperf: BDEVPERF_MEM, 1024]
 #   --no-plots         no PNG
 #   --out DIR          (default target/bench-results/idle-light-DATE) [OUT]
 set -euo pipefail

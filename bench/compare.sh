@@ -1,52 +1,79 @@
 #!/usr/bin/env bash
-# Side-by-side benchmark of vhost-user-blk targets on an equal disk.
+# Side-by-side benchmark of vhost-user-blk targets on an equal disk, with one
+# of two clients.
 #
-#   bench/compare.sh [options]
+#   bench/compare.sh [options]                     # client: spinblk-bench (libblkio)
+#   SPDK_DIR=DIR bench/compare.sh --client bdevperf  # client: SPDK's bdevperf
 #
-# For each target: start it pinned to the target core(s) on a disk of the
-# same kind and size, (for RAM disks) fill the disk once with a sequential
-# write so no run pays first-touch page faults, run the workload matrix
-# with the client pinned to other core(s), sample the target's CPU time from
+# --client libblkio (default): targets spinblk and qemu-storage-daemon. For
+# each target: start it pinned to the target core(s) on a disk of the same
+# kind and size, (for RAM disks) fill the disk once with a sequential write so
+# no run pays first-touch page faults, run the workload matrix with the
+# client pinned to other core(s), sample the target's CPU time from
 # /proc/PID/stat during each measured window, stop it (SIGTERM; its stats
 # table lands in its log). Then print one table (targets of a workload next
 # to each other), write results.csv / table.md, and draw PNGs with gnuplot.
-#
-# Targets (missing ones are skipped with a message):
 #   spinblk  target/release/spinblk --malloc SIZE (or --null SIZE with --disk null)
 #   qsd      qemu-storage-daemon, vhost-user-blk export, one iothread:
 #              --disk malloc: raw file in /dev/shm (RAM, page cache copies),
 #                             aio=io_uring, cache.direct=off
 #              --disk null:   null-co with read-zeroes=on
-#   spdk     SPDK's vhost app (bdev_malloc_create / bdev_null_create) - only
-#            with --spdk DIR or SPDK_DIR set to a built SPDK tree. libblkio
-#            cannot drive SPDK's vhost target, so in this mode SPDK's bdevperf
-#            with its virtio-user initiator is the client for BOTH spdk and
-#            spinblk (rows marked [bdevperf]). Not run on the machine the
-#            numbers in docs/benchmarks.md come from.
+#   Matrix (4 KiB): randread and randwrite at QD1 and QD32 on one queue; on 4
+#   queues at QD32 when there are at least 3 cores (target core + >= 2 client
+#   cores; otherwise skipped with a message).
 #
-# Matrix (4 KiB): randread and randwrite at QD1 and QD32 on one queue; on
-# 4 queues at QD32 when there are at least 3 cores (target core + >= 2 client
-# cores; otherwise skipped with a message).
+# --client bdevperf: SPDK's bdevperf with its virtio-user initiator
+# (bdev_virtio_attach_controller, trtype user, dev_type blk) drives
+#   spinblk    spinblk --null|--malloc SIZE --cpus TARGET_CPU --num-queues VQ_COUNT
+#   spdk       SPDK's vhost app on ordinary memory (--no-huge -s SPDK_MEM)
+#   spdk-huge  SPDK's vhost app on hugepages (-s SPDK_MEM), how SPDK is meant to run
+# (bdev_null_create / bdev_malloc_create SIZE with 512-byte blocks,
+# vhost_create_blk_controller on the target core). libblkio cannot drive
+# SPDK's vhost target, so this is the client that compares the two.
+# Every point is its own session: start the target, (malloc) fill the disk
+# with a bdevperf sequential write pass (128 KiB, QD8; the bytes written are
+# checked), start bdevperf -z, wait for its bdev, run perform_tests while the
+# target's CPU time is sampled, stop both. Targets alternate within a round,
+# spinblk in the middle so that it is next to each other target (round 1:
+# spdk spinblk spdk-huge, round 2 the other way round, ...), for --rounds
+# rounds (>= 4 recommended: this machine's speed changes within minutes).
+# Matrix: for each --disk (default null,malloc): 4 KiB randread and randwrite
+# at QD1 and QD32, one bdevperf core, VQ_COUNT virtqueues offered/used.
+# Prints per target best/median/worst IOPS and QD1 average latency, and per
+# comparison the per-pair ratios (spinblk/other, same round), their median and
+# the ratio of the best runs; writes results.csv, pairs.md, rounds.png and
+# ratios.png. Needs SPDK_DIR (built elsewhere: build/bin/vhost,
+# build/examples/bdevperf) and 2 MiB hugepages (reserved and given back by
+# the script when vm.nr_hugepages is writable).
 #
 # Options (environment variables in brackets):
-#   --targets LIST        spinblk,qsd,spdk (default: all three) [TARGETS]
-#   --disk malloc|null    disk kind (default malloc) [DISK]
+#   --client libblkio|bdevperf  (default libblkio) [CLIENT]
+#   --targets LIST        libblkio: spinblk,qsd (default both); bdevperf:
+#                         spinblk,spdk,spdk-huge (default all three) [TARGETS]
+#   --disk KIND           libblkio: malloc|null (default malloc); bdevperf: a
+#                         list, default null,malloc [DISK]
 #   --size SIZE           disk size, K/M/G suffix (default 1G) [SIZE]
-#   --target-cpu LIST     target core(s) (default 0) [TARGET_CPU]
-#   --client-cpu N        client core for 1-queue runs (default 1) [CLIENT_CPU]
-#   --mq-client-cpus LIST client cores for 4-queue runs (default: up to 4
-#                         allowed cores that are not target cores) [MQ_CLIENT_CPUS]
-#   --runtime S --ramp S  per point (default 5 and 1) [RUNTIME, RAMP]
-#   --poll                client busy-polls completions (libblkio poll queues)
-#                         instead of sleeping on the call eventfd [CLIENT_POLL=1]
-#   --no-prefill          skip the initial sequential fill of RAM disks
-#   --interleave          one target session per workload, alternating targets
-#                         (spinblk, qsd, spinblk, qsd, ...) so that changes in
+#   --target-cpu LIST     target core(s) (default 1) [TARGET_CPU]
+#   --client-cpu N        client core for 1-queue runs (default 0) [CLIENT_CPU]
+#   --mq-client-cpus LIST (libblkio) client cores for 4-queue runs (default: up
+#                         to 4 allowed cores that are not target cores) [MQ_CLIENT_CPUS]
+#   --runtime S --ramp S  per point (default 5 and 1; bdevperf has no ramp) [RUNTIME, RAMP]
+#   --rounds N            (bdevperf) rounds of alternating targets (default 4) [ROUNDS]
+#   --workloads LIST      (bdevperf) subset of randread-qd1,randread-qd32,
+#                         randwrite-qd1,randwrite-qd32 (default all) [WORKLOADS]
+#   --vq-count N          (bdevperf) virtqueues (default 2) [VQ_COUNT]
+#   --vq-size N           (bdevperf) virtqueue size (default 256) [VQ_SIZE]
+#   --spdk-mem MIB        (bdevperf) memory of SPDK's vhost app (default 2048) [SPDK_MEM]
+#   --bdevperf-mem MIB    (bdevperf) hugepage memory of bdevperf (default 1024) [BDEVPERF_MEM]
+#   --poll                (libblkio) client busy-polls completions (libblkio
+#                         poll queues) instead of sleeping on the call eventfd [CLIENT_POLL=1]
+#   --no-prefill          skip the fill of RAM disks
+#   --interleave          (libblkio) one target session per workload, alternating
+#                         targets (spinblk, qsd, spinblk, qsd, ...) so that changes in
 #                         the background load of a shared machine hit all
 #                         targets alike; default: one session per target [INTERLEAVE=1]
 #   --no-plots            no PNGs
-#   --spdk DIR            SPDK tree (build/bin/vhost, build/examples/bdevperf,
-#                         scripts/rpc.py) [SPDK_DIR]
+#   --spdk DIR            built SPDK tree [SPDK_DIR]
 #   --out DIR             results directory (default
 #                         target/bench-results/compare-DATE) [OUT]
 #
@@ -55,15 +82,24 @@
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+# shellcheck source-path=SCRIPTDIR source=lib-spdk.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib-spdk.sh"
 
-targets=${TARGETS:-spinblk,qsd,spdk}
-disk=${DISK:-malloc}
+client=${CLIENT:-libblkio}
+targets=${TARGETS:-}
+disk=${DISK:-}
 size=${SIZE:-1G}
-target_cpu=${TARGET_CPU:-0}
-client_cpu=${CLIENT_CPU:-1}
+target_cpu=${TARGET_CPU:-1}
+client_cpu=${CLIENT_CPU:-0}
 mq_client_cpus=${MQ_CLIENT_CPUS:-}
 runtime=${RUNTIME:-5}
 ramp=${RAMP:-1}
+rounds=${ROUNDS:-4}
+workload_sel=${WORKLOADS:-randread-qd1,randread-qd32,randwrite-qd1,randwrite-qd32}
+vq_count=${VQ_COUNT:-2}
+vq_size=${VQ_SIZE:-256}
+spdk_mem=${SPDK_MEM:-2048}
+bdevperf_mem=${BDEVPERF_MEM:-1024}
 poll=${CLIENT_POLL:-0}
 prefill=1
 plots=1
@@ -74,6 +110,7 @@ out=${OUT:-}
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 while (($#)); do
   case $1 in
+    --client) client=$2; shift 2 ;;
     --targets) targets=$2; shift 2 ;;
     --disk) disk=$2; shift 2 ;;
     --size) size=$2; shift 2 ;;
@@ -82,6 +119,12 @@ while (($#)); do
     --mq-client-cpus) mq_client_cpus=$2; shift 2 ;;
     --runtime) runtime=$2; shift 2 ;;
     --ramp) ramp=$2; shift 2 ;;
+    --rounds) rounds=$2; shift 2 ;;
+    --workloads) workload_sel=$2; shift 2 ;;
+    --vq-count) vq_count=$2; shift 2 ;;
+    --vq-size) vq_size=$2; shift 2 ;;
+    --spdk-mem) spdk_mem=$2; shift 2 ;;
+    --bdevperf-mem) bdevperf_mem=$2; shift 2 ;;
     --poll) poll=1; shift ;;
     --no-prefill) prefill=0; shift ;;
     --interleave) interleave=1; shift ;;
@@ -92,7 +135,35 @@ while (($#)); do
     *) echo "compare.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
-[[ $disk == malloc || $disk == null ]] || { echo "compare.sh: --disk must be malloc or null" >&2; exit 2; }
+case $client in
+  libblkio)
+    targets=${targets:-spinblk,qsd}
+    disk=${disk:-malloc}
+    [[ $disk == malloc || $disk == null ]] || { echo "compare.sh: --disk must be malloc or null" >&2; exit 2; }
+    if [[ ,$targets, == *,spdk* ]]; then
+      echo "compare.sh: libblkio cannot drive SPDK's vhost target; use --client bdevperf for SPDK" >&2
+      exit 2
+    fi
+    ;;
+  bdevperf)
+    targets=${targets:-spinblk,spdk,spdk-huge}
+    disk=${disk:-null,malloc}
+    for d in ${disk//,/ }; do
+      [[ $d == malloc || $d == null ]] || { echo "compare.sh: --disk: $d is not malloc or null" >&2; exit 2; }
+    done
+    for t in ${targets//,/ }; do
+      [[ $t == spinblk || $t == spdk || $t == spdk-huge ]] ||
+        { echo "compare.sh: --targets: $t is not spinblk, spdk or spdk-huge (bdevperf client)" >&2; exit 2; }
+    done
+    if ! [[ $rounds =~ ^[0-9]+$ ]] || ((rounds < 1)); then
+      echo "compare.sh: --rounds must be >= 1" >&2
+      exit 2
+    fi
+    ((vq_count >= 2)) || echo "compare.sh: warning: --vq-count $vq_count: bdevperf sometimes fails to get a queue with fewer than 2" >&2
+    [[ -n $spdk_dir ]] || { echo "compare.sh: --client bdevperf needs SPDK_DIR or --spdk DIR (a built SPDK tree)" >&2; exit 1; }
+    ;;
+  *) echo "compare.sh: --client must be libblkio or bdevperf" >&2; exit 2 ;;
+esac
 ((runtime >= 2)) || { echo "compare.sh: --runtime must be at least 2" >&2; exit 2; }
 
 out=${out:-$BL_ROOT/target/bench-results/compare-$(date +%Y%m%d-%H%M%S)}
@@ -108,6 +179,176 @@ bl_snapshot_bins "$out"
 size_bytes=$(python3 -c "
 import sys; s=sys.argv[1].strip().upper(); m={'K':10,'M':20,'G':30,'T':40}
 print(int(s[:-1])<<m[s[-1]] if s[-1] in m else int(s))" "$size")
+
+# --- --client bdevperf: spinblk vs SPDK's vhost, alternating, SPDK's bdevperf as client
+if [[ $client == bdevperf ]]; then
+  spdk_check "$spdk_dir" || bl_die "SPDK_DIR=$spdk_dir is not a built SPDK tree"
+  size_mib=$((size_bytes >> 20))
+  ((size_mib << 20 == size_bytes)) || bl_die "--size must be a whole number of MiB with --client bdevperf"
+  read -r -a bp_disks <<<"${disk//,/ }"
+  # Workloads: label rw qd
+  bp_workloads=()
+  for w in ${workload_sel//,/ }; do
+    case $w in
+      randread-qd1 | randread-qd32 | randwrite-qd1 | randwrite-qd32)
+        bp_workloads+=("4k-$w ${w%-qd*} ${w#*-qd}") ;;
+      *) bl_die "--workloads: unknown workload $w" ;;
+    esac
+  done
+  # Round order: spinblk in the middle, next to each SPDK variant; every
+  # other round reversed.
+  order=()
+  for t in spdk spinblk spdk-huge; do
+    [[ ,$targets, == *,$t,* ]] && order+=("$t")
+  done
+  huge_mib=$bdevperf_mem
+  [[ ,$targets, == *,spdk-huge,* ]] && huge_mib=$((huge_mib + spdk_mem))
+  {
+    echo "compare.sh --client bdevperf $(date -Is)"
+    echo "machine: $(bl_sysinfo)"
+    echo "SPDK: $spdk_dir ($(git -C "$spdk_dir" describe --tags 2>/dev/null || echo "version unknown"))"
+    echo "targets: ${order[*]} (round order; reversed every other round); disks: ${bp_disks[*]} $size"
+    echo "target core(s): $target_cpu; bdevperf core: $client_cpu; vq_count $vq_count, vq_size $vq_size"
+    echo "SPDK vhost memory: ${spdk_mem} MiB (spdk: --no-huge, spdk-huge: hugepages); bdevperf: ${bdevperf_mem} MiB hugepages, -g"
+    echo "${rounds} round(s), ${runtime}s per point; workloads: ${workload_sel}"
+    echo "hugepages before: $(grep -E '^HugePages_(Total|Free)' /proc/meminfo | tr -s ' ' | tr '\n' ' ')"
+  } | tee "$out/run-info.txt" >&2
+  spdk_huge_setup "$run" "$huge_mib" || bl_die "hugepages: bdevperf needs them (see above)"
+  bl_log "hugepages: using $SPDK_HUGE_DIR; $(spdk_huge_free) free 2 MiB pages"
+  tcores=$(bl_expand_cpus "$target_cpu")
+  [[ " ${tcores//,/ } " == *" $client_cpu "* ]] &&
+    bl_log "warning: bdevperf core $client_cpu is also a target core: target and client will compete"
+  fill_secs=$(python3 -c "import sys; print(max(2, int(sys.argv[1]) // 500 + 2))" "$size_mib")
+  skipped=()
+  npoints=0
+
+  # bp_target_start NAME DISK LOG: start target NAME on a fresh disk; sets
+  # tpid and tsock; returns 1 if it did not come up.
+  bp_target_start() {
+    local name=$1 kind=$2 log=$3
+    case $name in
+      spinblk)
+        tsock=$run/spinblk.sock
+        rm -f "$tsock"
+        bl_start spinblk "$log" "$target_cpu" "$SPINBLK" --socket "$tsock" "--$kind" "$size" \
+          --cpus "$target_cpu" --num-queues "$vq_count"
+        tpid=$BL_PID
+        bl_wait_socket "$tsock" "$tpid"
+        ;;
+      spdk | spdk-huge)
+        local huge=0
+        [[ $name == spdk-huge ]] && huge=1
+        mkdir -p "$run/vhost"
+        rm -f "$run/vhost/vhost.0"
+        spdk_vhost_start "$log" "$target_cpu" "$run/vhost" "$run/vhost-rpc.sock" "$spdk_mem" "$huge" ||
+          { tpid=$BL_PID; return 1; }
+        tpid=$BL_PID
+        tsock=$run/vhost/vhost.0
+        spdk_vhost_disk "$run/vhost-rpc.sock" "$kind" "$size_mib" vhost.0 "$target_cpu" >>"$log" 2>&1 &&
+          bl_wait_socket "$tsock" "$tpid"
+        ;;
+    esac
+  }
+
+  # bp_point ROUND DISK TARGET LABEL RW QD: one measured point in its own session.
+  bp_point() {
+    local round=$1 kind=$2 name=$3 label=$4 rw=$5 qd=$6 tag conf bsock bpid wrote desc fill_note=""
+    tag=r$round-$kind-$label-$name
+    npoints=$((npoints + 1))
+    if ! bp_target_start "$name" "$kind" "$out/logs/target-$tag.log"; then
+      bl_log "$name did not come up (see $out/logs/target-$tag.log)"
+      skipped+=("round $round $kind $label $name: target did not start")
+      bl_stop "$tpid" "$name" || true
+      return 0
+    fi
+    conf=$run/bdevperf.json
+    bdevperf_conf "$conf" "$tsock" "$vq_count" "$vq_size"
+    if [[ $kind == malloc ]] && ((prefill)); then
+      # A sequential pass starts at offset 0: when one is too short (a slow
+      # moment), the next one, twice as long, starts over.
+      local secs=$fill_secs try
+      for try in 1 2 3; do
+        if bdevperf_oneshot "$out/logs/fill-$tag.log" "$run/bdevperf-fill.sock" "$client_cpu" "$conf" "$bdevperf_mem" 8 write 131072 "$secs"; then
+          wrote=$("${BL_TOOL[@]}" bdevperf-fill --text --io-size 131072 --runtime "$secs" "$out/logs/fill-$tag.log" 2>/dev/null || echo 0)
+        else
+          wrote=0
+        fi
+        ((wrote < size_bytes)) || break
+        bl_log "$name: fill pass $try wrote $((wrote >> 20)) of $size_mib MiB in ${secs}s (see $out/logs/fill-$tag.log)"
+        secs=$((secs * 2))
+      done
+      if ((wrote < size_bytes)); then
+        bl_log "warning: $name: the disk is not filled; randreads partly hit untouched memory"
+        fill_note=" (NOT filled)"
+      else
+        bl_log "$name: disk filled ($((wrote >> 20)) MiB written sequentially in ${secs}s)"
+        fill_note=" (filled)"
+      fi
+    fi
+    bsock=$run/bdevperf.sock
+    if ! bdevperf_start "$out/logs/bdevperf-$tag.log" "$client_cpu" "$conf" "$bsock" "$bdevperf_mem" \
+      "$qd" "$rw" 4096 "$runtime"; then
+      bl_log "warning: bdevperf did not attach to $name (see $out/logs/bdevperf-$tag.log)"
+      skipped+=("round $round $kind $label $name: bdevperf did not attach")
+      bl_stop "$BL_PID" bdevperf || true
+      bl_stop "$tpid" "$name" || true
+      return 0
+    fi
+    bpid=$BL_PID
+    case $name in
+      spinblk) desc="spinblk --$kind $size, --cpus $target_cpu --num-queues $vq_count" ;;
+      spdk) desc="SPDK vhost --no-huge -s $spdk_mem, bdev_${kind}_create $size_mib MiB" ;;
+      spdk-huge) desc="SPDK vhost hugepages -s $spdk_mem, bdev_${kind}_create $size_mib MiB" ;;
+    esac
+    desc+=$fill_note
+    # bdevperf reports no window: its jobs start right after perform_tests
+    # arrives; sample from 0.5 s in for runtime - 1 s.
+    bl_point --csv "$csv" --suite bdevperf --client bdevperf --parser bdevperf-json \
+      --target "$name" --target-pid "$tpid" --client-pid "$bpid" --target-cores "$tcores" --disk "$kind" --workload "$label" \
+      --rw "$rw" --bs 4096 --iodepth "$qd" --queues 1 --reactors 1 --mode poll --round "$round" \
+      --note "$desc" --runtime "$runtime" --sample-from 0.5 --sample-len "$((runtime - 1))" \
+      --client-log "$out/logs/perform-$tag.log" --pct-file "$out/logs/bdevperf-$tag.log" -- \
+      "${BL_TOOL[@]}" rpc --sock "$bsock" --timeout $((runtime + 60)) perform_tests ||
+      bl_log "warning: $tag: no row recorded"
+    bl_stop "$bpid" bdevperf || bl_log "warning: bdevperf ($tag) exited with status $?"
+    bl_stop "$tpid" "$name" || bl_log "warning: $name ($tag) exited with status $?"
+  }
+
+  for ((round = 1; round <= rounds; round++)); do
+    if ((round % 2)); then
+      seq_t=("${order[@]}")
+    else
+      seq_t=()
+      for ((k = ${#order[@]} - 1; k >= 0; k--)); do seq_t+=("${order[k]}"); done
+    fi
+    bl_log "== round $round of $rounds: ${seq_t[*]}"
+    for kind in "${bp_disks[@]}"; do
+      for w in "${bp_workloads[@]}"; do
+        read -r label rw qd <<<"$w"
+        for t in "${seq_t[@]}"; do bp_point "$round" "$kind" "$t" "$label" "$rw" "$qd"; done
+      done
+    done
+  done
+
+  echo
+  echo "== compare (bdevperf client): 4 KiB, ${bp_disks[*]} $size, target core(s) $target_cpu, bdevperf core $client_cpu, ${rounds} rounds, ${runtime}s/point =="
+  echo "machine: $(bl_sysinfo)"
+  for s in "${skipped[@]}"; do echo "skipped: $s"; done
+  if [[ -s $csv ]]; then
+    plot_args=()
+    if ((plots)) && command -v gnuplot >/dev/null 2>&1; then
+      plot_args=(--plot-dir "$out")
+    elif ((plots)); then
+      bl_log "plots skipped: gnuplot missing (apt-get install -y gnuplot-nox)"
+    fi
+    "${BL_TOOL[@]}" pairs --markdown "$out/pairs.md" "${plot_args[@]}" \
+      --title "4k, $size, target core $target_cpu" "$csv" | tee "$out/pairs.txt"
+    echo "results: $out (results.csv, pairs.txt, pairs.md, rounds.png, ratios.png, logs/)"
+  else
+    echo "no results"
+  fi
+  exit 0
+fi
 
 # --- cores -----------------------------------------------------------------
 read -r -a allowed <<<"$(bl_cpus)"
@@ -251,124 +492,6 @@ if ((interleave)); then
   done
 else
   for t in "${run_targets[@]}"; do session "$t" "${workloads[@]}"; done
-fi
-
-# --- (c) SPDK vhost, with bdevperf (virtio-user) as the client for spdk and spinblk
-# Everything SPDK-specific lives below. Requirements: a built SPDK tree,
-# hugepages set up (sudo HUGEMEM=2048 $SPDK_DIR/scripts/setup.sh), root.
-spdk_suite() {
-  local vhost=$spdk_dir/build/bin/vhost rpc=$spdk_dir/scripts/rpc.py
-  local bdevperf=$spdk_dir/build/examples/bdevperf
-  local bdevperf_py=$spdk_dir/examples/bdev/bdevperf/bdevperf.py
-  local f
-  for f in "$vhost" "$bdevperf"; do
-    [[ -x $f ]] || { bl_log "spdk: skipped: $f missing (build SPDK first)"; skipped+=("spdk: $f missing"); return 0; }
-  done
-  for f in "$rpc" "$bdevperf_py"; do
-    [[ -f $f ]] || { bl_log "spdk: skipped: $f missing"; skipped+=("spdk: $f missing"); return 0; }
-  done
-  local size_mb=$((size_bytes >> 20))
-  local tmask cmask
-  tmask=$(python3 -c "import sys; print(hex(sum(1<<int(c) for c in sys.argv[1].split())))" "$tcpus")
-  local sdir=$run/spdk
-  mkdir -p "$sdir"
-
-  # bdevperf_point TARGETNAME TARGETPID SOCKET DESC: whole matrix with bdevperf.
-  bdevperf_point() {
-    local tname=$1 tpid=$2 sock=$3 desc=$4 w label rw qd nq cpus vq conf bpid blog extra
-    for w in prefill "${workloads[@]}"; do
-      if [[ $w == prefill ]]; then
-        if ((!prefill)) || [[ $disk != malloc ]]; then continue; fi
-        label=prefill rw=write qd=8 nq=1
-      else
-        read -r label rw qd nq <<<"$w"
-      fi
-      if ((nq == 1)); then cpus=$client_cpu; else cpus=$mq_client_cpus; fi
-      cmask=$(python3 -c "import sys; print(hex(sum(1<<int(c) for c in sys.argv[1].split(','))))" "$cpus")
-      vq=$((2 * nq))   # vq_count >= 2x the client cores driving it
-      conf=$sdir/bdevperf-$tname-$label.json
-      cat >"$conf" <<EOF
-{"subsystems": [{"subsystem": "bdev", "config": [
-  {"method": "bdev_virtio_attach_controller",
-   "params": {"name": "VirtioBlk0", "trtype": "user", "traddr": "$sock",
-              "dev_type": "blk", "vq_count": $vq, "vq_size": 512}}]}]}
-EOF
-      blog=$out/logs/bdevperf-$tname-$label.log
-      extra=()
-      ((nq > 1)) && extra=(-C)   # one job (thread, io channel, virtqueue) per client core
-      if [[ $label == prefill ]]; then
-        "$bdevperf" --json "$conf" -m "$cmask" -r "$sdir/bdevperf.sock" -q 8 -o 131072 -w write \
-          -t "$(python3 -c "import sys; print(max(3, int(sys.argv[1]) // 400 + 1))" "$size_mb")" \
-          >"$blog" 2>&1 || bl_log "warning: $tname: bdevperf prefill failed (see $blog)"
-        continue
-      fi
-      rm -f "$sdir/bdevperf.sock"
-      bl_start bdevperf "$blog" "$cpus" "$bdevperf" --json "$conf" -m "$cmask" -r "$sdir/bdevperf.sock" \
-        -z -q "$qd" -o 4096 -w "$rw" -t "$runtime" -l "${extra[@]}"
-      bpid=$BL_PID
-      if ! bl_wait_socket "$sdir/bdevperf.sock" "$bpid" 60; then
-        bl_log "warning: bdevperf did not start against $tname (see $blog)"
-        bl_stop "$bpid" bdevperf || true
-        continue
-      fi
-      # bdevperf has no ramp: sample 0.5 s into the run, for runtime-1 s.
-      bl_point --csv "$csv" --suite compare --client bdevperf --parser bdevperf --result-file "$blog" \
-        --target "$tname" --target-pid "$tpid" --target-cores "$tcores" --disk "$desc" --workload "$label" --rw "$rw" \
-        --bs 4096 --iodepth "$qd" --queues "$nq" --reactors 1 --mode poll \
-        --runtime "$runtime" --sample-from 0.5 --sample-len "$((runtime - 1))" \
-        --client-log "$out/logs/bdevperf-rpc-$tname.log" -- \
-        python3 "$bdevperf_py" -s "$sdir/bdevperf.sock" -t $((runtime + 60)) perform_tests ||
-        bl_log "warning: $tname $label (bdevperf): no row recorded"
-      bl_stop "$bpid" bdevperf || true
-    done
-  }
-
-  # SPDK vhost target
-  local rpcsock=$sdir/vhost-rpc.sock bdev_name
-  local vargs=()
-  read -r -a vargs <<<"${SPDK_VHOST_ARGS:-}"   # e.g. "-s 1024" (MiB of hugepage memory)
-  bl_start spdk-vhost "$out/logs/target-spdk.log" "$target_cpu" \
-    "$vhost" -S "$sdir" -m "$tmask" -r "$rpcsock" "${vargs[@]}"
-  local vpid=$BL_PID
-  if ! bl_wait_socket "$rpcsock" "$vpid" 60; then
-    bl_log "spdk: vhost app did not start (see $out/logs/target-spdk.log; hugepages set up?)"
-    skipped+=("spdk: vhost app did not start")
-    bl_stop "$vpid" spdk-vhost || true
-    return 0
-  fi
-  if [[ $disk == malloc ]]; then
-    bdev_name=Malloc0
-    python3 "$rpc" -s "$rpcsock" bdev_malloc_create -b Malloc0 "$size_mb" 512
-  else
-    bdev_name=Null0
-    python3 "$rpc" -s "$rpcsock" bdev_null_create Null0 "$size_mb" 512
-  fi
-  python3 "$rpc" -s "$rpcsock" vhost_create_blk_controller --cpumask "$tmask" vhost.0 "$bdev_name"
-  if bl_wait_socket "$sdir/vhost.0" "$vpid"; then
-    bdevperf_point spdk "$vpid" "$sdir/vhost.0" "SPDK vhost $bdev_name ${size_mb} MiB, mask $tmask"
-  else
-    bl_log "spdk: vhost.0 socket did not appear"
-  fi
-  bl_stop "$vpid" spdk-vhost || true
-
-  # spinblk with the same client
-  local sock=$run/spinblk-bdevperf.sock
-  bl_start spinblk "$out/logs/target-spinblk-bdevperf.log" "$target_cpu" \
-    "$SPINBLK" --socket "$sock" "--$disk" "$size" --cpus "$target_cpu" --num-queues 8
-  local spid=$BL_PID
-  if bl_wait_socket "$sock" "$spid"; then
-    bdevperf_point spinblk "$spid" "$sock" "spinblk --$disk $size, 1 reactor"
-  fi
-  bl_stop "$spid" spinblk || true
-}
-
-if [[ ,$targets, == *,spdk,* ]]; then
-  if [[ -z $spdk_dir ]]; then
-    bl_log "spdk: skipped: set SPDK_DIR or pass --spdk DIR (a built SPDK tree) to include it"
-    skipped+=("spdk: SPDK_DIR not set")
-  else
-    spdk_suite
-  fi
 fi
 
 # --- report -----------------------------------------------------------------------

@@ -100,10 +100,17 @@ bl_stop() {
   return $rc
 }
 
+# BL_CLEANUP_HOOKS: functions bl_cleanup calls after stopping the processes
+# (e.g. to unmount a hugetlbfs and give back hugepages).
+BL_CLEANUP_HOOKS=()
+
 bl_cleanup() {
   local p
   for p in "${BL_PIDS[@]}"; do
     bl_stop "$p" "pid $p" 5 || true
+  done
+  for p in "${BL_CLEANUP_HOOKS[@]}"; do
+    "$p" || true
   done
 }
 trap bl_cleanup EXIT

@@ -115,6 +115,26 @@ pub struct Args {
     #[arg(long)]
     pub poll: bool,
 
+    /// Pause after each completion before resubmitting that request, in
+    /// microseconds: a light, latency-bound load (each of the --iodepth
+    /// requests is resubmitted THINK us after it completes). The pause is not
+    /// part of the measured latency. In interrupt mode the thread sleeps
+    /// through the pause (timer slack set to 1 ns) unless --think-spin is
+    /// given; in --poll mode it always spins. 0 (default): resubmit at once.
+    #[arg(long, default_value_t = 0, value_name = "US",
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    pub think_us: u64,
+
+    /// Busy-wait through the --think-us pause instead of sleeping.
+    #[arg(long)]
+    pub think_spin: bool,
+
+    /// Connect, set up the queues and the memory region, then submit nothing
+    /// for --ramp + --runtime seconds: a connected but idle client (for the
+    /// target's idle CPU cost). The report shows zero I/O and the window.
+    #[arg(long)]
+    pub idle: bool,
+
     /// Virtqueue size (power of two). Default: big enough for --iodepth
     /// (each request takes 3 descriptors), at least 256.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=32768))]
@@ -256,6 +276,8 @@ mod tests {
             "16k",
             "--cpus",
             "1-2",
+            "--think-us",
+            "200",
         ]);
         let a = match a {
             Ok(a) => a,
@@ -266,6 +288,8 @@ mod tests {
         assert_eq!(a.iodepth, 32);
         assert_eq!(a.rw.read_pct(a.rwmixread), 70);
         assert_eq!(a.cpus, Some(CpuList(vec![1, 2])));
+        assert_eq!(a.think_us, 200);
+        assert!(!a.think_spin);
 
         for bad in [
             vec!["spinblk-bench"],
@@ -273,6 +297,8 @@ mod tests {
             vec!["spinblk-bench", "--socket", "s", "--iodepth", "0"],
             vec!["spinblk-bench", "--socket", "s", "--rwmixread", "101"],
             vec!["spinblk-bench", "--socket", "s", "--rw", "trim"],
+            vec!["spinblk-bench", "--socket", "s", "--think-us", "-1"],
+            vec!["spinblk-bench", "--socket", "s", "--think-us", "1000001"],
         ] {
             assert!(
                 Args::try_parse_from(&bad).is_err(),

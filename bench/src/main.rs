@@ -189,9 +189,50 @@ fn run(args: &Args) -> Result<(Report, Target), String> {
             stats: WorkerStats::new()?,
             ramp,
             runtime,
+            think: Duration::from_micros(args.think_us),
+            think_spin: args.think_spin,
             gate: &gate,
             abort: &abort,
         });
+    }
+
+    if args.idle {
+        // No worker threads: the queues stay set up (and owned by `queues`)
+        // but nothing is submitted.
+        let t0 = Instant::now();
+        sleep_until(t0 + ramp, &abort);
+        let cpu0 = CpuTime::now();
+        let wall0 = unix_now();
+        sleep_until(t0 + ramp + runtime, &abort);
+        let cpu = CpuTime::now().since(cpu0);
+        let window = (wall0, unix_now());
+        drop(queues);
+        let report = Report {
+            socket: args.socket.clone(),
+            rw: "idle",
+            rwmixread: args.rwmixread,
+            bs: args.bs,
+            iodepth: 0,
+            queues: args.queues,
+            poll: args.poll,
+            queue_size: info.queue_size,
+            size,
+            capacity: info.capacity,
+            device: info,
+            ramp_s: args.ramp,
+            think_us: 0,
+            think_spin: false,
+            runtime_s: runtime.as_secs_f64(),
+            read: DirStats::new()?,
+            write: DirStats::new()?,
+            cpu,
+            window_unix_s: window,
+            errors: 0,
+            timeouts: 0,
+            first_error: None,
+            fatal: Vec::new(),
+        };
+        return Ok((report, target));
     }
 
     let (results, cpu, window, spawn_error) = std::thread::scope(|s| {
@@ -263,6 +304,8 @@ fn run(args: &Args) -> Result<(Report, Target), String> {
         capacity: info.capacity,
         device: info,
         ramp_s: args.ramp,
+        think_us: args.think_us,
+        think_spin: args.think_spin,
         runtime_s: runtime.as_secs_f64(),
         read,
         write,

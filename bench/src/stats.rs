@@ -115,6 +115,10 @@ pub struct Report {
     pub capacity: u64,
     pub device: DeviceInfo,
     pub ramp_s: u64,
+    /// Pause after each completion before resubmitting (--think-us).
+    pub think_us: u64,
+    /// Whether that pause is busy-waited (--think-spin, or --poll).
+    pub think_spin: bool,
     /// Length of the measured window in seconds.
     pub runtime_s: f64,
     pub read: DirStats,
@@ -234,13 +238,23 @@ impl Report {
         }
     }
 
+    fn think_wait(&self) -> &'static str {
+        if self.think_us == 0 {
+            "none"
+        } else if self.poll || self.think_spin {
+            "spin"
+        } else {
+            "sleep"
+        }
+    }
+
     pub fn to_json(&self) -> Result<String, String> {
         let secs = self.runtime_s;
         let total = Summary::of(&self.total()?, secs);
         let mut s = String::new();
         let _ = write!(
             s,
-            "{{\"socket\":{},\"rw\":\"{}\",\"rwmixread\":{},\"bs\":{},\"iodepth\":{},\"queues\":{},\"mode\":\"{}\",\"queue_size\":{},\"size\":{},\"capacity\":{},\"ramp_s\":{},\"runtime_s\":{:.3}",
+            "{{\"socket\":{},\"rw\":\"{}\",\"rwmixread\":{},\"bs\":{},\"iodepth\":{},\"queues\":{},\"mode\":\"{}\",\"queue_size\":{},\"size\":{},\"capacity\":{},\"ramp_s\":{},\"think_us\":{},\"think_wait\":\"{}\",\"runtime_s\":{:.3}",
             json_str(&self.socket),
             self.rw,
             self.rwmixread,
@@ -252,6 +266,8 @@ impl Report {
             self.size,
             self.capacity,
             self.ramp_s,
+            self.think_us,
+            self.think_wait(),
             secs
         );
         let _ = write!(
@@ -327,9 +343,14 @@ impl Report {
         } else {
             String::new()
         };
+        let think = if self.think_us > 0 {
+            format!(" think={}us({})", self.think_us, self.think_wait())
+        } else {
+            String::new()
+        };
         let _ = writeln!(
             s,
-            "spinblk-bench: {}{mix} bs={}{segs} iodepth={} queues={} mode={} queue-size={} size={}MiB ramp={}s runtime={:.1}s target={}",
+            "spinblk-bench: {}{mix} bs={}{segs} iodepth={}{think} queues={} mode={} queue-size={} size={}MiB ramp={}s runtime={:.1}s target={}",
             self.rw,
             self.bs,
             self.iodepth,

@@ -1,5 +1,6 @@
 //! The per-queue I/O loop.
 
+use std::collections::VecDeque;
 use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -85,6 +86,11 @@ pub struct Worker<'a> {
     pub stats: WorkerStats,
     pub ramp: Duration,
     pub runtime: Duration,
+    /// Pause between a completion and the resubmission of its slot (zero:
+    /// resubmit at once).
+    pub think: Duration,
+    /// Busy-wait through `think` instead of sleeping (always so with `poll`).
+    pub think_spin: bool,
     pub gate: &'a StartGate,
     pub abort: &'a AtomicBool,
 }
@@ -137,6 +143,15 @@ impl Worker<'_> {
             Vec::new()
         };
 
+        if !self.think.is_zero() && !self.poll && !self.think_spin {
+            // The default timer slack (50 us) would stretch every sleep.
+            // SAFETY: PR_SET_TIMERSLACK takes one integer argument and only
+            // changes this thread's timer slack.
+            unsafe {
+                libc::prctl(libc::PR_SET_TIMERSLACK, 1 as libc::c_ulong);
+            }
+        }
+
         let mut completions: Vec<MaybeUninit<Completion>> =
             (0..self.iodepth).map(|_| MaybeUninit::uninit()).collect();
 
@@ -154,20 +169,63 @@ impl Worker<'_> {
             self.iodepth
         ];
 
+        // Slots waiting out their --think-us pause, with the time they are
+        // due again. The pause is the same for all, so due times are in
+        // completion order: a FIFO; it never holds more than iodepth entries.
+        let mut thinking: VecDeque<(usize, Instant)> = VecDeque::with_capacity(self.iodepth);
+        let think = !self.think.is_zero();
+
         for slot in 0..self.iodepth {
             self.submit(&mut q, &mut slots, &iovecs, nseg, slot, start);
         }
+        // Requests submitted to the target and not completed yet.
         let mut inflight = self.iodepth;
         let mut stopping = false;
         let mut stop_time = start;
         let mut last_progress = start;
         let mut empty_polls = 0u32;
 
-        while inflight > 0 {
+        while inflight > 0 || !thinking.is_empty() {
+            if !thinking.is_empty() {
+                let now = Instant::now();
+                if !stopping && (now >= end || self.abort.load(Ordering::Relaxed)) {
+                    stopping = true;
+                    stop_time = now;
+                }
+                if stopping {
+                    thinking.clear();
+                    continue;
+                }
+                while let Some(&(slot, due)) = thinking.front() {
+                    if due > now {
+                        break;
+                    }
+                    thinking.pop_front();
+                    self.submit(&mut q, &mut slots, &iovecs, nseg, slot, now);
+                    inflight += 1;
+                    last_progress = now;
+                }
+                if inflight == 0 {
+                    // Nothing at the target: wait out the first pause.
+                    if let Some(&(_, due)) = thinking.front() {
+                        if self.poll || self.think_spin {
+                            while Instant::now() < due {
+                                std::hint::spin_loop();
+                            }
+                        } else {
+                            std::thread::sleep(due.saturating_duration_since(now));
+                        }
+                    }
+                    continue;
+                }
+            }
             let res = if self.poll {
                 q.do_io(&mut completions, 0, None, None)
             } else {
                 let mut timeout = WAIT_SLICE;
+                if let Some(&(_, due)) = thinking.front() {
+                    timeout = timeout.min(due.saturating_duration_since(Instant::now()));
+                }
                 q.do_io(&mut completions, 1, Some(&mut timeout), None)
             };
             let n = match res {
@@ -245,6 +303,9 @@ impl Worker<'_> {
                 }
                 if stopping {
                     inflight -= 1;
+                } else if think {
+                    inflight -= 1;
+                    thinking.push_back((c.user_data, now + self.think));
                 } else {
                     self.submit(&mut q, &mut slots, &iovecs, nseg, c.user_data, now);
                 }

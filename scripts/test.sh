@@ -22,6 +22,9 @@ cargo build --workspace --release --locked
 step "unit and integration tests"
 cargo test --workspace --locked
 
+step "fuzzing (every cargo-fuzz target for 60 s from the seed corpus; fails on any crash)"
+bash scripts/fuzz.sh 60
+
 step "VM end-to-end tests (Linux guest, fio verify)"
 vm_failed=0
 vm_passed=0

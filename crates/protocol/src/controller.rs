@@ -373,13 +373,7 @@ impl Controller {
         let capacity = spec.device.limits.capacity;
         let inner = Arc::new(Inner {
             spec: Arc::new(spec),
-            shared: Arc::new(ControllerShared {
-                finished: Mutex::new(vec![QueueStats::default(); num_queues]),
-                stopping: AtomicBool::new(false),
-                coalescing: Mutex::new(Coalescing::default()),
-                qos: Mutex::new(None),
-                capacity: AtomicU64::new(capacity),
-            }),
+            shared: Arc::new(ControllerShared::new(num_queues, capacity)),
             sessions: Mutex::new(Vec::new()),
             next_session: AtomicU64::new(0),
             stop: EventFd::new(EFD_NONBLOCK).map_err(ControllerError::Spawn)?,

@@ -53,6 +53,19 @@ pub(crate) struct ControllerShared {
     pub capacity: AtomicU64,
 }
 
+impl ControllerShared {
+    /// The shared state of a controller with `num_queues` queues serving `capacity` bytes.
+    pub fn new(num_queues: usize, capacity: u64) -> ControllerShared {
+        ControllerShared {
+            finished: Mutex::new(vec![QueueStats::default(); num_queues]),
+            stopping: AtomicBool::new(false),
+            coalescing: Mutex::new(Coalescing::default()),
+            qos: Mutex::new(None),
+            capacity: AtomicU64::new(capacity),
+        }
+    }
+}
+
 /// Guest interrupt coalescing, with SPDK's `vhost_controller_set_coalescing` meaning: every
 /// 10 ms each queue compares the requests it completed with `iops_threshold`'s share of that
 /// interval; above it, interrupts are held back for `delay_base_us * (count - threshold) /

@@ -5,11 +5,10 @@
 //! the controller's accept loop does.
 
 use std::os::unix::net::UnixStream;
-use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use crate::backend::BlkBackend;
-use crate::device::{lock, Coalescing, ControllerShared, ControllerSpec};
+use crate::device::{lock, ControllerShared, ControllerSpec};
 use crate::session::{self, SessionEnd};
 use crate::stats::QueueStats;
 
@@ -22,11 +21,10 @@ pub struct Session {
 impl Session {
     /// A controller for `spec` (its reactors must be running).
     pub fn new(spec: ControllerSpec) -> Session {
-        let shared = Arc::new(ControllerShared {
-            finished: Mutex::new(vec![QueueStats::default(); usize::from(spec.num_queues)]),
-            stopping: AtomicBool::new(false),
-            coalescing: Mutex::new(Coalescing::default()),
-        });
+        let shared = Arc::new(ControllerShared::new(
+            usize::from(spec.num_queues),
+            spec.device.limits.capacity,
+        ));
         Session {
             spec: Arc::new(spec),
             shared,

@@ -27,6 +27,9 @@
 #   spinblk    spinblk --null|--malloc SIZE --cpus TARGET_CPU --num-queues VQ_COUNT
 #   spdk       SPDK's vhost app on ordinary memory (--no-huge -s SPDK_MEM)
 #   spdk-huge  SPDK's vhost app on hugepages (-s SPDK_MEM), how SPDK is meant to run
+#   spinblk-before  (only when named in --targets) another spinblk binary,
+#              SPINBLK_BEFORE_BIN (e.g. an older commit's build), same options:
+#              before/after tables
 # (bdev_null_create / bdev_malloc_create SIZE with 512-byte blocks,
 # vhost_create_blk_controller on the target core). libblkio cannot drive
 # SPDK's vhost target, so this is the client that compares the two.
@@ -49,7 +52,8 @@
 # Options (environment variables in brackets):
 #   --client libblkio|bdevperf  (default libblkio) [CLIENT]
 #   --targets LIST        libblkio: spinblk,qsd (default both); bdevperf:
-#                         spinblk,spdk,spdk-huge (default all three) [TARGETS]
+#                         spinblk,spdk,spdk-huge (default all three; add
+#                         spinblk-before with SPINBLK_BEFORE_BIN) [TARGETS]
 #   --disk KIND           libblkio: malloc|null (default malloc); bdevperf: a
 #                         list, default null,malloc [DISK]
 #   --size SIZE           disk size, K/M/G suffix (default 1G) [SIZE]
@@ -152,9 +156,13 @@ case $client in
       [[ $d == malloc || $d == null ]] || { echo "compare.sh: --disk: $d is not malloc or null" >&2; exit 2; }
     done
     for t in ${targets//,/ }; do
-      [[ $t == spinblk || $t == spdk || $t == spdk-huge ]] ||
-        { echo "compare.sh: --targets: $t is not spinblk, spdk or spdk-huge (bdevperf client)" >&2; exit 2; }
+      [[ $t == spinblk || $t == spdk || $t == spdk-huge || $t == spinblk-before ]] ||
+        { echo "compare.sh: --targets: $t is not spinblk, spinblk-before, spdk or spdk-huge (bdevperf client)" >&2; exit 2; }
     done
+    if [[ ,$targets, == *,spinblk-before,* ]] && ! [[ -x ${SPINBLK_BEFORE_BIN:-} ]]; then
+      echo "compare.sh: --targets spinblk-before needs SPINBLK_BEFORE_BIN (an executable spinblk)" >&2
+      exit 2
+    fi
     if ! [[ $rounds =~ ^[0-9]+$ ]] || ((rounds < 1)); then
       echo "compare.sh: --rounds must be >= 1" >&2
       exit 2
@@ -198,7 +206,7 @@ if [[ $client == bdevperf ]]; then
   # Round order: spinblk in the middle, next to each SPDK variant; every
   # other round reversed.
   order=()
-  for t in spdk spinblk spdk-huge; do
+  for t in spdk spinblk-before spinblk spdk-huge; do
     [[ ,$targets, == *,$t,* ]] && order+=("$t")
   done
   huge_mib=$bdevperf_mem
@@ -227,10 +235,12 @@ if [[ $client == bdevperf ]]; then
   bp_target_start() {
     local name=$1 kind=$2 log=$3
     case $name in
-      spinblk)
+      spinblk | spinblk-before)
+        local bin=$SPINBLK
+        [[ $name == spinblk-before ]] && bin=$SPINBLK_BEFORE_BIN
         tsock=$run/spinblk.sock
         rm -f "$tsock"
-        bl_start spinblk "$log" "$target_cpu" "$SPINBLK" --socket "$tsock" "--$kind" "$size" \
+        bl_start "$name" "$log" "$target_cpu" "$bin" --socket "$tsock" "--$kind" "$size" \
           --cpus "$target_cpu" --num-queues "$vq_count"
         tpid=$BL_PID
         bl_wait_socket "$tsock" "$tpid"

@@ -79,6 +79,23 @@
 //!
 //! The rules are a pure state machine with unit tests (policy.rs) that feed it gap sequences.
 //!
+//! ## Anticipation ([`Anticipator`])
+//!
+//! A light load that is *regular* (one request, its completion, a pause of about the same
+//! length, the next request) would pay one wake-up per request, and on a VM an idle vCPU's
+//! wake-up costs tens of microseconds: more than the request. So when the last 8 idle gaps
+//! (last work to next work; each longer than the budget) agree to within an eighth (the
+//! smallest and largest left out), the reactor sleeps with a timeout that ends 15 us plus the
+//! measured lateness of its timed wake-ups before the shortest expected gap, and spins until
+//! 15 us after the longest one; the fds stay watched, so a request that comes early wakes it
+//! as usual. Gaps that ended a sleep are shortened by the same lateness, so they agree with
+//! gaps a spin caught. A spin that ends without work, or a gap over 2 ms, forgets the history:
+//! an irregular load is slept through as before (a test drives 600 random gaps from 150 us to
+//! 1.5 ms and checks that almost none are anticipated). The CPU cost is the spin around each
+//! arrival: at a 200 us think time, about 15% of a core (measured with `bench/idle-light.sh`),
+//! against 100% for spinning and a wake-up per request for sleeping. `IdleConfig::anticipate`
+//! turns it off. Counted in [`ReactorStats::anticipations`] and `anticipation_hits`.
+//!
 //! # Accounting
 //!
 //! Per reactor, in TSC ticks converted only when read ([`Reactor::stats`]): busy (passes that
@@ -98,7 +115,7 @@ mod sleep_tests;
 mod sys;
 
 pub use clock::Tick;
-pub use policy::{IdleConfig, IdlePolicy, WindowChange};
+pub use policy::{AnticipationPlan, Anticipator, IdleConfig, IdlePolicy, WindowChange};
 pub use pool::{parse_cpu_list, CpuListError, ReactorPool, ReactorPoolError, STATS_TIMEOUT};
 pub use reactor::{
     CallError, PollMode, PollStatus, Poller, PollerId, PollerInfo, Reactor, ReactorConfig,

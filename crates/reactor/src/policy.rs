@@ -22,6 +22,10 @@ pub struct IdleConfig {
     /// shorter than this is worth spinning through to save a wake-up, a longer one is slept
     /// through.
     pub cap: Duration,
+    /// Anticipate periodic arrivals (default on): when the last idle gaps were nearly equal
+    /// and longer than `cap`, sleep only until shortly before the next one is due and spin
+    /// through its arrival (see [`Anticipator`]).
+    pub anticipate: bool,
 }
 
 impl Default for IdleConfig {
@@ -30,6 +34,7 @@ impl Default for IdleConfig {
             start: Duration::from_micros(50),
             floor: Duration::from_micros(5),
             cap: Duration::from_micros(100),
+            anticipate: true,
         }
     }
 }
@@ -112,6 +117,109 @@ impl IdlePolicy {
             }
         }
         WindowChange::Kept
+    }
+}
+
+/// How many recent idle gaps [`Anticipator`] looks at.
+const GAPS: usize = 8;
+
+/// Wake-up anticipation for a periodic light load: a client that submits one request, waits
+/// for it, pauses for about the same time and submits the next one. Sleeping through each gap
+/// makes every request pay a wake-up (on a VM an idle vCPU's wake-up costs tens of
+/// microseconds); spinning through it costs a whole core. When the last 8 (`GAPS`) idle gaps
+/// (last work to next work, each longer than the spin budget) agree to within an eighth of
+/// their typical length (the smallest and largest are left out), the reactor sleeps with a
+/// timeout that ends `margin` plus the measured lateness of a timed wake-up before the shortest
+/// expected gap, then spins until `margin` after the longest one. A gap longer than anticipated,
+/// or a spin that ends without work, forgets the history, so an irregular load is slept through as
+/// before and costs at most one anticipation per 8 requests. In abstract time units like
+/// [`IdlePolicy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Anticipator {
+    gaps: [u64; GAPS],
+    filled: usize,
+    next: usize,
+    /// Smoothed lateness of a timed wake-up.
+    late: u64,
+    margin: u64,
+    min_gap: u64,
+    max_gap: u64,
+}
+
+/// When to wake and how long to spin, both as offsets from the end of the last work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnticipationPlan {
+    /// End the sleep at this offset (already early by the expected lateness).
+    pub wake_at: u64,
+    /// Spin, if nothing came, until this offset; then sleep as usual.
+    pub spin_until: u64,
+}
+
+impl Anticipator {
+    /// Anticipates gaps from `min_gap` (shorter ones are spun through anyway) to `max_gap`,
+    /// waking `margin` early and spinning `margin` late.
+    pub fn new(margin: u64, min_gap: u64, max_gap: u64) -> Anticipator {
+        Anticipator {
+            gaps: [0; GAPS],
+            filled: 0,
+            next: 0,
+            late: 0,
+            margin,
+            min_gap,
+            max_gap,
+        }
+    }
+
+    /// Work came `gap` after the end of the last work. Gaps shorter than `min_gap` (the passes
+    /// of one burst, or a load the spin budget covers) are ignored; longer than `max_gap`
+    /// forget the history.
+    pub fn observe(&mut self, gap: u64) {
+        if gap < self.min_gap {
+            return;
+        }
+        if gap > self.max_gap {
+            self.forget();
+            return;
+        }
+        self.gaps[self.next] = gap;
+        self.next = (self.next + 1) % GAPS;
+        self.filled = (self.filled + 1).min(GAPS);
+    }
+
+    /// Work that woke a sleep came `gap` after the end of the last work: it arrived about one
+    /// wake-up latency earlier (estimated by the lateness of timed wake-ups), which is what
+    /// gaps caught by a spin measure, so both kinds of gaps agree.
+    pub fn observe_woken(&mut self, gap: u64) {
+        self.observe(gap.saturating_sub(self.late));
+    }
+
+    /// Drops the history (a spin ended without work, or the load changed).
+    pub fn forget(&mut self) {
+        self.filled = 0;
+    }
+
+    /// A timed wake-up came `late` after its due time.
+    pub fn woke_late(&mut self, late: u64) {
+        let late = late.min(self.max_gap);
+        self.late = (self.late * 3 + late) / 4;
+    }
+
+    /// The plan for the gap that starts now, if the recent gaps are regular.
+    pub fn plan(&self) -> Option<AnticipationPlan> {
+        if self.filled < GAPS {
+            return None;
+        }
+        let mut sorted = self.gaps;
+        sorted.sort_unstable();
+        // Leave out one outlier on each side.
+        let (lo, hi) = (sorted[1], sorted[GAPS - 2]);
+        if hi - lo > hi / 8 {
+            return None;
+        }
+        Some(AnticipationPlan {
+            wake_at: lo.saturating_sub(self.margin + self.late),
+            spin_until: hi + self.margin,
+        })
     }
 }
 
@@ -273,5 +381,45 @@ mod tests {
             assert!(simulate(&mut p, &burst) <= 1);
             assert!(p.window() >= FLOOR && p.window() <= CAP);
         }
+    }
+
+    #[test]
+    fn anticipation_needs_regular_gaps_and_forgets_on_a_change() {
+        let mut a = Anticipator::new(20 * US, CAP, 2_000 * US);
+        for _ in 0..GAPS - 1 {
+            a.observe(260 * US);
+        }
+        assert_eq!(a.plan(), None, "not enough history");
+        a.observe(250 * US);
+        // The smallest and largest gaps are left out: 260 on both sides.
+        let p = a.plan().expect("regular gaps");
+        assert_eq!(p.wake_at, 240 * US);
+        assert_eq!(p.spin_until, 280 * US);
+        // Timed wake-ups that come late move the wake-up earlier (smoothed: a quarter of it).
+        a.woke_late(40 * US);
+        assert_eq!(a.plan().map(|p| p.wake_at), Some(230 * US));
+        // One outlier on each side is tolerated...
+        a.observe(900 * US);
+        a.observe(150 * US);
+        assert!(a.plan().is_some());
+        // ...a spread beyond an eighth is not.
+        a.observe(400 * US);
+        assert_eq!(a.plan(), None, "irregular");
+        // A gap the spin budget covers (the passes of one burst) is ignored; a very long one
+        // forgets everything.
+        let mut b = a;
+        b.forget();
+        for _ in 0..GAPS {
+            b.observe(300 * US);
+        }
+        assert!(b.plan().is_some());
+        b.observe(50 * US);
+        b.observe(0);
+        assert!(b.plan().is_some());
+        for _ in 0..GAPS {
+            b.observe(300 * US);
+        }
+        b.observe(5_000 * US);
+        assert_eq!(b.plan(), None);
     }
 }

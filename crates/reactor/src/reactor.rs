@@ -12,7 +12,7 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 
 use crate::clock::Tick;
-use crate::policy::{IdleConfig, IdlePolicy};
+use crate::policy::{Anticipator, IdleConfig, IdlePolicy};
 use crate::sys::{self, Epoll, EventFd};
 
 /// What one call of [`Poller::poll`] did.
@@ -173,6 +173,10 @@ pub struct ReactorStats {
     pub pollers: usize,
     /// Of which timed.
     pub timed_pollers: usize,
+    /// Sleeps cut short by the [`Anticipator`] to spin through a predicted arrival.
+    pub anticipations: u64,
+    /// Of which the arrival came during the spin (the rest forgot the history).
+    pub anticipation_hits: u64,
 }
 
 /// One poller in a listing (SPDK's `thread_get_pollers`).
@@ -391,6 +395,11 @@ const MIN_SLEEP: Duration = Duration::from_micros(2);
 const SHARE_TAU: Duration = Duration::from_millis(100);
 /// Fixed-point one for shares.
 const ONE: u64 = 1024;
+/// How early an anticipated wake-up comes (besides the measured lateness of timed wake-ups),
+/// and how long after the latest expected arrival the spin goes on.
+const ANTICIPATION_MARGIN: Duration = Duration::from_micros(15);
+/// Longer gaps are slept through: an anticipation would save a wake-up on a rare request.
+const ANTICIPATION_MAX_GAP: Duration = Duration::from_millis(2);
 
 /// A set of pollers driven by one thread. Built without a thread it can be stepped with
 /// [`Reactor::run_once`], which is how its users' tests drive it deterministically.
@@ -411,6 +420,12 @@ pub struct Reactor {
     watches: Vec<Watch>,
     mode: PollMode,
     policy: IdlePolicy,
+    /// Predicts periodic arrivals (adaptive mode with `IdleConfig::anticipate`).
+    anticipator: Option<Anticipator>,
+    /// While spinning through a predicted arrival: no sleep before this tick.
+    spin_until: Option<Tick>,
+    anticipations: u64,
+    anticipation_hits: u64,
     /// End of the last pass in which a plain poller or a message did work.
     last_busy: Tick,
     /// After an abandoned sleep, no new attempt before this.
@@ -482,6 +497,17 @@ impl Reactor {
             watches: Vec::new(),
             mode: config.poll_mode,
             policy: IdlePolicy::from_config(&config.idle),
+            anticipator: config.idle.anticipate.then(|| {
+                let t = Tick::from_duration;
+                Anticipator::new(
+                    t(ANTICIPATION_MARGIN),
+                    t(config.idle.cap),
+                    t(ANTICIPATION_MAX_GAP),
+                )
+            }),
+            spin_until: None,
+            anticipations: 0,
+            anticipation_hits: 0,
             last_busy: now,
             retry_at: now,
             woke_after: 0,
@@ -680,6 +706,8 @@ impl Reactor {
             idle_window: Tick::to_duration(self.policy.window()),
             pollers: self.pollers.len() + self.timers.len(),
             timed_pollers: self.timers.len(),
+            anticipations: self.anticipations,
+            anticipation_hits: self.anticipation_hits,
         }
     }
 
@@ -835,6 +863,19 @@ impl Reactor {
         } else {
             self.idle += spent;
         }
+        if pass.io {
+            if let Some(a) = &mut self.anticipator {
+                let gap = start.ticks_since(self.last_busy);
+                if self.woke_after != 0 {
+                    a.observe_woken(gap);
+                } else {
+                    a.observe(gap);
+                }
+                if self.spin_until.take().is_some() {
+                    self.anticipation_hits += 1;
+                }
+            }
+        }
         if pass.io || pass.msg {
             self.last_busy = end;
         }
@@ -845,21 +886,56 @@ impl Reactor {
     }
 
     #[inline]
-    fn wants_sleep(&self, now: Tick) -> bool {
+    fn wants_sleep(&mut self, now: Tick) -> bool {
         if self.pollers.is_empty() {
             return true;
         }
-        self.mode == PollMode::Adaptive
-            && now.ticks_since(self.last_busy) >= self.policy.window()
-            && now >= self.retry_at
+        if self.mode != PollMode::Adaptive
+            || now.ticks_since(self.last_busy) < self.policy.window()
+            || now < self.retry_at
+        {
+            return false;
+        }
+        if let Some(until) = self.spin_until {
+            if now < until {
+                return false;
+            }
+            // The predicted arrival did not come: forget the pattern.
+            self.spin_until = None;
+            if let Some(a) = &mut self.anticipator {
+                a.forget();
+            }
+        }
+        true
+    }
+
+    /// With a regular light load: the tick at which to end this sleep early and spin through
+    /// the predicted arrival, or `None` (also when it is too close to sleep at all: then the
+    /// spin starts now).
+    fn anticipate(&mut self, now: Tick) -> Option<u64> {
+        let plan = self.anticipator.as_ref()?.plan()?;
+        let wake = self.last_busy.0.saturating_add(plan.wake_at);
+        let until = Tick(self.last_busy.0.saturating_add(plan.spin_until));
+        if wake <= now.0.saturating_add(self.min_sleep) {
+            if until > now {
+                self.spin_until = Some(until);
+            }
+            return None;
+        }
+        Some(wake)
     }
 
     /// Tries to sleep (see the crate documentation for the protocol); returns the time after.
     fn sleep(&mut self, now: Tick) -> Tick {
-        let timeout = if self.next_due == u64::MAX {
+        let anticipated = self.anticipate(now);
+        if self.spin_until.is_some() {
+            return now;
+        }
+        let due = self.next_due.min(anticipated.unwrap_or(u64::MAX));
+        let timeout = if due == u64::MAX {
             None
         } else {
-            let left = self.next_due.saturating_sub(now.0);
+            let left = due.saturating_sub(now.0);
             if left < self.min_sleep {
                 return now;
             }
@@ -900,9 +976,33 @@ impl Reactor {
         self.sleep_share = self.blend(self.sleep_share, share, cycle);
         self.last_sleep_end = t1;
         self.woke_after = t1.ticks_since(self.last_busy).max(1);
+        if let (Some(wake), 0) = (anticipated, fired) {
+            if wake <= t1.0 && wake <= self.next_due {
+                // The anticipation timeout ended this sleep: spin through the arrival.
+                self.anticipations += 1;
+                self.after_anticipated_wake(wake, t1);
+            }
+        }
         let end = Tick::now();
         self.idle += t0.ticks_since(now) + end.ticks_since(t1);
         end
+    }
+
+    /// A sleep that the anticipation timeout (due at `wake`) ended at `t1`: learn how late it
+    /// came, spin until the end of the predicted arrival, and keep the idle window as it is
+    /// (this wake-up says nothing about the spin budget).
+    fn after_anticipated_wake(&mut self, wake: u64, t1: Tick) {
+        self.woke_after = 0;
+        let Some(a) = &mut self.anticipator else {
+            return;
+        };
+        a.woke_late(t1.0 - wake);
+        match a.plan() {
+            Some(plan) => {
+                self.spin_until = Some(Tick(self.last_busy.0.saturating_add(plan.spin_until)));
+            }
+            None => a.forget(),
+        }
     }
 
     /// Moves the average `old` towards `share` by the weight of a cycle `len` ticks long

@@ -304,7 +304,10 @@ impl Poller for VirtqPoller {
         if !self.throttled.is_empty() {
             busy |= self.admit_throttled();
         }
-        if self.enabled && self.stop_reply.is_none() && self.throttled.is_empty() {
+        // Requests are taken from the ring even while older ones wait for the limits (they
+        // queue behind them, in order): what the guest submitted counts as in flight, as in
+        // SPDK, and the throttled queue is bounded by the ring size (one slot per head).
+        if self.enabled && self.stop_reply.is_none() {
             busy |= self.pop_requests();
         }
         self.channel.flush_submissions();

@@ -175,6 +175,14 @@ impl SplitRing {
         let (Some(desc), Some(avail), Some(used)) = (desc, avail, used) else {
             return Err(RingError::OutsideMemory);
         };
+        // A region whose guest address is not aligned like its mapping can put an aligned guest
+        // address at a misaligned host address (found by fuzzing): check what is dereferenced.
+        if !(desc as usize).is_multiple_of(16)
+            || !(avail as usize).is_multiple_of(2)
+            || !(used as usize).is_multiple_of(4)
+        {
+            return Err(RingError::Misaligned);
+        }
         (self.desc, self.avail, self.used) = (desc, avail, used);
         Ok(())
     }

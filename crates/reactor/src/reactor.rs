@@ -909,10 +909,10 @@ impl Reactor {
         true
     }
 
-    /// With a regular light load: the tick at which to end this sleep early and spin through
-    /// the predicted arrival, or `None` (also when it is too close to sleep at all: then the
-    /// spin starts now).
-    fn anticipate(&mut self, now: Tick) -> Option<u64> {
+    /// With a regular light load: the tick at which to end this sleep early, and the tick until
+    /// which to spin through the predicted arrival; `None` when there is no plan, or when the
+    /// wake-up is too close to sleep at all (then the spin starts now).
+    fn anticipate(&mut self, now: Tick) -> Option<(u64, Tick)> {
         let plan = self.anticipator.as_ref()?.plan()?;
         let wake = self.last_busy.0.saturating_add(plan.wake_at);
         let until = Tick(self.last_busy.0.saturating_add(plan.spin_until));
@@ -922,7 +922,7 @@ impl Reactor {
             }
             return None;
         }
-        Some(wake)
+        Some((wake, until))
     }
 
     /// Tries to sleep (see the crate documentation for the protocol); returns the time after.
@@ -931,7 +931,9 @@ impl Reactor {
         if self.spin_until.is_some() {
             return now;
         }
-        let due = self.next_due.min(anticipated.unwrap_or(u64::MAX));
+        let due = self
+            .next_due
+            .min(anticipated.map_or(u64::MAX, |(wake, _)| wake));
         let timeout = if due == u64::MAX {
             None
         } else {
@@ -976,11 +978,11 @@ impl Reactor {
         self.sleep_share = self.blend(self.sleep_share, share, cycle);
         self.last_sleep_end = t1;
         self.woke_after = t1.ticks_since(self.last_busy).max(1);
-        if let (Some(wake), 0) = (anticipated, fired) {
+        if let (Some((wake, until)), 0) = (anticipated, fired) {
             if wake <= t1.0 && wake <= self.next_due {
                 // The anticipation timeout ended this sleep: spin through the arrival.
                 self.anticipations += 1;
-                self.after_anticipated_wake(wake, t1);
+                self.after_anticipated_wake(wake, until, t1);
             }
         }
         let end = Tick::now();
@@ -989,20 +991,14 @@ impl Reactor {
     }
 
     /// A sleep that the anticipation timeout (due at `wake`) ended at `t1`: learn how late it
-    /// came, spin until the end of the predicted arrival, and keep the idle window as it is
-    /// (this wake-up says nothing about the spin budget).
-    fn after_anticipated_wake(&mut self, wake: u64, t1: Tick) {
+    /// came, spin until `until` (the end of the predicted arrival), and keep the idle window as
+    /// it is (this wake-up says nothing about the spin budget).
+    fn after_anticipated_wake(&mut self, wake: u64, until: Tick, t1: Tick) {
         self.woke_after = 0;
-        let Some(a) = &mut self.anticipator else {
-            return;
-        };
-        a.woke_late(t1.0 - wake);
-        match a.plan() {
-            Some(plan) => {
-                self.spin_until = Some(Tick(self.last_busy.0.saturating_add(plan.spin_until)));
-            }
-            None => a.forget(),
+        if let Some(a) = &mut self.anticipator {
+            a.woke_late(t1.0 - wake);
         }
+        self.spin_until = Some(until);
     }
 
     /// Moves the average `old` towards `share` by the weight of a cycle `len` ticks long

@@ -16,7 +16,8 @@
 # Per point: IOPS, p50/p99 latency, and the target's CPU time per I/O (utime+stime of every
 # thread, from /proc/PID/stat sampled every 50 ms, over the client's measured window). The
 # summary gives, per workload and target, the best and median IOPS, the median p50 and CPU per
-# I/O, the ratio of the best runs and the median of the per-round ratios (spinblk / qsd).
+# I/O, the ratio of the best runs and the median of the per-round ratios (spinblk / each other
+# target).
 #
 # Options (environment variables in brackets):
 #   --rounds N          rounds (default 3) [ROUNDS]
@@ -25,7 +26,8 @@
 #   --target-cpu LIST   target core(s) (default 0) [TARGET_CPU]
 #   --client-cpu N      client core (default 1) [CLIENT_CPU]
 #   --size MIB          image size (default 256) [SIZE_MIB]
-#   --targets LIST      spinblk,qsd (default both) [TARGETS]
+#   --targets LIST      spinblk,qsd (default both); spinblk-before adds another spinblk binary,
+#                       SPINBLK_BEFORE_BIN (an older commit's build), run like spinblk [TARGETS]
 #   --out DIR           results (default target/bench-results/rbd-DATE) [OUT]
 # Needs: target/release/spinblk and spinblk-bench (cargo build --release -p spinblk -p
 # spinblk-bench; or SPINBLK_BIN/BENCH_BIN), Ceph (scripts/install-deps.sh), and for qsd Debian's
@@ -83,6 +85,10 @@ out=$(cd "$out" && pwd)
 # Binaries copied, so a rebuild meanwhile cannot change them under the run.
 mkdir -p "$out/bin"
 cp "$spinblk" "$out/bin/spinblk"
+if [[ ,$targets, == *,spinblk-before,* ]]; then
+  [[ -x ${SPINBLK_BEFORE_BIN:-} ]] || die "--targets spinblk-before needs SPINBLK_BEFORE_BIN (an executable spinblk)"
+  cp "$SPINBLK_BEFORE_BIN" "$out/bin/spinblk-before"
+fi
 cp "$bench" "$out/bin/spinblk-bench"
 spinblk=$out/bin/spinblk
 bench=$out/bin/spinblk-bench
@@ -184,8 +190,10 @@ start_target() {
   sock=$run/$t.sock
   rm -f "$sock"
   case $t in
-    spinblk)
-      taskset -c "$target_cpu" "$spinblk" --rbd "rbd/$image" --rbd-conf "$conf" \
+    spinblk | spinblk-before)
+      local bin=$spinblk
+      [[ $t == spinblk-before ]] && bin=$out/bin/spinblk-before
+      taskset -c "$target_cpu" "$bin" --rbd "rbd/$image" --rbd-conf "$conf" \
         --socket "$sock" --cpus "$target_cpu" --num-queues 1 </dev/null >>"$out/logs/target-spinblk.log" 2>&1 &
       ;;
     qsd)
@@ -252,19 +260,21 @@ for w in wls:
         print(f"| {w} | {t} | {max(r['iops'] for r in rs):.0f} | {med('iops'):.0f} | {med('p50_us'):.1f} | "
               f"{med('p99_us'):.1f} | {med('target_cpu_pct'):.1f} | {med('cpu_us_per_io'):.1f} | "
               f"{sum(r['errors'] for r in rs)} |")
-if {"spinblk", "qsd"} <= set(tgts):
-    print("\n| workload | IOPS: best/best | IOPS: median of round ratios | p50: median of round ratios | CPU/IO: median of round ratios |")
-    print("|---|---:|---:|---:|---:|")
+for other in [t for t in tgts if t != "spinblk"]:
+    if "spinblk" not in tgts:
+        break
+    print(f"\n| workload | vs | IOPS: best/best | IOPS: median of round ratios | p50: median of round ratios | CPU/IO: median of round ratios |")
+    print("|---|---|---:|---:|---:|---:|")
     for w in wls:
         s = {r["round"]: r for r in rows if r["workload"] == w and r["target"] == "spinblk"}
-        q = {r["round"]: r for r in rows if r["workload"] == w and r["target"] == "qsd"}
+        q = {r["round"]: r for r in rows if r["workload"] == w and r["target"] == other}
         common = sorted(set(s) & set(q))
         if not common:
             continue
         best = max(r["iops"] for r in s.values()) / max(max(r["iops"] for r in q.values()), 1e-9)
         ratio = lambda k: st.median(s[i][k] / max(q[i][k], 1e-9) for i in common)
-        print(f"| {w} | {best:.2f} | {ratio('iops'):.2f} | {ratio('p50_us'):.2f} | {ratio('cpu_us_per_io'):.2f} |")
-    print("\n(ratios are spinblk / qsd: above 1 is more IOPS for spinblk; below 1 is lower latency or less CPU per I/O)")
+        print(f"| {w} | {other} | {best:.2f} | {ratio('iops'):.2f} | {ratio('p50_us'):.2f} | {ratio('cpu_us_per_io'):.2f} |")
+    print(f"\n(ratios are spinblk / {other}: above 1 is more IOPS for spinblk; below 1 is lower latency or less CPU per I/O)")
 PY
 echo "points: $points"
 echo "results: $out"

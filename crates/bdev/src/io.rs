@@ -323,6 +323,16 @@ pub trait IoChannel: Send {
     fn completion_fd(&self) -> Option<std::os::fd::RawFd> {
         None
     }
+    /// Whether an idle reactor gains by spinning for this channel's completions. `false` when
+    /// they are made by the bdev's own threads in this process and always signalled through
+    /// [`IoChannel::completion_fd`] (librbd's callback threads): spinning would only save the
+    /// reactor a wake-up, and it takes the CPU those threads need whenever they share the
+    /// reactor's core, so each request waits longer. `true` (the default) for completions that
+    /// polling finds sooner: decided in `submit` (malloc, null), or posted by the kernel
+    /// (io_uring, NVMe).
+    fn worth_spinning_for(&self) -> bool {
+        true
+    }
     /// Requests failed, since the channel opened, because the device's queue itself broke (a
     /// non-transient `io_uring_enter` failure: the ring cannot be used any more). From then on
     /// every request fails with [`IoStatus::IoError`] and counts here; requests the kernel had

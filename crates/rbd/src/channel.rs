@@ -294,6 +294,12 @@ impl IoChannel for RbdChannel {
     fn completion_fd(&self) -> Option<RawFd> {
         Some(self.shared.efd.as_raw_fd())
     }
+
+    /// librbd's threads make every completion and the eventfd carries it: spinning for them
+    /// would only take the CPU those threads need (docs/architecture.md, "RBD").
+    fn worth_spinning_for(&self) -> bool {
+        false
+    }
 }
 
 impl Drop for RbdChannel {

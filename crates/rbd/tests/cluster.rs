@@ -61,6 +61,9 @@ fn round_trip(env: &Env) {
     assert_eq!(bdev.num_blocks(), size / 512);
     assert!(bdev.supports(IoOp::Read) && bdev.supports(IoOp::Write));
     let mut ch = bdev.open_channel(16).expect("channel");
+    // librbd's threads make the completions: a reactor should not spin for them.
+    assert!(!ch.worth_spinning_for());
+    assert!(ch.completion_fd().is_some());
     let mut shadow = vec![0u8; size as usize];
     let mut rng = Rng::new(1);
     let mut written = 0u64;

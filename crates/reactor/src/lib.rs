@@ -79,6 +79,13 @@
 //!
 //! The rules are a pure state machine with unit tests (policy.rs) that feed it gap sequences.
 //!
+//! The window applies while some plain poller is worth spinning for
+//! ([`Poller::worth_spinning_for`], asked in passes that found no work). A poller whose only
+//! pending work is made by other threads of the process that signal a watched fd anyway (a
+//! virtqueue with requests in flight at an RBD image) is not: spinning would save one
+//! wake-up and take the CPU those threads need on a shared core. With no poller worth spinning
+//! for, the reactor sleeps at the first idle pass and anticipates nothing.
+//!
 //! ## Anticipation ([`Anticipator`])
 //!
 //! A light load that is *regular* (one request, its completion, a pause of about the same

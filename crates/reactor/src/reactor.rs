@@ -54,6 +54,17 @@ pub trait Poller: Any {
     /// [`Poller::prepare_sleep`] armed (suppress notifications again). Must tolerate being
     /// called when nothing is armed.
     fn wake(&mut self) {}
+
+    /// Whether spinning now would catch this poller's next work soon enough to be worth it
+    /// (the default). `false` while its next work is mostly made by other threads of this
+    /// process that signal a watched fd anyway (a queue with requests in flight at an RBD
+    /// image), so a spin would save only a wake-up while taking the CPU those threads need on
+    /// a shared core. While no plain poller is worth spinning for, a reactor sleeps at the
+    /// first pass that finds no work (no idle window) and anticipates nothing. Asked only in
+    /// passes that found no work.
+    fn worth_spinning_for(&self) -> bool {
+        true
+    }
 }
 
 /// A poller's identity, unique in the process (ids are never reused).
@@ -167,7 +178,8 @@ pub struct ReactorStats {
     /// SPDK's `framework_get_reactors` `in_interrupt` means for a reactor that switches by
     /// itself.
     pub in_interrupt: bool,
-    /// The adaptive idle window now.
+    /// The adaptive idle window now (used while some plain poller is worth spinning for:
+    /// [`Poller::worth_spinning_for`]; otherwise the reactor sleeps as soon as it is idle).
     pub idle_window: Duration,
     /// Pollers registered now (plain and timed).
     pub pollers: usize,
@@ -886,13 +898,22 @@ impl Reactor {
     }
 
     #[inline]
+    /// Whether some plain poller is worth spinning for now ([`Poller::worth_spinning_for`]).
+    fn worth_spinning(&self) -> bool {
+        self.pollers.iter().any(|s| s.poller.worth_spinning_for())
+    }
+
     fn wants_sleep(&mut self, now: Tick) -> bool {
         if self.pollers.is_empty() {
             return true;
         }
+        // After a pass that did work (`last_busy` is its end, which is `now`) keep going
+        // without asking the pollers.
+        let idle_for = now.ticks_since(self.last_busy);
         if self.mode != PollMode::Adaptive
-            || now.ticks_since(self.last_busy) < self.policy.window()
+            || idle_for == 0
             || now < self.retry_at
+            || (idle_for < self.policy.window() && self.worth_spinning())
         {
             return false;
         }
@@ -913,6 +934,9 @@ impl Reactor {
     /// which to spin through the predicted arrival; `None` when there is no plan, or when the
     /// wake-up is too close to sleep at all (then the spin starts now).
     fn anticipate(&mut self, now: Tick) -> Option<(u64, Tick)> {
+        if !self.worth_spinning() {
+            return None;
+        }
         let plan = self.anticipator.as_ref()?.plan()?;
         let wake = self.last_busy.0.saturating_add(plan.wake_at);
         let until = Tick(self.last_busy.0.saturating_add(plan.spin_until));

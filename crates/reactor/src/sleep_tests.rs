@@ -319,6 +319,93 @@ fn a_poller_that_cannot_sleep_keeps_the_reactor_awake() {
     assert_spins("a reactor that cannot sleep", cpu);
 }
 
+/// A [`Sleepy`] poller whose work is not worth spinning for (an RBD queue's, say).
+#[derive(Default, Clone)]
+struct NotWorthSpinning(Sleepy);
+
+impl Poller for NotWorthSpinning {
+    fn poll(&mut self) -> PollStatus {
+        self.0.poll()
+    }
+    fn prepare_sleep(&mut self) -> bool {
+        self.0.prepare_sleep()
+    }
+    fn wake(&mut self) {
+        self.0.wake()
+    }
+    fn worth_spinning_for(&self) -> bool {
+        false
+    }
+}
+
+#[test]
+fn a_reactor_with_nothing_worth_spinning_for_sleeps_when_idle() {
+    let _g = timing();
+    // A window of a whole second: a reactor that spins for it is runnable throughout the
+    // measurement below; one with nothing worth spinning for sleeps at once.
+    let second = Duration::from_secs(1);
+    let cfg = ReactorConfig {
+        poll_mode: PollMode::Adaptive,
+        idle: IdleConfig {
+            start: second,
+            floor: Duration::from_micros(5),
+            cap: second,
+            anticipate: true,
+        },
+    };
+    let (pool, h) = one_reactor(cfg);
+    // Adding the poller is a message (work): the window starts again from here.
+    let (id, base) = h
+        .call_timeout(
+            |r| {
+                let id = r.add_poller(Box::new(NotWorthSpinning::default()));
+                (id, r.stats())
+            },
+            Duration::from_secs(5),
+        )
+        .expect("poller added");
+    let cpu = measure(base.tid, Duration::from_millis(300));
+    let after = stats(&h);
+    println!(
+        "nothing worth spinning for: {cpu:?}, sleeps {}",
+        after.sleeps - base.sleeps
+    );
+    assert!(after.sleeps > base.sleeps, "it slept");
+    assert_sleeps("a reactor with nothing worth spinning for", cpu);
+
+    // One poller worth spinning for beside it restores the policy's window; removing it again
+    // goes back to sleeping at once.
+    let (worth, st) = h
+        .call_timeout(
+            |r| {
+                let worth = r.add_poller(Box::new(Sleepy::default()));
+                (worth, r.stats())
+            },
+            Duration::from_secs(5),
+        )
+        .expect("poller added");
+    let cpu = measure(st.tid, Duration::from_millis(300));
+    println!("one poller worth spinning for: {cpu:?}");
+    assert_spins("a reactor with a poller worth spinning for", cpu);
+    let st = h
+        .call_timeout(
+            move |r| {
+                r.remove_poller(worth).expect("registered");
+                r.stats()
+            },
+            Duration::from_secs(5),
+        )
+        .expect("poller removed");
+    let cpu = measure(st.tid, Duration::from_millis(300));
+    assert_sleeps("the same reactor without it", cpu);
+    h.call_timeout(
+        move |r| r.remove_poller(id).is_some(),
+        Duration::from_secs(5),
+    )
+    .expect("answers");
+    drop(pool);
+}
+
 /// Work is signalled by setting `work` and writing the eventfd; the poller notes when it saw it.
 struct Kicked {
     work: Arc<AtomicBool>,

@@ -363,4 +363,11 @@ impl Poller for VirtqPoller {
             self.set_guest_notification(false);
         }
     }
+
+    /// A queue waiting for its guest is (the next request often follows a completion within
+    /// microseconds); one with requests in flight is as its channel says: not on an RBD image,
+    /// whose completions come from librbd's threads, which may share the reactor's core.
+    fn worth_spinning_for(&self) -> bool {
+        self.in_flight == 0 || self.channel.worth_spinning_for()
+    }
 }

@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -652,38 +652,11 @@ fn try_lock_for<T>(m: &Mutex<T>, wait: Duration) -> Option<MutexGuard<'_, T>> {
     }
 }
 
-/// Waits until the listener or the stop eventfd is readable. Returns false when told to stop.
-fn wait_readable(listen: RawFd, stop: RawFd) -> bool {
-    let mut fds = [
-        libc::pollfd {
-            fd: listen,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stop,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        // SAFETY: `fds` is a valid array of two pollfds for the duration of the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if n < 0 {
-            if io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return false;
-        }
-        return fds[1].revents == 0;
-    }
-}
-
 fn accept_loop(listener: &UnixListener, inner: &Arc<Inner>) {
     let name = inner.spec.name.clone();
     let mut refusal_logged = false;
     info!("{name}: listening");
-    while wait_readable(listener.as_raw_fd(), inner.stop.as_raw_fd()) {
+    while spinblk_reactor::wait_readable_or_stop(listener.as_raw_fd(), inner.stop.as_raw_fd()) {
         let stream = match listener.accept() {
             Ok((s, _)) => s,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,

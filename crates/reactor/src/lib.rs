@@ -128,3 +128,4 @@ pub use reactor::{
     CallError, PollMode, PollStatus, Poller, PollerId, PollerInfo, Reactor, ReactorConfig,
     ReactorGone, ReactorHandle, ReactorMsg, ReactorStats, UnknownPollMode,
 };
+pub use sys::wait_readable_or_stop;

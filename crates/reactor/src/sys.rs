@@ -50,6 +50,32 @@ pub(crate) fn drain(fd: RawFd) {
 }
 
 /// Sets O_NONBLOCK on `fd` (on its open file description, so every copy of it sees the flag).
+/// Blocks until `fd` or `stop` (an eventfd written to stop a control thread: an accept loop)
+/// is readable. `true`: `fd` is readable and `stop` is not; `false`: told to stop, or `poll`
+/// failed with anything but `EINTR` (the loop should end).
+pub fn wait_readable_or_stop(fd: RawFd, stop: RawFd) -> bool {
+    let mut fds = [
+        libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: stop,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        // SAFETY: `fds` is a valid array of two pollfds for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        return n > 0 && fds[1].revents == 0;
+    }
+}
+
 pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: F_GETFL takes no pointer argument.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };

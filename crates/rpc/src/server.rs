@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -148,33 +148,9 @@ impl Drop for RpcServer {
     }
 }
 
-/// Waits for `fd` or the stop eventfd; false when told to stop.
-fn wait_readable(fd: RawFd, stop: RawFd) -> bool {
-    let mut fds = [
-        libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: stop,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    loop {
-        // SAFETY: `fds` is a valid array of two pollfds for the duration of the call.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
-        if n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-            continue;
-        }
-        return n > 0 && fds[1].revents == 0;
-    }
-}
-
 fn accept_loop(listener: &std::os::unix::net::UnixListener, inner: &Arc<Inner>) {
     let mut refusal_logged = false;
-    while wait_readable(listener.as_raw_fd(), inner.stop.as_raw_fd()) {
+    while spinblk_reactor::wait_readable_or_stop(listener.as_raw_fd(), inner.stop.as_raw_fd()) {
         let stream = match listener.accept() {
             Ok((s, _)) => s,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -235,7 +211,7 @@ fn serve_client(mut stream: &UnixStream, inner: &Inner) {
     let mut framer = Framer::new(MAX_REQUEST_BYTES);
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        if !wait_readable(stream.as_raw_fd(), inner.stop.as_raw_fd()) {
+        if !spinblk_reactor::wait_readable_or_stop(stream.as_raw_fd(), inner.stop.as_raw_fd()) {
             return;
         }
         let n = match stream.read(&mut buf) {

@@ -189,6 +189,14 @@ fn set_nonblocking(f: &File) -> VhostResult<()> {
     Ok(())
 }
 
+/// Writes 1 to a call eventfd (non-blocking: EAGAIN means an interrupt is already pending,
+/// which is as good).
+fn signal_call(f: &File) {
+    let one = 1u64;
+    // SAFETY: writing 8 bytes from a valid u64 to an fd we own; the result is only informative.
+    let _ = unsafe { libc::write(f.as_raw_fd(), (&one as *const u64).cast(), 8) };
+}
+
 impl BlkBackend {
     /// A backend for a new connection to the controller `spec`; stopped queues add their
     /// statistics to the controller's.
@@ -843,6 +851,14 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
             Some(f) => Some(f.try_clone().map_err(VhostError::ReqHandlerError)?),
             None => None,
         };
+        // One interrupt on every new call fd, as libvhost-user does ("in case of I/O hang after
+        // reconnecting"): a target that stopped (SIGTERM, crash) may have completed requests
+        // whose interrupt the frontend lost while it tore the old connection down; the guest
+        // then waits on them forever, since it submits nothing new. A spurious interrupt only
+        // makes the driver look at its used ring.
+        if let Some(f) = &fd {
+            signal_call(f);
+        }
         let v = &mut self.vrings[usize::from(index)];
         if let Some(q) = &v.running {
             q.send(QueueCtrl::Call(copy));

@@ -897,12 +897,12 @@ impl Reactor {
         }
     }
 
-    #[inline]
     /// Whether some plain poller is worth spinning for now ([`Poller::worth_spinning_for`]).
     fn worth_spinning(&self) -> bool {
         self.pollers.iter().any(|s| s.poller.worth_spinning_for())
     }
 
+    #[inline]
     fn wants_sleep(&mut self, now: Tick) -> bool {
         if self.pollers.is_empty() {
             return true;

@@ -2,10 +2,9 @@
 //! source is still attached): each is served on its own thread, up to four at once; a fifth is
 //! refused while the others keep working, and a freed slot is usable again.
 
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
-
-use std::os::fd::AsRawFd;
 
 use spinblk_testkit::vhost::Frontend;
 use spinblk_testkit::{assert_bytes_eq, pattern, Client, ClientConfig, Target};

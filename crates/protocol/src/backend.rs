@@ -37,7 +37,7 @@ use crate::device::{lock, Coalescing, ControllerShared, ControllerSpec};
 use crate::inflight::{queue_region_size, InflightRegion};
 use crate::log::DirtyLog;
 use crate::memory::GuestMemory;
-use crate::queue::{QueueCtrl, QueueLog, QueueStart, QueueStopped, VirtqPoller};
+use crate::queue::{signal_call, QueueCtrl, QueueLog, QueueStart, QueueStopped, VirtqPoller};
 use crate::request::DeviceLimits;
 use crate::ring::{RingAddrs, SplitRing, MAX_QUEUE_SIZE};
 use crate::sigbus::{check_file, Guard};
@@ -187,14 +187,6 @@ fn set_nonblocking(f: &File) -> VhostResult<()> {
         return Err(VhostError::ReqHandlerError(std::io::Error::last_os_error()));
     }
     Ok(())
-}
-
-/// Writes 1 to a call eventfd (non-blocking: EAGAIN means an interrupt is already pending,
-/// which is as good).
-fn signal_call(f: &File) {
-    let one = 1u64;
-    // SAFETY: writing 8 bytes from a valid u64 to an fd we own; the result is only informative.
-    let _ = unsafe { libc::write(f.as_raw_fd(), (&one as *const u64).cast(), 8) };
 }
 
 impl BlkBackend {
@@ -856,8 +848,9 @@ impl VhostUserBackendReqHandlerMut for BlkBackend {
         // whose interrupt the frontend lost while it tore the old connection down; the guest
         // then waits on them forever, since it submits nothing new. A spurious interrupt only
         // makes the driver look at its used ring.
+        // (It is a checked, non-blocking eventfd: a failed write has nothing to report.)
         if let Some(f) = &fd {
-            signal_call(f);
+            let _ = signal_call(f);
         }
         let v = &mut self.vrings[usize::from(index)];
         if let Some(q) = &v.running {

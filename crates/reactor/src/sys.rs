@@ -49,7 +49,6 @@ pub(crate) fn drain(fd: RawFd) {
     let _ = unsafe { libc::read(fd, (&mut value as *mut u64).cast::<libc::c_void>(), 8) };
 }
 
-/// Sets O_NONBLOCK on `fd` (on its open file description, so every copy of it sees the flag).
 /// Blocks until `fd` or `stop` (an eventfd written to stop a control thread: an accept loop)
 /// is readable. `true`: `fd` is readable and `stop` is not; `false`: told to stop, or `poll`
 /// failed with anything but `EINTR` (the loop should end).
@@ -76,6 +75,7 @@ pub fn wait_readable_or_stop(fd: RawFd, stop: RawFd) -> bool {
     }
 }
 
+/// Sets O_NONBLOCK on `fd` (on its open file description, so every copy of it sees the flag).
 pub(crate) fn set_nonblocking(fd: RawFd) -> io::Result<()> {
     // SAFETY: F_GETFL takes no pointer argument.
     let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };

@@ -55,10 +55,10 @@ const ARENA_HEAP: u64 = 64 << 20;
 /// mapping at a 64 MiB-aligned address that, alone or with the anonymous `---p` mapping right
 /// after it, spans exactly 64 MiB.
 pub fn malloc_arena_lines(maps: &str) -> usize {
-    struct Line {
+    struct Line<'a> {
         start: u64,
         end: u64,
-        perms: String,
+        perms: &'a str,
         anon: bool,
     }
     let lines: Vec<Line> = maps
@@ -69,7 +69,7 @@ pub fn malloc_arena_lines(maps: &str) -> usize {
             Some(Line {
                 start: u64::from_str_radix(start, 16).ok()?,
                 end: u64::from_str_radix(end, 16).ok()?,
-                perms: f.get(1)?.to_string(),
+                perms: f.get(1)?,
                 anon: f.get(4) == Some(&"0") && f.len() == 5,
             })
         })

@@ -30,6 +30,7 @@ use crate::memory::GuestMemory;
 use crate::ring::{RingAddrs, RingError};
 use crate::stats::QueueStats;
 
+pub(crate) use notify::signal_call;
 pub(crate) use poller::VirtqPoller;
 
 /// Everything needed to start polling a virtqueue. Built on the control thread, where the bdev

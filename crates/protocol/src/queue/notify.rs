@@ -4,6 +4,7 @@
 //! fd was checked to be an eventfd and made non-blocking when the frontend handed it over, so a
 //! saturated counter can never block the reactor.
 
+use std::fs::File;
 use std::os::fd::AsRawFd;
 
 use spinblk_reactor::Tick;
@@ -104,15 +105,21 @@ impl VirtqPoller {
             return false;
         }
         let Some(call) = &self.call else { return false };
-        let one = 1u64;
-        // SAFETY: writing 8 bytes from a live u64 to a non-blocking eventfd we own. EAGAIN (the
-        // counter is full) means the guest already has an interrupt pending.
-        let n = unsafe { libc::write(call.as_raw_fd(), (&one as *const u64).cast(), 8) };
-        if n != 8 && std::io::Error::last_os_error().kind() != std::io::ErrorKind::WouldBlock {
+        if !signal_call(call) {
             self.stats.notify_errors += 1;
         }
         true
     }
+}
+
+/// Writes 1 to a (non-blocking) call eventfd; `false` when the write failed for a reason other
+/// than EAGAIN, which means the counter is full: the guest already has an interrupt pending.
+#[inline]
+pub(crate) fn signal_call(call: &File) -> bool {
+    let one = 1u64;
+    // SAFETY: writing 8 bytes from a live u64 to an eventfd we own.
+    let n = unsafe { libc::write(call.as_raw_fd(), (&one as *const u64).cast(), 8) };
+    n == 8 || std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@
 # --client bdevperf: SPDK's bdevperf with its virtio-user initiator
 # (bdev_virtio_attach_controller, trtype user, dev_type blk) drives
 #   spinblk    spinblk --null|--malloc SIZE --cpus TARGET_CPU --num-queues VQ_COUNT
+#              (null: --null-no-read-zeroes, as SPDK's null bdev does not fill reads)
 #   spdk       SPDK's vhost app on ordinary memory (--no-huge -s SPDK_MEM)
 #   spdk-huge  SPDK's vhost app on hugepages (-s SPDK_MEM), how SPDK is meant to run
 #   spinblk-before  (only when named in --targets) another spinblk binary,
@@ -240,8 +241,14 @@ if [[ $client == bdevperf ]]; then
         [[ $name == spinblk-before ]] && bin=$SPINBLK_BEFORE_BIN
         tsock=$run/spinblk.sock
         rm -f "$tsock"
+        # SPDK's null bdev leaves read buffers as they were; so does spinblk's with this flag
+        # (a binary without it, e.g. an older spinblk-before, zero-fills).
+        local null_flags=()
+        if [[ $kind == null ]] && "$bin" --help 2>/dev/null | grep -q -- --null-no-read-zeroes; then
+          null_flags=(--null-no-read-zeroes)
+        fi
         bl_start "$name" "$log" "$target_cpu" "$bin" --socket "$tsock" "--$kind" "$size" \
-          --cpus "$target_cpu" --num-queues "$vq_count"
+          "${null_flags[@]}" --cpus "$target_cpu" --num-queues "$vq_count"
         tpid=$BL_PID
         bl_wait_socket "$tsock" "$tpid"
         ;;

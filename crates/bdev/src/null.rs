@@ -1,4 +1,5 @@
-//! The null bdev: reads return zeroes, writes are dropped (SPDK's `bdev_null_create`).
+//! The null bdev: reads return zeroes, writes are dropped (SPDK's `bdev_null_create`). With
+//! [`NullBdev::read_zeroes`] off, reads leave the buffer as it was, as SPDK's null bdev does.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -12,6 +13,7 @@ pub struct NullBdev {
     name: String,
     block_size: u32,
     num_blocks: AtomicU64,
+    read_zeroes: bool,
 }
 
 impl NullBdev {
@@ -22,7 +24,16 @@ impl NullBdev {
             name: name.to_string(),
             block_size,
             num_blocks: AtomicU64::new(size_bytes / u64::from(block_size)),
+            read_zeroes: true,
         })
+    }
+
+    /// Whether reads fill the guest's buffers with zeroes (the default). Off, a read completes
+    /// without touching them, as SPDK's null bdev does: the guest sees what its own buffer
+    /// held, nothing of anyone else's, and the target saves writing every byte it "reads".
+    pub fn read_zeroes(mut self, on: bool) -> Self {
+        self.read_zeroes = on;
+        self
     }
 }
 
@@ -46,6 +57,7 @@ impl Bdev for NullBdev {
     fn open_channel(&self, depth: usize) -> Result<Box<dyn IoChannel>, BdevError> {
         Ok(Box::new(NullChannel {
             done: CompletionRing::new(depth.max(1)),
+            read_zeroes: self.read_zeroes,
         }))
     }
 
@@ -65,6 +77,7 @@ impl Bdev for NullBdev {
 /// check (channels never read the shared size).
 struct NullChannel {
     done: CompletionRing,
+    read_zeroes: bool,
 }
 
 impl IoChannel for NullChannel {
@@ -75,7 +88,7 @@ impl IoChannel for NullChannel {
         let status = if !io_in_range(&io, u64::MAX) {
             IoStatus::IoError
         } else {
-            if io.op == IoOp::Read {
+            if io.op == IoOp::Read && self.read_zeroes {
                 zero_iovecs(&io);
             }
             IoStatus::Success
@@ -121,6 +134,26 @@ mod tests {
         });
         assert_eq!(tags, [1, 2]);
         assert!(buf.iter().all(|&b| b == 0));
+    }
+
+    #[test]
+    fn without_read_zeroes_reads_leave_the_buffer() {
+        let bdev = NullBdev::new("n1", 1 << 20, 512)
+            .expect("bdev")
+            .read_zeroes(false);
+        let mut ch = bdev.open_channel(1).expect("channel");
+        let mut buf = vec![0x5au8; 4096];
+        let v = [IoVec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: 4096,
+        }];
+        // SAFETY: the buffer outlives the request, which completes synchronously.
+        let r = unsafe { BdevIo::with_iovecs(7, IoOp::Read, 4096, 4096, v.as_ptr(), 1) };
+        ch.submit(r).expect("room");
+        let mut done = vec![];
+        ch.poll_completions(&mut |c| done.push((c.tag, c.status)));
+        assert_eq!(done, [(7, IoStatus::Success)]);
+        assert!(buf.iter().all(|&b| b == 0x5a), "the buffer is untouched");
     }
 
     /// Any size at any time; a channel opened before serves the new range (the protocol layer

@@ -89,6 +89,11 @@ pub struct Cli {
     #[arg(long, requires = "nvme")]
     pub nvme_poll: bool,
 
+    /// With --null: reads leave the guest's buffer as it was instead of filling it with
+    /// zeroes, as SPDK's null bdev does (saves writing every byte "read").
+    #[arg(long, requires = "null")]
+    pub null_no_read_zeroes: bool,
+
     /// With --file: open through the page cache (for filesystems without O_DIRECT).
     #[arg(long, requires = "file")]
     pub buffered: bool,

@@ -160,6 +160,7 @@ fn target_config(cli: &Cli) -> Result<TargetConfig, String> {
                 buffered: cli.buffered,
                 poll: cli.nvme_poll,
                 write_cache: cli.no_write_cache.then_some(false),
+                read_zeroes: cli.null_no_read_zeroes.then_some(false),
                 shared: false,
                 uuid: None,
                 pool: cli.rbd.as_ref().map(|r| r.pool.clone()),

@@ -453,6 +453,11 @@ fn save_config_then_restart_with_json_rebuilds_the_same_objects() {
         // A non-default poll mode is part of the configuration too.
         let mut raw = RawRpc::connect(&target.socket_named("rpc.sock"));
         raw.ok("spinblk_set_poll_mode", Some(json!({"mode": "busy"})));
+        // spinblk's own null option, which save_config must carry (SPDK's client has no flag).
+        raw.ok(
+            "bdev_null_create",
+            Some(json!({"name": "n1", "num_blocks": 64, "block_size": 512, "read_zeroes": false})),
+        );
         let saved = rpc.ok(&["save_config"]);
         std::fs::write(&saved_path, &saved).expect("save");
         let doc: Value = serde_json::from_str(&saved).expect("save_config writes JSON");
@@ -463,6 +468,20 @@ fn save_config_then_restart_with_json_rebuilds_the_same_objects() {
             .filter_map(|s| s["subsystem"].as_str())
             .collect();
         assert_eq!(subsystems, vec!["spinblk", "bdev", "vhost_blk"]);
+        let null_params = |name: &str| {
+            doc["subsystems"][1]["config"]
+                .as_array()
+                .expect("bdev config")
+                .iter()
+                .find(|e| e["method"] == "bdev_null_create" && e["params"]["name"] == name)
+                .map(|e| e["params"].clone())
+                .expect("saved null bdev")
+        };
+        assert_eq!(null_params("n1")["read_zeroes"], json!(false));
+        assert!(
+            null_params("n0").get("read_zeroes").is_none(),
+            "default left out"
+        );
         assert_eq!(
             doc["subsystems"][0]["config"],
             json!([{"method": "spinblk_set_poll_mode", "params": {"mode": "busy"}}])

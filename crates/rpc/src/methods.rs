@@ -223,6 +223,9 @@ struct NullCreate {
     optimal_write_size: Option<u32>,
     preferred_unmap_granularity: Option<u32>,
     preferred_unmap_alignment: Option<u32>,
+    /// spinblk's own: false makes reads leave the buffer as it was, as SPDK's null bdev does
+    /// (default true: reads return zeroes). `save_config` writes it only when false.
+    read_zeroes: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -697,6 +700,7 @@ impl SpdkMethods {
             BdevKind::Null {
                 num_blocks: p.num_blocks,
                 block_size: p.block_size,
+                read_zeroes: p.read_zeroes.unwrap_or(true),
             },
         );
         bp.uuid = parse_uuid(p.uuid.as_deref())?;
@@ -1079,14 +1083,21 @@ impl SpdkMethods {
                         "dif_is_head_of_md": false, "dif_pi_format": 0,
                     }),
                 ),
-                BdevKind::Null { block_size, .. } => (
-                    "bdev_null_create",
-                    json!({
+                BdevKind::Null {
+                    block_size,
+                    read_zeroes,
+                    ..
+                } => {
+                    let mut p = json!({
                         "name": e.name(), "num_blocks": b.num_blocks(), "block_size": block_size,
                         "physical_block_size": block_size, "md_size": 0, "dif_type": 0,
                         "dif_is_head_of_md": false, "dif_pi_format": 0, "uuid": uuid,
-                    }),
-                ),
+                    });
+                    if !read_zeroes {
+                        p["read_zeroes"] = json!(false);
+                    }
+                    ("bdev_null_create", p)
+                }
                 BdevKind::File {
                     flavor,
                     path,

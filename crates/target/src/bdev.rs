@@ -38,12 +38,14 @@ pub enum BdevKind {
         /// Block size in bytes.
         block_size: u32,
     },
-    /// Reads zeroes, drops writes.
+    /// Reads zeroes (or leaves read buffers as they were), drops writes.
     Null {
         /// Capacity in blocks.
         num_blocks: u64,
         /// Block size in bytes.
         block_size: u32,
+        /// Reads fill the buffer with zeroes; false leaves it untouched (SPDK's null bdev).
+        read_zeroes: bool,
     },
     /// A regular file or block device through io_uring.
     File {
@@ -516,11 +518,15 @@ fn make_bdev(p: &BdevParams) -> Result<Arc<dyn Bdev>, spinblk_bdev::BdevError> {
         BdevKind::Null {
             num_blocks,
             block_size,
-        } => Arc::new(NullBdev::new(
-            &p.name,
-            num_blocks.saturating_mul(u64::from(*block_size)),
-            *block_size,
-        )?),
+            read_zeroes,
+        } => Arc::new(
+            NullBdev::new(
+                &p.name,
+                num_blocks.saturating_mul(u64::from(*block_size)),
+                *block_size,
+            )?
+            .read_zeroes(*read_zeroes),
+        ),
         BdevKind::File {
             path,
             block_size,
@@ -752,6 +758,7 @@ mod tests {
             BdevKind::Null {
                 num_blocks: 2048,
                 block_size: 512,
+                read_zeroes: true,
             },
         )
     }

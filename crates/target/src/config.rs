@@ -118,6 +118,10 @@ pub struct BdevConfig {
     /// until the guest turns the cache on.
     #[serde(default)]
     pub write_cache: Option<bool>,
+    /// For null bdevs: whether reads fill the buffer with zeroes (default true); false leaves
+    /// it as it was, as SPDK's null bdev does (`no-read-zeroes` in `--bdev` text).
+    #[serde(default)]
+    pub read_zeroes: Option<bool>,
     /// Allow several writable controllers on this bdev (their guests must coordinate).
     #[serde(default)]
     pub shared: bool,
@@ -181,6 +185,7 @@ impl BdevConfig {
             BdevType::Null => BdevKind::Null {
                 num_blocks: blocks(bs)?,
                 block_size: bs,
+                read_zeroes: self.read_zeroes.unwrap_or(true),
             },
             BdevType::File => BdevKind::File {
                 flavor: FileFlavor::Uring,
@@ -257,6 +262,9 @@ impl BdevConfig {
             || self.user.is_some()
             || self.op_timeout.is_some()
             || self.ceph_options.is_some();
+        if self.read_zeroes.is_some() && self.bdev_type != BdevType::Null {
+            return Err(format!("bdev '{name}': read_zeroes is for null bdevs"));
+        }
         if rbd_fields && self.bdev_type != BdevType::Rbd {
             return Err(format!(
                 "bdev '{name}': pool, image, conf, user, op_timeout and ceph_options are for rbd bdevs"
@@ -410,7 +418,8 @@ fn cpus_opt<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<usize>>, D::Er
 /// Parses `key=value,key=value,flag` option text into a JSON object: keys with `-` become `_`,
 /// bare words become `true`, numbers stay numbers, and a bare piece that follows `cpus=` or
 /// `queue-cpus=` continues that list (so `cpus=0,2,bdev=m0` works). `malloc=SIZE`,
-/// `null=SIZE` and `file=PATH` set the bdev type; `no-write-cache` is `write_cache=false`;
+/// `null=SIZE` and `file=PATH` set the bdev type; `no-write-cache` is `write_cache=false` and
+/// `no-read-zeroes` is `read_zeroes=false`;
 /// `rw-ios-per-sec=N`, `rw-mbytes-per-sec=N`, `r-mbytes-per-sec=N`, `w-mbytes-per-sec=N` are
 /// QoS limits (numbers).
 pub fn parse_kv(text: &str) -> Result<Value, String> {
@@ -429,6 +438,7 @@ pub fn parse_kv(text: &str) -> Result<Value, String> {
             }
             match piece.replace('-', "_").as_str() {
                 "no_write_cache" => map.insert("write_cache".into(), Value::Bool(false)),
+                "no_read_zeroes" => map.insert("read_zeroes".into(), Value::Bool(false)),
                 flag => map.insert(flag.to_string(), Value::Bool(true)),
             };
             last_list = None;
@@ -707,6 +717,24 @@ mod tests {
         assert_eq!(p.qos.rw_ios_per_sec, 21_000, "rounded up as SPDK does");
         assert_eq!((p.qos.w_mbytes_per_sec, p.qos.r_mbytes_per_sec), (50, 0));
         assert!(bdev_from_kv("name=q1,null=1G,rw-ios-per-sec=lots").is_err());
+        let n = bdev_from_kv("name=n9,null=1M,no-read-zeroes").expect("null without zeroes");
+        assert!(matches!(
+            n.params(false).expect("params").kind,
+            BdevKind::Null {
+                read_zeroes: false,
+                ..
+            }
+        ));
+        let z = bdev_from_kv("name=n8,null=1M").expect("null");
+        assert!(matches!(
+            z.params(false).expect("params").kind,
+            BdevKind::Null {
+                read_zeroes: true,
+                ..
+            }
+        ));
+        let m = bdev_from_kv("name=m9,malloc=1M,no-read-zeroes").expect("parses");
+        assert!(m.check().is_err(), "read_zeroes is for null bdevs only");
         assert!(!bdev_from_kv("name=q2,null=1G")
             .expect("no qos")
             .params(false)

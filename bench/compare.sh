@@ -247,8 +247,10 @@ if [[ $client == bdevperf ]]; then
         if [[ $kind == null ]] && "$bin" --help 2>/dev/null | grep -q -- --null-no-read-zeroes; then
           null_flags=(--null-no-read-zeroes)
         fi
+        # The RPC socket only answers thread_get_stats (busy time) around each run.
+        trpc=$run/spinblk-rpc.sock
         bl_start "$name" "$log" "$target_cpu" "$bin" --socket "$tsock" "--$kind" "$size" \
-          "${null_flags[@]}" --cpus "$target_cpu" --num-queues "$vq_count"
+          "${null_flags[@]}" --cpus "$target_cpu" --num-queues "$vq_count" -r "$trpc"
         tpid=$BL_PID
         bl_wait_socket "$tsock" "$tpid"
         ;;
@@ -261,6 +263,7 @@ if [[ $client == bdevperf ]]; then
           { tpid=$BL_PID; return 1; }
         tpid=$BL_PID
         tsock=$run/vhost/vhost.0
+        trpc=$run/vhost-rpc.sock
         spdk_vhost_disk "$run/vhost-rpc.sock" "$kind" "$size_mib" vhost.0 "$target_cpu" >>"$log" 2>&1 &&
           bl_wait_socket "$tsock" "$tpid"
         ;;
@@ -321,7 +324,8 @@ if [[ $client == bdevperf ]]; then
     # bdevperf reports no window: its jobs start right after perform_tests
     # arrives; sample from 0.5 s in for runtime - 1 s.
     bl_point --csv "$csv" --suite bdevperf --client bdevperf --parser bdevperf-json \
-      --target "$name" --target-pid "$tpid" --client-pid "$bpid" --target-cores "$tcores" --disk "$kind" --workload "$label" \
+      --target "$name" --target-pid "$tpid" --client-pid "$bpid" --target-cores "$tcores" \
+      --target-rpc "$trpc" --disk "$kind" --workload "$label" \
       --rw "$rw" --bs 4096 --iodepth "$qd" --queues 1 --reactors 1 --mode poll --round "$round" \
       --note "$desc" --runtime "$runtime" --sample-from 0.5 --sample-len "$((runtime - 1))" \
       --client-log "$out/logs/perform-$tag.log" --pct-file "$out/logs/bdevperf-$tag.log" -- \

@@ -41,7 +41,7 @@ COLUMNS = [
     "p999_us", "max_us", "mean_us", "client_cpu_pct", "target_cpu_s",
     "target_cpu_pct", "iops_per_target_cpu_s", "target_cpu_us_per_io",
     "tgt_core_other_pct", "tgt_core_steal_pct", "errors", "timeouts", "load1", "status", "note",
-    "round", "unix_time", "think_us",
+    "round", "unix_time", "think_us", "target_busy_pct", "target_busy_ns_per_io",
 ]
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -227,6 +227,17 @@ class Sampler:
         return inside[0], inside[-1]
 
 
+def busy_seconds(sock):
+    """The busy time of all of a target's threads so far, in seconds, from
+    SPDK's thread_get_stats (SPDK's vhost and spinblk both answer it: a thread
+    is busy in the passes in which a poller found work)."""
+    try:
+        st = jsonrpc_call(sock, "thread_get_stats", timeout=5.0)
+        return sum(t["busy"] for t in st["threads"]) / st["tick_rate"]
+    except (OSError, RuntimeError, KeyError, TypeError, ZeroDivisionError):
+        return None
+
+
 def cmd_point(a):
     """Runs the client command, samples the target's CPU time all along, and
     appends one row to the CSV with the target's CPU rate over the client's
@@ -239,10 +250,12 @@ def cmd_point(a):
     sampler = Sampler(pids, cores, client_pids)
     sampler.thread.start()
     pct_before = len(latency_summaries(a.pct_file)) if a.pct_file else 0
+    busy_before = busy_seconds(a.target_rpc) if a.target_rpc else None
     launch = time.time()
     proc = subprocess.Popen(a.command, stdout=subprocess.PIPE, stderr=out)
     stdout, _ = proc.communicate()
     ended = time.time()
+    busy_after = busy_seconds(a.target_rpc) if a.target_rpc else None
     sampler.stop.set()
     sampler.thread.join()
     la = load1()
@@ -322,6 +335,14 @@ def cmd_point(a):
             row["tgt_core_steal_pct"] = f"{(c2[1] - c1[1]) / span * 100:.0f}"
     elif status == "ok":
         status = "target CPU not sampled over the window (target gone?)"
+    if r is not None and busy_before is not None and busy_after is not None:
+        # Busy time over the whole client run (the target finds no work before or after it):
+        # the target core's cost per I/O whatever the client's speed, where a polling target's
+        # CPU time is always its whole core.
+        busy = busy_after - busy_before
+        row["target_busy_pct"] = f"{busy / a.runtime * 100:.1f}"
+        if r["iops"] > 0:
+            row["target_busy_ns_per_io"] = f"{busy / (r['iops'] * a.runtime) * 1e9:.1f}"
     if status == "ok" and ended - launch > a.runtime + a.sample_from + 10:
         status = f"ok (client took {ended - launch:.0f}s)"
     row["status"] = status
@@ -336,6 +357,8 @@ def cmd_point(a):
           f"p50={row['p50_us']:>8} p99={row['p99_us']:>9} us  "
           f"target CPU={row['target_cpu_pct']:>6}%  client CPU={row['client_cpu_pct']:>6}%  "
           f"others on target core={row['tgt_core_other_pct']:>3}%  "
+          + (f"busy={row['target_busy_pct']}% ({row['target_busy_ns_per_io']} ns/IO)  "
+             if row["target_busy_pct"] else "") +
           f"load={row['load1']}  {status}", file=sys.stderr, flush=True)
     return 0
 
@@ -622,7 +645,8 @@ def pairs_tables(rows, subject, markdown, key_order=None):
     t1h = ["disk", "workload", "target", "runs", "best IOPS", "median IOPS", "worst IOPS",
            "avg lat us (best run)", "avg lat us (median)", "p50/p99 us (best run)",
            "tgt CPU% (median)", "IOPS/tgt-CPU-s (median)", "client CPU% (median)",
-           "others% tgt core (max)", "load1 (median)"]
+           "others% tgt core (max)", "load1 (median)", "tgt busy% (median)",
+           "tgt busy ns/IO (median)"]
     t1 = []
     for (disk, wl), by_t in groups:
         for t in targets:
@@ -640,18 +664,23 @@ def pairs_tables(rows, subject, markdown, key_order=None):
             eff = [num(r["iops_per_target_cpu_s"]) for r in rs
                    if num(r["iops_per_target_cpu_s"]) is not None]
             ccpu = [num(r["client_cpu_pct"]) for r in rs if num(r["client_cpu_pct"]) is not None]
+            busy = [num(r.get("target_busy_pct")) for r in rs
+                    if num(r.get("target_busy_pct")) is not None]
+            bnio = [num(r.get("target_busy_ns_per_io")) for r in rs
+                    if num(r.get("target_busy_ns_per_io")) is not None]
             t1.append([disk, wl, t, str(len(rs)), fmt(max(iops), 0), fmt(median(iops), 0),
                        fmt(min(iops), 0), fmt(num(best["mean_us"]), 2),
                        fmt(median(lat), 2) if lat else "",
                        f"{best['p50_us']}/{best['p99_us']}" if best["p50_us"] else "",
                        fmt(median(cpu), 1) if cpu else "",
                        fmt(median(eff), 0) if eff else "", fmt(median(ccpu), 1) if ccpu else "",
-                       fmt(max(oth), 0) if oth else "", fmt(median(ld), 2) if ld else ""])
+                       fmt(max(oth), 0) if oth else "", fmt(median(ld), 2) if ld else "",
+                       fmt(median(busy), 1) if busy else "", fmt(median(bnio), 1) if bnio else ""])
         t1.append(None)
     if t1 and t1[-1] is None:
         t1.pop()
     t2h = ["disk", "workload", "ratio", "pair ratios (round order)", "median pair ratio",
-           "best-of ratio", "pairs"]
+           "best-of ratio", "pairs", "per busy core: pair ratios", "per busy core: median"]
     t2 = []
     for (disk, wl), by_t in groups:
         mine = by_t.get(subject, {})
@@ -663,9 +692,17 @@ def pairs_tables(rows, subject, markdown, key_order=None):
                       if num(theirs[k]["iops"])]
             best_m = max((num(r["iops"]) for r in mine.values()), default=None)
             best_t = max((num(r["iops"]) for r in theirs.values()), default=None)
+            # IOPS per busy target core, subject over other: the other's busy ns per I/O
+            # over the subject's, same round.
+            per_core = [num(theirs[k].get("target_busy_ns_per_io")) /
+                        num(mine[k].get("target_busy_ns_per_io")) for k in rounds
+                        if num(theirs[k].get("target_busy_ns_per_io"))
+                        and num(mine[k].get("target_busy_ns_per_io"))]
             t2.append([disk, wl, f"{subject}/{other}", " ".join(f"{x:.2f}" for x in ratios),
                        f"{median(ratios):.2f}" if ratios else "",
-                       f"{best_m / best_t:.2f}" if best_m and best_t else "", str(len(ratios))])
+                       f"{best_m / best_t:.2f}" if best_m and best_t else "", str(len(ratios)),
+                       " ".join(f"{x:.2f}" for x in per_core),
+                       f"{median(per_core):.2f}" if per_core else ""])
     out = render(t1h, t1, markdown)
     out += "\n\n" + render(t2h, t2, markdown)
     return out
@@ -1185,6 +1222,9 @@ def main():
     pt.add_argument("--target-pid", required=True, help="pid(s), comma separated")
     pt.add_argument("--client-pid", default="",
                     help="pid(s) of a long-running client (bdevperf) whose CPU to sample over the window")
+    pt.add_argument("--target-rpc", default="",
+                    help="the target's JSON-RPC socket: its threads' busy time (thread_get_stats) "
+                    "before and after the run gives busy %% and busy ns per I/O")
     pt.add_argument("--target-cores", default="",
                     help="the target's cores, comma separated: report what else ran there")
     pt.add_argument("--disk", default="")

@@ -9,7 +9,7 @@ use super::finish::Outcome;
 use super::poller::VirtqPoller;
 use crate::request::{BlkRequest, MAX_IOVECS};
 
-/// How many avail entries ahead the pop starts loading first descriptors.
+/// How many pending avail entries' first descriptors a pass starts loading up front.
 const PREFETCH_DESCS: u16 = 32;
 
 impl VirtqPoller {
@@ -20,8 +20,9 @@ impl VirtqPoller {
         }
         let size = self.ring.size();
         let avail = self.ring.avail_idx();
-        // Overlap the cache misses of a batch: first descriptors PREFETCH_DESCS entries ahead,
-        // and the next chain's header one entry ahead (both lines the driver just wrote).
+        // Overlap the cache misses of a batch (lines the driver just wrote): the first
+        // descriptors of up to PREFETCH_DESCS pending entries now, and before each chain is
+        // parsed, the next chain's header.
         let new = self.ring.pending(avail);
         for ahead in 0..new.min(PREFETCH_DESCS) {
             self.ring.prefetch_desc(ahead);

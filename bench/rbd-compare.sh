@@ -25,6 +25,9 @@
 #   --ramp S            seconds before measuring (default 1) [RAMP]
 #   --target-cpu LIST   target core(s) (default 0) [TARGET_CPU]
 #   --client-cpu N      client core (default 1) [CLIENT_CPU]
+#   --cluster-cpu LIST  pin the cluster's daemons (mon, OSD) to these cores, e.g. the client's,
+#                       so that only the target runs on the target core (default: unpinned, the
+#                       scheduler's choice) [CLUSTER_CPU]
 #   --size MIB          image size (default 256) [SIZE_MIB]
 #   --targets LIST      spinblk,qsd (default both); spinblk-before adds another spinblk binary,
 #                       SPINBLK_BEFORE_BIN (an older commit's build), run like spinblk [TARGETS]
@@ -40,6 +43,7 @@ runtime=${RUNTIME:-5}
 ramp=${RAMP:-1}
 target_cpu=${TARGET_CPU:-0}
 client_cpu=${CLIENT_CPU:-1}
+cluster_cpu=${CLUSTER_CPU:-}
 size_mib=${SIZE_MIB:-256}
 targets=${TARGETS:-spinblk,qsd}
 out=${OUT:-}
@@ -54,6 +58,7 @@ while (($#)); do
     --ramp) ramp=$2; shift 2 ;;
     --target-cpu) target_cpu=$2; shift 2 ;;
     --client-cpu) client_cpu=$2; shift 2 ;;
+    --cluster-cpu) cluster_cpu=$2; shift 2 ;;
     --size) size_mib=$2; shift 2 ;;
     --targets) targets=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
@@ -112,8 +117,10 @@ trap 'log interrupted; exit 130' INT TERM
 
 # --- cluster and image --------------------------------------------------------
 t0=$SECONDS
+pin_cluster=()
+[[ -n $cluster_cpu ]] && pin_cluster=(taskset -c "$cluster_cpu")
 ceph_dir=$(CEPH_MGR=0 CEPH_MEMSTORE_MIB=$((size_mib * 2 + 512)) \
-  bash "$root/scripts/ceph/cluster.sh" start 2>"$out/logs/ceph-start.log" | tail -n1) ||
+  "${pin_cluster[@]}" bash "$root/scripts/ceph/cluster.sh" start 2>"$out/logs/ceph-start.log" | tail -n1) ||
   { ceph_dir=; die "the cluster did not start: $(tail -n 3 "$out/logs/ceph-start.log")"; }
 conf=$ceph_dir/ceph.conf
 image=bench
@@ -223,7 +230,7 @@ stop_target() {
 {
   echo "rbd-compare.sh $(date -Is)"
   echo "machine: $(nproc) cpus, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg)"
-  echo "image rbd/$image $size_mib MiB in a one-node memstore cluster; target core(s) $target_cpu, client core $client_cpu; $rounds rounds, ${runtime}s/point (+${ramp}s ramp); librbd $(dpkg-query -W -f='${Version}' librbd1 2>/dev/null || echo '?')"
+  echo "image rbd/$image $size_mib MiB in a one-node memstore cluster (daemons on cores ${cluster_cpu:-any}); target core(s) $target_cpu, client core $client_cpu; $rounds rounds, ${runtime}s/point (+${ramp}s ramp); librbd $(dpkg-query -W -f='${Version}' librbd1 2>/dev/null || echo '?')"
 } | tee "$out/run-info.txt" >&2
 
 for ((r = 1; r <= rounds; r++)); do

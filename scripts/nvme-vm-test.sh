@@ -163,6 +163,13 @@ if ((${#problems[@]})); then
     echo "######################################################################"
     grep -E ' FAIL' <<<"$log" || true
     [[ -s $tmp/qemu.out ]] && { echo "--- qemu output ---"; cat "$tmp/qemu.out"; }
+    # A guest kernel oops scrolls out of the last lines when a task then hangs: show its start.
+    oops=$(grep -m1 -nE '(BUG:|Oops|general protection fault|WARNING: CPU|Kernel panic)' <<<"$log" |
+        cut -d: -f1 || true)
+    if [[ -n $oops ]]; then
+        echo "--- guest kernel report (from guest log line $oops, 40 lines) ---"
+        tail -n "+$oops" <<<"$log" | head -n 40 || true
+    fi
     echo "--- guest log (last 60 lines) ---"
     tail -n 60 <<<"$log"
     ((keep)) || echo "(rerun with --keep to keep $tmp)"

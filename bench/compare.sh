@@ -241,16 +241,11 @@ if [[ $client == bdevperf ]]; then
         [[ $name == spinblk-before ]] && bin=$SPINBLK_BEFORE_BIN
         tsock=$run/spinblk.sock
         rm -f "$tsock"
-        # SPDK's null bdev leaves read buffers as they were; so does spinblk's with this flag
-        # (a binary without it, e.g. an older spinblk-before, zero-fills).
-        local null_flags=()
-        if [[ $kind == null ]] && "$bin" --help 2>/dev/null | grep -q -- --null-no-read-zeroes; then
-          null_flags=(--null-no-read-zeroes)
-        fi
+        bl_null_flags "$bin" "$kind"
         # The RPC socket only answers thread_get_stats (busy time) around each run.
         trpc=$run/spinblk-rpc.sock
         bl_start "$name" "$log" "$target_cpu" "$bin" --socket "$tsock" "--$kind" "$size" \
-          "${null_flags[@]}" --cpus "$target_cpu" --num-queues "$vq_count" -r "$trpc"
+          "${BL_NULL_FLAGS[@]}" --cpus "$target_cpu" --num-queues "$vq_count" -r "$trpc"
         tpid=$BL_PID
         bl_wait_socket "$tsock" "$tpid"
         ;;

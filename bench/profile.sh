@@ -98,22 +98,18 @@ size_bytes=$(python3 -c "
 import sys; s=sys.argv[1].strip().upper(); m={'K':10,'M':20,'G':30,'T':40}
 print(int(s[:-1])<<m[s[-1]] if s[-1] in m else int(s))" "$size")
 
-# As compare.sh: a null disk that leaves read buffers alone, as SPDK's does (when the binary
-# has the option).
-null_flags=()
-if [[ $disk == null ]] && "$SPINBLK" --help 2>/dev/null | grep -q -- --null-no-read-zeroes; then
-  null_flags=(--null-no-read-zeroes)
-fi
+# As compare.sh: a null disk that leaves read buffers alone, as SPDK's does.
+bl_null_flags "$SPINBLK" "$disk"
 {
   echo "profile.sh $(date -Is)"
   echo "machine: $(bl_sysinfo)"
-  echo "spinblk --$disk $size ${null_flags[*]} --cpus $target_cpu --num-queues $vq_count; client $client on core $client_cpu; 4k $rw QD$qd"
+  echo "spinblk --$disk $size ${BL_NULL_FLAGS[*]} --cpus $target_cpu --num-queues $vq_count; client $client on core $client_cpu; 4k $rw QD$qd"
   echo "perf: $(perf --version 2>&1); record ${cg_args[*]} -e cpu-clock -F $freq for $((runtime - 3))s"
 } | tee "$out/run-info.txt" >&2
 
 sock=$run/spinblk.sock
 bl_start spinblk "$out/logs/target.log" "$target_cpu" "$SPINBLK" --socket "$sock" "--$disk" "$size" \
-  "${null_flags[@]}" --cpus "$target_cpu" --num-queues "$vq_count"
+  "${BL_NULL_FLAGS[@]}" --cpus "$target_cpu" --num-queues "$vq_count"
 spid=$BL_PID
 bl_wait_socket "$sock" "$spid" || bl_die "spinblk did not start (see $out/logs/target.log)"
 

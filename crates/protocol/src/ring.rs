@@ -34,7 +34,7 @@ const DESC_SIZE: u64 = 16;
 /// buffer, but `mfence` also waits for weakly-ordered and non-temporal work this path never
 /// does, and costs more cycles. Elsewhere, `fence(SeqCst)`.
 #[inline(always)]
-pub(crate) fn full_barrier() {
+fn full_barrier() {
     #[cfg(target_arch = "x86_64")]
     // SAFETY: adds 0 to the 4 bytes just below the stack pointer, in the red zone, which an
     // `asm!` block without `nostack` may use (the compiler keeps nothing there across it): the
@@ -285,10 +285,7 @@ impl SplitRing {
     /// Takes the next avail entry (the caller checked `pending` > 0) and returns its head.
     #[inline]
     pub fn pop_head(&mut self) -> u16 {
-        let slot = usize::from(self.next_avail & (self.size - 1));
-        let head = self
-            .u16_at(self.avail, 4 + 2 * slot)
-            .load(Ordering::Relaxed);
+        let head = self.peek_head(0);
         self.next_avail = self.next_avail.wrapping_add(1);
         head
     }
@@ -301,10 +298,7 @@ impl SplitRing {
     pub fn prefetch_desc(&self, ahead: u16) {
         let head = self.peek_head(ahead);
         if head < self.size {
-            prefetch(
-                self.desc
-                    .wrapping_add(usize::from(head) * DESC_SIZE as usize),
-            );
+            prefetch(self.desc_ptr(head));
         }
     }
 
@@ -320,12 +314,19 @@ impl SplitRing {
         }
         // SAFETY: `head < size` and the table of `size` descriptors lies in guest memory that
         // stays mapped while the poller that owns this ring holds its memory table.
-        let d = unsafe { Desc::read(self.desc.add(usize::from(head) * DESC_SIZE as usize)) };
+        let d = unsafe { Desc::read(self.desc_ptr(head)) };
         if !d.indirect() {
             if let Some((host, _)) = mem.host_run(d.addr) {
                 prefetch(host);
             }
         }
+    }
+
+    /// Where descriptor `head` of the table lies (in the table when `head < size`).
+    #[inline]
+    fn desc_ptr(&self, head: u16) -> *const u8 {
+        self.desc
+            .wrapping_add(usize::from(head) * DESC_SIZE as usize)
     }
 
     /// The head in the avail entry `ahead` places after the next one, not taken.
@@ -553,6 +554,21 @@ mod tests {
         SplitRing::new(size, addrs, false, 0, g).expect("ring")
     }
 
+    /// Writes descriptor `i` of the mock queue's table.
+    fn write_desc(
+        m: &GuestMemoryMmap,
+        vq: &MockSplitQueue<GuestMemoryMmap>,
+        i: u16,
+        d: SplitDescriptor,
+    ) {
+        vm_memory::Bytes::write_obj(
+            m,
+            RawDescriptor::from(d),
+            vq.desc_table_addr().unchecked_add(16 * u64::from(i)),
+        )
+        .expect("desc")
+    }
+
     /// Pops every pending chain from both our ring and virtio-queue's `Queue` and compares what
     /// each saw.
     fn compare_with_virtio_queue(m: &GuestMemoryMmap, vq: &MockSplitQueue<GuestMemoryMmap>) {
@@ -628,14 +644,7 @@ mod tests {
         let (m, g) = setup();
         let vq = MockSplitQueue::new(&m, 8);
         let mut ring = ring_of(&vq, &g, 8);
-        let write = |i: u16, d: SplitDescriptor| {
-            vm_memory::Bytes::write_obj(
-                &m,
-                RawDescriptor::from(d),
-                vq.desc_table_addr().unchecked_add(16 * u64::from(i)),
-            )
-            .expect("desc")
-        };
+        let write = |i: u16, d: SplitDescriptor| write_desc(&m, &vq, i, d);
         // A loop 0 -> 1 -> 0.
         write(0, SplitDescriptor::new(0x8000, 16, NEXT, 1));
         write(1, SplitDescriptor::new(0x9000, 16, NEXT, 0));
@@ -685,14 +694,7 @@ mod tests {
         let (m, g) = setup();
         let vq = MockSplitQueue::new(&m, 8);
         let mut ring = ring_of(&vq, &g, 8);
-        let desc = |i: u16, d: SplitDescriptor| {
-            vm_memory::Bytes::write_obj(
-                &m,
-                RawDescriptor::from(d),
-                vq.desc_table_addr().unchecked_add(16 * u64::from(i)),
-            )
-            .expect("desc")
-        };
+        let desc = |i: u16, d: SplitDescriptor| write_desc(&m, &vq, i, d);
         desc(0, SplitDescriptor::new(0x8000, 16, NEXT, 1));
         desc(1, SplitDescriptor::new(u64::MAX - 8, 16, 0, 0));
         desc(2, SplitDescriptor::new(0x7fff_0000, 32, INDIRECT, 0));

@@ -33,8 +33,8 @@ impl VirtqPoller {
         while popped < size && self.backlog.is_empty() {
             let head = if let Some(head) = self.resubmit.pop_front() {
                 head
-            } else if self.ring.pending(avail) > 0 {
-                if self.ring.pending(avail) > 1 {
+            } else if let left @ 1.. = self.ring.pending(avail) {
+                if left > 1 {
                     self.ring.prefetch_first_buffer(&self.mem, 1);
                 }
                 let head = self.ring.pop_head();

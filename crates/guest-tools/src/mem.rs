@@ -116,13 +116,14 @@ pub fn memcheck_line(rep: &MemReport, sh: &Shared, chunks: usize, label: &str) -
     (ok, line)
 }
 
+/// The host name in `path`, or `None` when it cannot be read or is empty (a file being
+/// rewritten is empty between its truncation and the write).
 fn read_host(path: &std::path::Path) -> Option<String> {
     let s = std::fs::read(path).ok()?;
-    Some(
-        String::from_utf8_lossy(&s)
-            .trim_matches(|c: char| c == '\0' || c.is_whitespace())
-            .to_string(),
-    )
+    let name = String::from_utf8_lossy(&s)
+        .trim_matches(|c: char| c == '\0' || c.is_whitespace())
+        .to_string();
+    (!name.is_empty()).then_some(name)
 }
 
 /// Compares the whole buffer with the versions last read into it.
@@ -333,5 +334,21 @@ mod tests {
         check_chunk(&buf, 10, 2, 5, &mut rep);
         assert_eq!((rep.stale, rep.other), (0, 1));
         assert!(rep.first[0].contains("CORRUPT"), "{:?}", rep.first);
+    }
+
+    #[test]
+    fn empty_host_name_is_no_name() {
+        let path = std::env::temp_dir().join(format!("spinblk-read-host-{}", std::process::id()));
+        for (text, want) in [
+            (&b"vm00\n"[..], Some("vm00")),
+            (b"vm01\0", Some("vm01")),
+            (b"", None),
+            (b"\n\0", None),
+        ] {
+            std::fs::write(&path, text).expect("write host file");
+            assert_eq!(read_host(&path).as_deref(), want, "{text:?}");
+        }
+        let _ = std::fs::remove_file(&path);
+        assert_eq!(read_host(&path), None);
     }
 }

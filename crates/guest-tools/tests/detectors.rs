@@ -116,7 +116,12 @@ fn host_switch_triggers_a_memory_check() {
         .spawn()
         .expect("spawn");
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    std::fs::write(&host.0, "vm01\n").expect("rewrite host file");
+    // Replaced whole by a rename, as a migration switches fw_cfg files: the tool must not see
+    // a half-written name. (The tool also ignores an empty name, which a truncating rewrite
+    // shows for a moment; CI once saw a switch to "" and back.)
+    let next = host.0.with_extension("next");
+    std::fs::write(&next, "vm01\n").expect("write next host file");
+    std::fs::rename(&next, &host.0).expect("rename host file");
     let out = child.wait_with_output().expect("wait");
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");

@@ -478,6 +478,12 @@ fn save_config_then_restart_with_json_rebuilds_the_same_objects() {
                 .expect("saved null bdev")
         };
         assert_eq!(null_params("n1")["read_zeroes"], json!(false));
+        let shown = |name: &str| {
+            rpc.json(&["bdev_get_bdevs", "-b", name])[0]["driver_specific"]["spinblk"]
+                ["read_zeroes"]
+                .clone()
+        };
+        assert_eq!((shown("n1"), shown("n0")), (json!(false), json!(true)));
         assert!(
             null_params("n0").get("read_zeroes").is_none(),
             "default left out"

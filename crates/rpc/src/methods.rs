@@ -468,6 +468,9 @@ fn bdev_info(target: &Target, e: &BdevEntry) -> Value {
             spinblk["poll"] = json!(poll);
             spinblk["readonly"] = json!(readonly);
         }
+        BdevKind::Null { read_zeroes, .. } => {
+            spinblk["read_zeroes"] = json!(read_zeroes);
+        }
         BdevKind::Rbd(spec) => {
             let (rbd_info, extra) = rbd::driver_specific(target, e, spec);
             rbd = Some(rbd_info);

@@ -3,7 +3,8 @@
 # under QEMU (TCG) with two emulated NVMe controllers (serial spinblk0: 512-byte LBAs, the main
 # one; spinblk4k: 4096-byte LBAs and a smaller MDTS, data checks only) and run, in the guest:
 #   * nvme_check (crates/bdev/examples) on each namespace's char device (/dev/ngXn1): writes at queue depth, multi-segment,
-#     larger-than-MDTS and misaligned (bounced) requests, flush, write-zeroes, discard, all read
+#     larger-than-MDTS and misaligned (bounced) requests, flush, 200 rounds of flushes among
+#     reads (a polled channel must never poll a flush: Linux < 6.5 crashes), write-zeroes, discard, all read
 #     back through the bdev; then the same bytes read through the block device (dd iflag=direct)
 #     and compared with cmp. Once with interrupt-driven queues, once with the nvme driver
 #     reloaded with poll_queues=1 and the bdev polling (IORING_SETUP_IOPOLL).

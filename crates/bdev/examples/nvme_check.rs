@@ -392,6 +392,38 @@ fn check_mode(bdev: &NvmeBdev, dump: Option<&str>, seed: u64) -> bool {
     let st = run_one(ch, BdevIo::without_data(0, IoOp::Flush, 0, 0));
     c.check("flush", st == IoStatus::Success, format!("{st:?}"));
 
+    // 5b. Flushes among reads, many times: a polled channel must not poll a flush (Linux
+    //     before 6.5 crashes in bio_poll when it does; see nvme/polled.rs).
+    {
+        let rounds = 200;
+        let b = Buf::new(16 * 4096);
+        let iovs: Vec<IoVec> = (0..16).map(|i| b.iov(i * 4096, 4096)).collect();
+        let failed = (0..rounds).try_fold(0, |bad, _| {
+            // Tags 0..18: flushes at 4 and 17, reads of the 16 buffers around them.
+            let mut next = iovs.iter().enumerate();
+            let ios = (0..18u32)
+                .filter_map(|tag| {
+                    if tag == 4 || tag == 17 {
+                        return Some(BdevIo::without_data(tag, IoOp::Flush, 0, 0));
+                    }
+                    let (i, v) = next.next()?;
+                    let at = REGION + (i * 4096) as u64;
+                    Some(rw(tag, IoOp::Read, at, std::slice::from_ref(v)))
+                })
+                .collect();
+            let st = run(ch, ios)?;
+            Ok::<_, String>(bad + st.iter().filter(|&&s| s != IoStatus::Success).count())
+        });
+        match failed {
+            Ok(bad) => c.check(
+                "flushes-among-reads",
+                bad == 0,
+                format!("{rounds} rounds of 16 reads and 2 flushes, {bad} failed"),
+            ),
+            Err(e) => c.check("flushes-among-reads", false, e),
+        }
+    }
+
     // 6. Write-zeroes and discard over data that is not zero.
     for (name, op, off) in [
         ("write-zeroes", IoOp::WriteZeroes, 12usize << 20),

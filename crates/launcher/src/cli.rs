@@ -86,6 +86,7 @@ pub struct Cli {
     pub rbd_option: Vec<(String, String)>,
 
     /// With --nvme: poll for completions (IOPOLL; the nvme driver needs poll_queues > 0).
+    /// Flushes and write-zeroes, which carry no data, still complete by interrupt.
     #[arg(long, requires = "nvme")]
     pub nvme_poll: bool,
 

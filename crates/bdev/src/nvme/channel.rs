@@ -163,6 +163,12 @@ struct Cmd {
 /// about 11 MiB (`footprint_at_depth_1024` checks these figures). Bounce buffers and the parts
 /// and pieces of a slot are touched only when requests use them.
 pub(crate) fn footprint(depth: usize) -> usize {
+    let (depth, _) = ring_depth(depth, MAX_DEPTH);
+    footprint_with(depth, depth.min(BOUNCE_SLOTS_MAX))
+}
+
+/// [`footprint`] of a channel with `bounce_slots` bounce buffers.
+pub(crate) fn footprint_with(depth: usize, bounce_slots: usize) -> usize {
     use std::mem::size_of;
     let (depth, entries) = ring_depth(depth, MAX_DEPTH);
     let entries = entries as usize;
@@ -174,7 +180,7 @@ pub(crate) fn footprint(depth: usize) -> usize {
             + CAPS.parts * size_of::<Part>()
             + 2 * size_of::<usize>()
             + size_of::<Completion>());
-    ring + cmds + slots + depth.min(BOUNCE_SLOTS_MAX) * BOUNCE_SLOT_SIZE
+    ring + cmds + slots + bounce_slots * BOUNCE_SLOT_SIZE
 }
 
 /// One io_uring over one namespace, owned by one reactor.
@@ -210,6 +216,27 @@ impl NvmeChannel {
     /// A channel over `file` (which it keeps) that holds up to `depth` requests in flight
     /// (clamped to `1..=MAX_DEPTH`).
     pub(super) fn new(file: File, cfg: ChannelConfig, depth: usize) -> Result<Self, BdevError> {
+        let (depth, _) = ring_depth(depth, MAX_DEPTH);
+        Self::build(file, cfg, depth, depth.min(BOUNCE_SLOTS_MAX))
+    }
+
+    /// A channel for flushes and write-zeroes only (no bounce buffers), over a ring that
+    /// completes by interrupt whatever `cfg.poll` says: see [`super::polled`].
+    pub(super) fn dataless(
+        file: File,
+        cfg: ChannelConfig,
+        depth: usize,
+    ) -> Result<Self, BdevError> {
+        let cfg = ChannelConfig { poll: false, ..cfg };
+        Self::build(file, cfg, depth, 0)
+    }
+
+    fn build(
+        file: File,
+        cfg: ChannelConfig,
+        depth: usize,
+        bounce_slots: usize,
+    ) -> Result<Self, BdevError> {
         let (depth, entries) = ring_depth(depth, MAX_DEPTH);
         let ring = new_ring(entries, cfg.poll).map_err(|e| {
             BdevError::Os(std::io::Error::new(
@@ -241,7 +268,7 @@ impl NvmeChannel {
                 })
                 .collect(),
             free_cmds: FreeList::new(ncmds),
-            pool: BouncePool::new(depth.min(BOUNCE_SLOTS_MAX), BOUNCE_SLOT_SIZE)?,
+            pool: BouncePool::new(bounce_slots, BOUNCE_SLOT_SIZE)?,
             waiting: VecDeque::with_capacity(depth),
             pending: CompletionRing::new(depth),
             shadow: SqShadow::new(ncmds),

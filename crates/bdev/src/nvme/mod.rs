@@ -21,6 +21,7 @@
 
 mod channel;
 mod cmd;
+mod polled;
 mod split;
 
 use std::fmt;
@@ -40,7 +41,7 @@ use crate::{Bdev, BdevError, IoChannel, IoOp};
 use channel::{new_ring, ChannelConfig, NvmeChannel};
 use cmd::{
     describe_result, flush_cmd, identify_cmd, pages_limit_bytes, parse_identify_controller,
-    parse_identify_namespace, parse_identify_nvm_controller, NvmeCmd, CNS_CONTROLLER,
+    parse_identify_namespace, parse_identify_nvm_controller, rw_cmd, NvmeCmd, CNS_CONTROLLER,
     CNS_CSI_CONTROLLER, CNS_NAMESPACE, IDENTIFY_LEN, MAX_NLB, NVME_IOCTL_ADMIN_CMD, NVME_IOCTL_ID,
     NVME_URING_CMD_IO, ONCS_DSM, ONCS_WRITE_ZEROES,
 };
@@ -49,8 +50,10 @@ use split::Limits;
 /// How [`NvmeBdev::open`] opens a namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NvmeOptions {
-    /// Polled completions: every channel's ring is created with `IORING_SETUP_IOPOLL` and reaps
-    /// by polling the NVMe driver's poll queues, no interrupts. Needs the `nvme` module loaded
+    /// Polled completions: every channel's reads, writes and discards go through a ring created
+    /// with `IORING_SETUP_IOPOLL` that reaps by polling the NVMe driver's poll queues, no
+    /// interrupts. Flushes and write-zeroes carry no data, so they cannot be polled. They go
+    /// through a second, small ring that completes by interrupt (see `polled.rs`). Needs the `nvme` module loaded
     /// with `poll_queues=N` (N >= 1): refused at open when the namespace's request queue says it
     /// cannot poll (sysfs `queue/io_poll` reads 0). Without poll queues the kernel would still
     /// accept polled commands but complete them by interrupt, so polling would only burn CPU.
@@ -189,7 +192,8 @@ impl std::error::Error for NvmeError {}
 ///
 /// Every channel opens its own ring (128-byte SQEs, 32-byte CQEs, `depth` rounded up to a power
 /// of two entries, polled with [`NvmeOptions::poll`]) over a duplicate of the descriptor,
-/// registered as the ring's fixed file 0.
+/// registered as the ring's fixed file 0; a polled channel also opens a second, interrupt-driven
+/// ring for flushes and write-zeroes.
 pub struct NvmeBdev {
     name: String,
     path: PathBuf,
@@ -219,8 +223,8 @@ const FALLBACK_MAX_SEGMENTS: usize = 127;
 
 impl NvmeBdev {
     /// Opens `path`, an NVMe generic char device (`/dev/ngXnY`), identifies its namespace and
-    /// controller, and sends a Flush through io_uring to prove passthrough works (polled, with
-    /// [`NvmeOptions::poll`]).
+    /// controller, and sends a Flush through io_uring to prove passthrough works (and, with
+    /// [`NvmeOptions::poll`], a polled Read of block 0).
     ///
     /// Refuses, with a message that says why ([`BdevError::Nvme`]): a block device (naming the
     /// char device to use instead), anything that is not a char device named `ngXnY` with the
@@ -348,9 +352,12 @@ impl NvmeBdev {
                     .unwrap_or_default()
             ))));
         }
-        probe(&file, nsid, options.poll).map_err(nvme_err)?;
-
         let block_shift = u32::from(ns.lbads);
+        probe(&file, nsid, 1 << block_shift, false).map_err(nvme_err)?;
+        if options.poll {
+            probe(&file, nsid, 1 << block_shift, true).map_err(nvme_err)?;
+        }
+
         let bs = 1u64 << block_shift;
         let mdts_bytes = pages_limit_bytes(ctrl.mdts);
         let mut max_bytes = u64::from(MAX_NLB) * bs;
@@ -490,18 +497,32 @@ impl Bdev for NvmeBdev {
         }
     }
 
-    /// The ring, command entries, slots and bounce pool (`channel::footprint`): about 11 MiB at depth 1024, 8 MiB of it bounce buffers.
+    /// The ring, command entries, slots and bounce pool (`channel::footprint`): about 11 MiB at
+    /// depth 1024, 8 MiB of it bounce buffers; polled, plus the small interrupt-driven ring for
+    /// flushes and write-zeroes (no bounce buffers).
     fn channel_memory(&self, depth: usize) -> usize {
-        channel::footprint(depth)
+        let dataless = if self.options.poll {
+            channel::footprint_with(polled::DATALESS_DEPTH, 0)
+        } else {
+            0
+        };
+        channel::footprint(depth) + dataless
     }
 
+    /// Polled: a [`polled::PolledChannel`], which keeps flushes and write-zeroes off the
+    /// polled ring.
     fn open_channel(&self, depth: usize) -> Result<Box<dyn IoChannel>, BdevError> {
-        let file = self.file.try_clone().map_err(BdevError::Os)?;
-        Ok(Box::new(NvmeChannel::new(
-            file,
-            self.channel_config(),
-            depth,
-        )?))
+        let dup = || self.file.try_clone().map_err(BdevError::Os);
+        let cfg = self.channel_config();
+        let main = Box::new(NvmeChannel::new(dup()?, cfg, depth)?);
+        if !self.options.poll {
+            return Ok(main);
+        }
+        let dataless = NvmeChannel::dataless(dup()?, cfg, polled::DATALESS_DEPTH)?;
+        Ok(Box::new(polled::PolledChannel::new(
+            main,
+            Box::new(dataless),
+        )))
     }
 }
 
@@ -639,9 +660,16 @@ fn queue_limits(rdev: u64, nsid: u32) -> QueueLimits {
     }
 }
 
-/// Sends one Flush through a fresh ring of the kind the channels will use, to refuse at open
-/// (not on the first guest request) a kernel or driver that cannot do io_uring passthrough.
-fn probe(file: &File, nsid: u32, poll: bool) -> Result<(), NvmeError> {
+/// Sends one command through a fresh ring of a kind the channels will use, to refuse at open
+/// (not on the first guest request) a kernel or driver that cannot do io_uring passthrough:
+/// a Flush through an interrupt-driven ring, or with `poll` a Read of block 0 (`block_size`
+/// bytes) through a polled one. Never a Flush through a polled ring: a command without data
+/// cannot be polled, and Linux before 6.5 can crash trying (see `polled.rs`).
+fn probe(file: &File, nsid: u32, block_size: usize, poll: bool) -> Result<(), NvmeError> {
+    // Before the ring, so dropped after it.
+    let buf = AlignedBuf::new(block_size).ok_or_else(|| {
+        NvmeError::PassthroughUnsupported("no memory for the probe's buffer".to_string())
+    })?;
     let mut ring = new_ring(2, poll).map_err(|e| {
         NvmeError::PassthroughUnsupported(format!(
             "cannot create an io_uring with 128-byte SQEs and 32-byte CQEs{}: {e}{}",
@@ -654,12 +682,21 @@ fn probe(file: &File, nsid: u32, poll: bool) -> Result<(), NvmeError> {
             }
         ))
     })?;
+    let cmd = if poll {
+        let mut read = rw_cmd(false, nsid, 0, 1, false);
+        read.addr = buf.as_ptr() as u64;
+        read.data_len = block_size as u32;
+        read
+    } else {
+        flush_cmd(nsid)
+    };
     let entry = opcode::UringCmd80::new(types::Fd(file.as_raw_fd()), NVME_URING_CMD_IO)
-        .cmd(flush_cmd(nsid).to_sqe_cmd())
+        .cmd(cmd.to_sqe_cmd())
         .build()
         .user_data(1);
-    // SAFETY: a Flush names no memory; the descriptor outlives the ring (dropped first, below,
-    // or kept by the caller).
+    // SAFETY: a Flush names no memory; a Read names `buf`, `block_size` bytes that outlive the
+    // ring (declared before it is dropped, below) and so every use the kernel makes of them;
+    // the descriptor outlives the ring (kept by the caller).
     if unsafe { ring.submission().push(&entry) }.is_err() {
         return Err(NvmeError::PassthroughUnsupported(
             "the probe ring has no room".to_string(),
@@ -682,6 +719,8 @@ fn probe(file: &File, nsid: u32, poll: bool) -> Result<(), NvmeError> {
             break cqe.result();
         }
         if start.elapsed() > PROBE_TIMEOUT {
+            // The Read may still land after the ring is closed: its buffer is never freed.
+            std::mem::forget(buf);
             return Err(NvmeError::ProbeTimeout {
                 poll,
                 waited: PROBE_TIMEOUT,

@@ -53,10 +53,11 @@ pub struct NvmeOptions {
     /// Polled completions: every channel's reads, writes and discards go through a ring created
     /// with `IORING_SETUP_IOPOLL` that reaps by polling the NVMe driver's poll queues, no
     /// interrupts. Flushes and write-zeroes carry no data, so they cannot be polled. They go
-    /// through a second, small ring that completes by interrupt (see `polled.rs`). Needs the `nvme` module loaded
-    /// with `poll_queues=N` (N >= 1): refused at open when the namespace's request queue says it
-    /// cannot poll (sysfs `queue/io_poll` reads 0). Without poll queues the kernel would still
-    /// accept polled commands but complete them by interrupt, so polling would only burn CPU.
+    /// through a second, small ring that completes by interrupt (see `polled.rs`). Needs the
+    /// `nvme` module loaded with `poll_queues=N` (N >= 1): refused at open when the namespace's
+    /// request queue says it cannot poll (sysfs `queue/io_poll` reads 0). Without poll queues
+    /// the kernel would still accept polled commands but complete them by interrupt, so polling
+    /// would only burn CPU.
     pub poll: bool,
     /// Open the char device read-only: writes fail with
     /// [`IoStatus::IoError`](crate::IoStatus::IoError); discard and write-zeroes are

@@ -10,9 +10,10 @@
 //! the task work, `nvme_ns_chr_uring_cmd_iopoll` hands the callback's address to `bio_poll` as if
 //! it were a bio, and the kernel takes a general protection fault in `bio_poll`. So a guest that
 //! flushes a polled disk could crash such a host. `scripts/nvme-vm-test.sh` caught it on
-//! Debian's 6.1: the fault's "bio" was an address inside `nvme_core`. Linux 6.5 ("nvme: improved
-//! uring polling") polls the request instead. Those commands complete by interrupt in any case,
-//! so keeping them off the polled ring costs nothing on any kernel.
+//! Debian's 6.1: the fault's "bio" was an address inside `nvme_core`. Linux 6.5 (commit
+//! 9408d8a37e6c, "nvme: improved uring polling") polls the request instead. Those commands
+//! complete by interrupt in any case, so keeping them off the polled ring costs nothing on any
+//! kernel.
 //!
 //! The Flush still covers every write completed before it: an NVMe Flush applies to all
 //! commands of the namespace that completed before it was submitted, whatever queue they used.

@@ -11,7 +11,9 @@
 #   * the refusals: the block device, a non-NVMe char device, polling without poll queues.
 #   * when target/release/spinblk has --nvme: spinblk serving the namespace over vhost-user, the
 #     vhost_verify client (crates/testkit/examples, libblkio) writing and verifying through it,
-#     and the block device compared with what the client wrote.
+#     and the block device compared with what the client wrote; once with interrupt-driven
+#     queues, and once more after the poll reload with --nvme-poll (the reactor polling the
+#     ring, the client's flushes and write-zeroes going through the interrupt-driven one).
 #   * with --bench: 4 KiB random read/write at QD1 and QD32 through the passthrough bdev and
 #     through the io_uring bdev on the block device (the device is emulated: only ratios mean
 #     anything).

@@ -54,8 +54,6 @@ bl_snapshot_bins() {
   } >"$out/binaries.txt"
 }
 
-# bl_start NAME LOG CPULIST CMD...: start CMD pinned to CPULIST with its
-# output in LOG; sets BL_PID. stdin is /dev/null.
 # bl_null_flags BIN DISK: sets BL_NULL_FLAGS to the options that make BIN's null disk leave
 # read buffers alone, as SPDK's null bdev does (--null-no-read-zeroes), when DISK is null and
 # BIN has the option (an older binary zero-fills); otherwise to nothing.
@@ -66,6 +64,8 @@ bl_null_flags() {
   fi
 }
 
+# bl_start NAME LOG CPULIST CMD...: start CMD pinned to CPULIST with its
+# output in LOG; sets BL_PID. stdin is /dev/null.
 bl_start() {
   local name=$1 log=$2 cpus=$3
   shift 3

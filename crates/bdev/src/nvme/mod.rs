@@ -354,12 +354,12 @@ impl NvmeBdev {
             ))));
         }
         let block_shift = u32::from(ns.lbads);
-        probe(&file, nsid, 1 << block_shift, false).map_err(nvme_err)?;
+        let bs = 1u64 << block_shift;
+        probe(&file, nsid, bs as usize, false).map_err(nvme_err)?;
         if options.poll {
-            probe(&file, nsid, 1 << block_shift, true).map_err(nvme_err)?;
+            probe(&file, nsid, bs as usize, true).map_err(nvme_err)?;
         }
 
-        let bs = 1u64 << block_shift;
         let mdts_bytes = pages_limit_bytes(ctrl.mdts);
         let mut max_bytes = u64::from(MAX_NLB) * bs;
         if let Some(m) = mdts_bytes {

@@ -1,5 +1,5 @@
 //! Fuzz target `parse`: the split-ring reader (`SplitRing`: new, pop_head, chain, push_used,
-//! publish_used, needs_notification, set_notification) and the virtio-blk request parser
+//! publish_used, needs_notification, confirm_notification, set_notification) and the virtio-blk request parser
 //! (`BlkRequest::parse_chain`), on guest memory built from the input.
 //!
 //! Input: a 24-byte header (see `Setup::decode`) describing up to four guest memory regions,
@@ -676,7 +676,11 @@ fn run(data: &[u8]) {
         assert_eq!((id, l), (u32::from(head), len), "used element {idx}");
         assert_eq!(ring.used_head(idx), head);
     }
-    let _ = ring.needs_notification();
+    if !ring.needs_notification() {
+        assert!(ring.notification_unconfirmed() || ring.confirm_notification() == false);
+    }
+    let _ = ring.confirm_notification();
+    assert!(!ring.notification_unconfirmed());
     ring.set_notification(s.notify);
     let _ = ring.has_work_after_enabling();
     assert_eq!(ring.remap(&mem), Ok(()));

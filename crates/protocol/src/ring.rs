@@ -49,6 +49,13 @@ fn full_barrier() {
     std::sync::atomic::fence(Ordering::SeqCst);
 }
 
+/// virtio's `vring_need_event(event, new, old)`: whether publishing the used indices from `old`
+/// to `new` crossed the driver's `used_event`.
+#[inline]
+fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
 /// Asks the CPU to start loading the cache line at `p` (a hint: it never faults and changes
 /// nothing, whatever the address).
 #[inline(always)]
@@ -169,7 +176,25 @@ pub struct SplitRing {
     published_used: u16,
     /// The used index the driver was last signalled for (EVENT_IDX), if any.
     signalled_used: Option<u16>,
+    /// A "no interrupt wanted" answered without the fence, not yet re-checked with it (see
+    /// [`SplitRing::needs_notification`]).
+    unconfirmed: Option<Unconfirmed>,
 }
+
+/// Suppressed signals since the last fenced check: where their used-index window starts and
+/// how many there were.
+#[derive(Debug, Clone, Copy)]
+struct Unconfirmed {
+    /// The signalled used index before the first of them (EVENT_IDX's `old`).
+    from: u16,
+    /// How many unfenced checks answered "no" since.
+    checks: u16,
+}
+
+/// Unfenced "no interrupt wanted" answers in a row after which [`SplitRing::needs_notification`]
+/// re-checks with the fence itself, so the wait of a driver that re-enabled interrupts at the
+/// wrong moment stays bounded even while every pass publishes.
+pub const CONFIRM_EVERY: u16 = 16;
 
 impl SplitRing {
     /// Checks the ring's geometry against `mem` and resolves its host addresses.
@@ -194,6 +219,7 @@ impl SplitRing {
             next_used: next_avail,
             published_used: next_avail,
             signalled_used: None,
+            unconfirmed: None,
         };
         ring.remap(mem)?;
         Ok(ring)
@@ -255,6 +281,7 @@ impl SplitRing {
         self.next_used = next_used;
         self.published_used = next_used;
         self.signalled_used = None;
+        self.unconfirmed = None;
     }
 
     fn u16_at(&self, base: *mut u8, offset: usize) -> &AtomicU16 {
@@ -411,26 +438,84 @@ impl SplitRing {
         Some(old)
     }
 
-    /// Whether the driver wants an interrupt for what was published since the last signal
-    /// (virtio 1.2, 2.7.10: `used_event` with EVENT_IDX, else `VRING_AVAIL_F_NO_INTERRUPT`).
-    /// Issues the full fence that orders the used index store before the driver's field load.
+    /// Whether the driver wants an interrupt for what was published since the last check
+    /// (virtio 1.2, 2.7.10: `used_event` with EVENT_IDX, else `VRING_AVAIL_F_NO_INTERRUPT`),
+    /// read **without** the full fence.
+    ///
+    /// The fence (store the used index, then load the driver's field) is what keeps a driver
+    /// that re-enables interrupts at the same moment from missing one: without it the load may
+    /// see the field as it was before the driver's store, while the driver's own re-check of
+    /// the used index sees the index as it was before ours. Waiting for the store buffer on
+    /// every busy pass is the most expensive step of a null request, so the fence is moved off
+    /// that path, not dropped: a "yes" needs no fence (a signal is never wrong, at worst
+    /// spurious), and a "no" is remembered as *unconfirmed*. The caller re-checks with
+    /// [`confirm_notification`](Self::confirm_notification), with the fence and over every
+    /// index published since the first unconfirmed "no", in the next pass that publishes
+    /// nothing, before the reactor sleeps and before the queue stops; and this method does so
+    /// itself after [`CONFIRM_EVERY`] unconfirmed answers in a row. A driver that enabled
+    /// interrupts in the window therefore gets its signal a pass or a few later, never not at
+    /// all.
+    #[inline]
     pub fn needs_notification(&mut self) -> bool {
+        let new = self.published_used;
+        let (wanted, old) = if self.event_idx {
+            let used_event = self
+                .u16_at(self.avail, 4 + 2 * usize::from(self.size))
+                .load(Ordering::Acquire);
+            match self.signalled_used.replace(new) {
+                // The first signal is always sent.
+                None => (true, new),
+                Some(old) => (need_event(used_event, new, old), old),
+            }
+        } else {
+            (self.interrupts_enabled(), new)
+        };
+        if wanted {
+            self.unconfirmed = None;
+            return true;
+        }
+        let u = self.unconfirmed.get_or_insert(Unconfirmed {
+            from: old,
+            checks: 0,
+        });
+        u.checks += 1;
+        if u.checks >= CONFIRM_EVERY {
+            return self.confirm_notification();
+        }
+        false
+    }
+
+    /// Whether a "no interrupt wanted" still waits for its fenced re-check.
+    #[inline]
+    pub fn notification_unconfirmed(&self) -> bool {
+        self.unconfirmed.is_some()
+    }
+
+    /// The fenced re-check of every unconfirmed "no" (see
+    /// [`needs_notification`](Self::needs_notification)): whether the driver wants an
+    /// interrupt for anything published since the first of them. `false` when none waits.
+    pub fn confirm_notification(&mut self) -> bool {
+        let Some(u) = self.unconfirmed.take() else {
+            return false;
+        };
         full_barrier();
         if self.event_idx {
             let used_event = self
                 .u16_at(self.avail, 4 + 2 * usize::from(self.size))
                 .load(Ordering::Acquire);
             let new = self.published_used;
-            let old = self.signalled_used.replace(new);
-            match old {
-                None => true,
-                // vring_need_event(event, new, old)
-                Some(old) => new.wrapping_sub(used_event).wrapping_sub(1) < new.wrapping_sub(old),
-            }
+            self.signalled_used = Some(new);
+            need_event(used_event, new, u.from)
         } else {
-            let flags = self.u16_at(self.avail, 0).load(Ordering::Acquire);
-            flags & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0
+            self.interrupts_enabled()
         }
+    }
+
+    /// The driver's avail flags do not say `VRING_AVAIL_F_NO_INTERRUPT`.
+    #[inline]
+    fn interrupts_enabled(&self) -> bool {
+        let flags = self.u16_at(self.avail, 0).load(Ordering::Acquire);
+        flags & VRING_AVAIL_F_NO_INTERRUPT as u16 == 0
     }
 
     /// Asks the driver to kick (true) or not to (false) when it adds buffers. Without
@@ -785,6 +870,73 @@ mod tests {
             vm_memory::Bytes::read_obj(&m, GuestAddress(addrs.used + 4 + 8 * 8)).expect("r");
         assert_eq!(avail_event, 5);
         assert!(!ev.has_work_after_enabling() || ev.avail_idx() != 5);
+    }
+
+    /// A "no" from the unfenced check is re-checked with the fence over every index published
+    /// since: flags, the EVENT_IDX window, and the bound on unconfirmed answers in a row.
+    #[test]
+    fn suppressed_signals_are_confirmed_with_the_fence() {
+        let (m, g) = setup();
+        let vq = MockSplitQueue::new(&m, 8);
+        let mut ring = ring_of(&vq, &g, 8);
+        let set_flags = |f: u16| vm_memory::Bytes::write_obj(&m, f, vq.avail_addr()).expect("w");
+        assert!(!ring.confirm_notification(), "nothing to confirm");
+        set_flags(VRING_AVAIL_F_NO_INTERRUPT as u16);
+        ring.push_used(0, 1);
+        ring.publish_used();
+        assert!(!ring.needs_notification());
+        assert!(ring.notification_unconfirmed());
+        // The driver's store the unfenced load may have missed.
+        set_flags(0);
+        assert!(ring.confirm_notification());
+        assert!(!ring.notification_unconfirmed());
+        // Bounded: after CONFIRM_EVERY "no"s in a row the check confirms by itself.
+        set_flags(VRING_AVAIL_F_NO_INTERRUPT as u16);
+        for i in 1..CONFIRM_EVERY {
+            ring.push_used(0, 1);
+            ring.publish_used();
+            assert!(!ring.needs_notification());
+            assert!(ring.notification_unconfirmed(), "answer {i}");
+        }
+        ring.push_used(0, 1);
+        ring.publish_used();
+        assert!(!ring.needs_notification());
+        assert!(!ring.notification_unconfirmed(), "confirmed at the bound");
+        // A "yes" covers every earlier "no".
+        ring.push_used(0, 1);
+        ring.publish_used();
+        assert!(!ring.needs_notification());
+        set_flags(0);
+        ring.push_used(0, 1);
+        ring.publish_used();
+        assert!(ring.needs_notification());
+        assert!(!ring.notification_unconfirmed());
+
+        // EVENT_IDX: the re-check covers the window from the first unconfirmed "no".
+        let addrs = ring.addrs();
+        let mut ev = SplitRing::new(8, addrs, true, 0, &g).expect("ring");
+        let used_event = |v: u16| {
+            vm_memory::Bytes::write_obj(&m, v, GuestAddress(addrs.avail + 4 + 2 * 8)).expect("w")
+        };
+        used_event(0);
+        ev.push_used(0, 1);
+        ev.publish_used();
+        assert!(ev.needs_notification(), "first signal"); // signalled at 1
+        used_event(7); // not yet
+        ev.push_used(1, 1);
+        ev.publish_used(); // 2
+        assert!(!ev.needs_notification());
+        ev.push_used(2, 1);
+        ev.publish_used(); // 3
+        assert!(!ev.needs_notification());
+        // The driver had asked for a signal after index 1 (it saw 1 and not 2): inside the
+        // unconfirmed window (1, 3] though outside the last check's (2, 3].
+        used_event(1);
+        assert!(ev.confirm_notification());
+        ev.push_used(3, 1);
+        ev.publish_used(); // 4: used_event 1 is behind the confirmed index 3
+        assert!(!ev.needs_notification());
+        assert!(!ev.confirm_notification());
     }
 
     #[test]

@@ -158,15 +158,16 @@ impl VirtqPoller {
     }
 
     /// Publishes the pass's used elements with one store of the used index, clears their
-    /// inflight records, and signals the guest if it wants to be.
-    pub(super) fn publish(&mut self) {
+    /// inflight records, and signals the guest if it wants to be; returns whether anything was
+    /// published.
+    pub(super) fn publish(&mut self) -> bool {
         if !self.used_pending {
-            return;
+            return false;
         }
         self.used_pending = false;
         self.fail_requests_on_vanished_memory();
         let Some(old) = self.ring.publish_used() else {
-            return;
+            return false;
         };
         let new = self.ring.next_used();
         let completed = u64::from(new.wrapping_sub(old));
@@ -178,5 +179,6 @@ impl VirtqPoller {
             inf.after_publish(old, new, |i| ring.used_head(i));
         }
         self.notify_guest(completed);
+        true
     }
 }

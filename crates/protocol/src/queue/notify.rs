@@ -99,11 +99,31 @@ impl VirtqPoller {
         }
     }
 
-    /// One eventfd write if the driver wants an interrupt; returns whether it was written.
+    /// One eventfd write if the driver wants an interrupt; returns whether it was written. The
+    /// check runs without the full fence; a "no" waits for [`confirm_signal`](Self::confirm_signal)
+    /// (`SplitRing::needs_notification` says why and when).
     fn signal_if_wanted(&mut self) -> bool {
         if !self.ring.needs_notification() {
             return false;
         }
+        self.signal()
+    }
+
+    /// The fenced re-check of a signal the unfenced check held back, if one waits for it; the
+    /// poller runs it in every pass that publishes nothing, before the reactor sleeps and before
+    /// the queue stops. A held-back coalesced interrupt is left to the coalescer, which checks
+    /// again when its delay has passed.
+    pub(super) fn confirm_signal(&mut self) {
+        if self.coalescer.pending || !self.ring.notification_unconfirmed() {
+            return;
+        }
+        if self.ring.confirm_notification() {
+            self.signal();
+        }
+    }
+
+    /// Writes the call eventfd, if there is one; returns whether it did.
+    fn signal(&mut self) -> bool {
         let Some(call) = &self.call else { return false };
         if !signal_call(call) {
             self.stats.notify_errors += 1;

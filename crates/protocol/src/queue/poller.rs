@@ -312,13 +312,16 @@ impl Poller for VirtqPoller {
         }
         self.channel.flush_submissions();
         busy |= self.reap() > 0;
-        self.publish();
+        if !self.publish() {
+            self.confirm_signal();
+        }
         self.drop_unused_tables();
         if self.coalescer.pending {
             self.flush_coalesced();
         }
         if self.in_flight == 0 {
             if let Some(reply) = self.stop_reply.take() {
+                self.confirm_signal();
                 let _ = reply.send(QueueStopped {
                     next_avail: self.ring.next_avail(),
                     stats: std::mem::take(&mut self.stats),
@@ -341,6 +344,7 @@ impl Poller for VirtqPoller {
     /// kicks and re-check the ring (a driver that added a request just before kicks were
     /// enabled would otherwise wait for a kick that never comes: virtio 1.2, 2.7.10).
     fn prepare_sleep(&mut self) -> bool {
+        self.confirm_signal();
         let quiet = self.kick.is_some()
             && self.backlog.is_empty()
             && self.throttled.is_empty()

@@ -416,6 +416,63 @@ fn sleeping_enables_kicks_and_a_request_that_raced_it_keeps_the_reactor_awake() 
     p.wake();
 }
 
+/// The interrupt check after a publish runs without the full fence; a "no" is re-checked with
+/// it in the next pass that publishes nothing and before the reactor sleeps. Here the driver
+/// re-enables interrupts right after the unfenced check (what a stale read of its flags looks
+/// like): the signal follows one pass later.
+#[test]
+fn a_signal_the_unfenced_check_held_back_follows_in_the_next_idle_pass() {
+    let mem = memory();
+    let vq = MockSplitQueue::new(&mem, RING);
+    let (mut p, _tx) = start(&mem, &vq, device(malloc()), None);
+    let call = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).expect("eventfd");
+    // SAFETY: a fresh duplicate of the eventfd, owned by the File from here on.
+    p.call = Some(unsafe {
+        std::os::fd::FromRawFd::from_raw_fd(libc::dup(std::os::fd::AsRawFd::as_raw_fd(&call)))
+    });
+    let no_interrupt = virtio_bindings::virtio_ring::VRING_AVAIL_F_NO_INTERRUPT as u16;
+    let set_flags = |f: u16| mem.write_obj(f, vq.avail_addr()).expect("avail flags");
+    let signals = || call.read().unwrap_or(0);
+
+    // Interrupts wanted: the signal goes out in the publishing pass, nothing waits.
+    add_request(&mem, &vq, 0, VIRTIO_BLK_T_OUT, 0, 1);
+    assert_eq!(p.poll(), PollStatus::Busy);
+    assert_eq!(signals(), 1);
+    assert!(!p.ring.notification_unconfirmed());
+
+    // Suppressed when published; the driver then re-enables interrupts.
+    set_flags(no_interrupt);
+    add_request(&mem, &vq, 1, VIRTIO_BLK_T_OUT, 1, 2);
+    assert_eq!(p.poll(), PollStatus::Busy);
+    assert_eq!(vq.used().idx().load(), 2);
+    assert_eq!(signals(), 0);
+    assert!(p.ring.notification_unconfirmed());
+    set_flags(0);
+    assert_eq!(p.poll(), PollStatus::Idle);
+    assert_eq!(signals(), 1, "the fenced re-check in the idle pass signals");
+    assert!(!p.ring.notification_unconfirmed());
+    p.poll();
+    assert_eq!(signals(), 0, "once");
+
+    // The same before a sleep.
+    set_flags(no_interrupt);
+    add_request(&mem, &vq, 2, VIRTIO_BLK_T_OUT, 2, 3);
+    assert_eq!(p.poll(), PollStatus::Busy);
+    assert_eq!(signals(), 0);
+    set_flags(0);
+    p.prepare_sleep();
+    assert_eq!(signals(), 1, "re-checked before sleeping");
+    p.wake();
+
+    // A driver that keeps interrupts off gets none, and the re-check is not repeated.
+    set_flags(no_interrupt);
+    add_request(&mem, &vq, 3, VIRTIO_BLK_T_OUT, 3, 4);
+    assert_eq!(p.poll(), PollStatus::Busy);
+    assert_eq!(p.poll(), PollStatus::Idle);
+    assert!(!p.ring.notification_unconfirmed());
+    assert_eq!(signals(), 0);
+}
+
 #[test]
 fn requests_over_the_limit_wait_and_are_never_failed() {
     use spinblk_bdev::{QosLimiter, QosLimits};

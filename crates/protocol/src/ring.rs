@@ -179,7 +179,17 @@ pub struct SplitRing {
     /// A "no interrupt wanted" answered without the fence, not yet re-checked with it (see
     /// [`SplitRing::needs_notification`]).
     unconfirmed: Option<Unconfirmed>,
+    /// The driver's `used_event` as last loaded (EVENT_IDX).
+    used_event_seen: u16,
+    /// Unfenced checks left that load `used_event` afresh before the check trusts
+    /// `used_event_seen` (see [`SplitRing::needs_notification`]).
+    fresh_loads_left: u16,
 }
+
+/// Unfenced interrupt checks that load `used_event` afresh after the driver last wanted an
+/// interrupt; a driver that wants none for this long is a polling one, whose `used_event`
+/// [`SplitRing::needs_notification`] then stops loading on every busy pass.
+pub const FRESH_LOADS: u16 = 256;
 
 /// Suppressed signals since the last fenced check: where their used-index window starts and
 /// how many there were.
@@ -194,7 +204,7 @@ struct Unconfirmed {
 /// Unfenced "no interrupt wanted" answers in a row after which [`SplitRing::needs_notification`]
 /// re-checks with the fence itself, so the wait of a driver that re-enabled interrupts at the
 /// wrong moment stays bounded even while every pass publishes.
-pub const CONFIRM_EVERY: u16 = 16;
+pub const CONFIRM_EVERY: u16 = 8;
 
 impl SplitRing {
     /// Checks the ring's geometry against `mem` and resolves its host addresses.
@@ -220,6 +230,8 @@ impl SplitRing {
             published_used: next_avail,
             signalled_used: None,
             unconfirmed: None,
+            used_event_seen: 0,
+            fresh_loads_left: FRESH_LOADS,
         };
         ring.remap(mem)?;
         Ok(ring)
@@ -282,6 +294,7 @@ impl SplitRing {
         self.published_used = next_used;
         self.signalled_used = None;
         self.unconfirmed = None;
+        self.fresh_loads_left = FRESH_LOADS;
     }
 
     fn u16_at(&self, base: *mut u8, offset: usize) -> &AtomicU16 {
@@ -440,38 +453,50 @@ impl SplitRing {
 
     /// Whether the driver wants an interrupt for what was published since the last check
     /// (virtio 1.2, 2.7.10: `used_event` with EVENT_IDX, else `VRING_AVAIL_F_NO_INTERRUPT`),
-    /// read **without** the full fence.
+    /// answered **without** the full fence.
     ///
     /// The fence (store the used index, then load the driver's field) is what keeps a driver
     /// that re-enables interrupts at the same moment from missing one: without it the load may
     /// see the field as it was before the driver's store, while the driver's own re-check of
     /// the used index sees the index as it was before ours. Waiting for the store buffer on
-    /// every busy pass is the most expensive step of a null request, so the fence is moved off
-    /// that path, not dropped: a "yes" needs no fence (a signal is never wrong, at worst
-    /// spurious), and a "no" is remembered as *unconfirmed*. The caller re-checks with
-    /// [`confirm_notification`](Self::confirm_notification), with the fence and over every
-    /// index published since the first unconfirmed "no", in the next pass that publishes
-    /// nothing, before the reactor sleeps and before the queue stops; and this method does so
-    /// itself after [`CONFIRM_EVERY`] unconfirmed answers in a row. A driver that enabled
-    /// interrupts in the window therefore gets its signal a pass or a few later, never not at
-    /// all.
+    /// every busy pass was the most expensive step of a null request, so the fence moves off
+    /// that path, not away:
+    ///
+    /// - a "yes" needs no fence (a signal is never wrong, at worst spurious);
+    /// - a "no" is remembered as *unconfirmed*. The caller re-checks with
+    ///   [`confirm_notification`](Self::confirm_notification) (the fence, a fresh load, over
+    ///   every index published since the first unconfirmed "no") in the next pass that
+    ///   publishes nothing, before the reactor sleeps and before the queue stops; and this
+    ///   method does so itself after [`CONFIRM_EVERY`] unconfirmed answers in a row.
+    ///
+    /// A driver that enabled interrupts meanwhile therefore gets its signal a pass or a few
+    /// later, never not at all.
+    ///
+    /// With EVENT_IDX, `used_event` shares a cache line with the avail ring's tail, and a
+    /// polling driver may rewrite it on every submission (SPDK's initiator parks it out of
+    /// reach each time), so its load is a cache miss of every busy pass. Once the driver has
+    /// wanted no interrupt for [`FRESH_LOADS`] checks, the check uses the value last loaded
+    /// instead (the fenced re-check still loads it); the first "yes" goes back to loading it
+    /// every time. An interrupt-driven driver (a Linux guest) so always gets a fresh load.
     #[inline]
     pub fn needs_notification(&mut self) -> bool {
         let new = self.published_used;
         let (wanted, old) = if self.event_idx {
-            let used_event = self
-                .u16_at(self.avail, 4 + 2 * usize::from(self.size))
-                .load(Ordering::Acquire);
+            if self.fresh_loads_left > 0 {
+                self.fresh_loads_left -= 1;
+                self.used_event_seen = self.used_event().load(Ordering::Acquire);
+            }
             match self.signalled_used.replace(new) {
                 // The first signal is always sent.
                 None => (true, new),
-                Some(old) => (need_event(used_event, new, old), old),
+                Some(old) => (need_event(self.used_event_seen, new, old), old),
             }
         } else {
             (self.interrupts_enabled(), new)
         };
         if wanted {
             self.unconfirmed = None;
+            self.fresh_loads_left = FRESH_LOADS;
             return true;
         }
         let u = self.unconfirmed.get_or_insert(Unconfirmed {
@@ -499,16 +524,25 @@ impl SplitRing {
             return false;
         };
         full_barrier();
-        if self.event_idx {
-            let used_event = self
-                .u16_at(self.avail, 4 + 2 * usize::from(self.size))
-                .load(Ordering::Acquire);
+        let wanted = if self.event_idx {
+            let used_event = self.used_event().load(Ordering::Acquire);
+            self.used_event_seen = used_event;
             let new = self.published_used;
             self.signalled_used = Some(new);
             need_event(used_event, new, u.from)
         } else {
             self.interrupts_enabled()
+        };
+        if wanted {
+            self.fresh_loads_left = FRESH_LOADS;
         }
+        wanted
+    }
+
+    /// The driver's `used_event` (EVENT_IDX), after the avail ring.
+    #[inline]
+    fn used_event(&self) -> &AtomicU16 {
+        self.u16_at(self.avail, 4 + 2 * usize::from(self.size))
     }
 
     /// The driver's avail flags do not say `VRING_AVAIL_F_NO_INTERRUPT`.
@@ -912,8 +946,13 @@ mod tests {
         assert!(ring.needs_notification());
         assert!(!ring.notification_unconfirmed());
 
-        // EVENT_IDX: the re-check covers the window from the first unconfirmed "no".
-        let addrs = ring.addrs();
+        // EVENT_IDX: the re-check covers the window from the first unconfirmed "no". Rings of
+        // their own, apart (the mock lays a size-8 used ring over `used_event`).
+        let addrs = RingAddrs {
+            desc: 0x8000,
+            avail: 0x9000,
+            used: 0xa000,
+        };
         let mut ev = SplitRing::new(8, addrs, true, 0, &g).expect("ring");
         let used_event = |v: u16| {
             vm_memory::Bytes::write_obj(&m, v, GuestAddress(addrs.avail + 4 + 2 * 8)).expect("w")
@@ -937,6 +976,47 @@ mod tests {
         ev.publish_used(); // 4: used_event 1 is behind the confirmed index 3
         assert!(!ev.needs_notification());
         assert!(!ev.confirm_notification());
+    }
+
+    /// EVENT_IDX: a driver that wants no interrupt for FRESH_LOADS checks (a polling one) has
+    /// its `used_event` no longer loaded by the unfenced check, only by the fenced re-check;
+    /// the first "yes" brings the fresh loads back.
+    #[test]
+    fn a_polling_drivers_used_event_is_loaded_only_by_the_fenced_check() {
+        let (m, g) = setup();
+        // Rings of their own, apart (the mock lays a size-8 used ring over `used_event`).
+        let addrs = RingAddrs {
+            desc: 0x8000,
+            avail: 0x9000,
+            used: 0xa000,
+        };
+        let mut ev = SplitRing::new(8, addrs, true, 0, &g).expect("ring");
+        let at = GuestAddress(addrs.avail + 4 + 2 * 8);
+        let used_event = |v: u16| vm_memory::Bytes::write_obj(&m, v, at).expect("used_event");
+        let publish = |ev: &mut SplitRing| {
+            ev.push_used(0, 1);
+            ev.publish_used();
+        };
+        publish(&mut ev);
+        assert!(ev.needs_notification(), "first signal");
+        // Parked out of reach, as SPDK's initiator keeps it: FRESH_LOADS "no"s (confirmed
+        // every CONFIRM_EVERY, all "no" too).
+        for _ in 0..FRESH_LOADS {
+            used_event(ev.published_used().wrapping_sub(9));
+            publish(&mut ev);
+            assert!(!ev.needs_notification());
+        }
+        // Now the unfenced check goes by the value it last loaded: a used_event inside the
+        // next window is not seen by it, only by the fenced re-check.
+        used_event(ev.published_used());
+        publish(&mut ev);
+        assert!(!ev.needs_notification(), "the last value loaded said no");
+        assert!(ev.notification_unconfirmed());
+        assert!(ev.confirm_notification(), "the fenced re-check loads it");
+        // Interrupts wanted: the unfenced check loads it afresh again.
+        used_event(ev.published_used());
+        publish(&mut ev);
+        assert!(ev.needs_notification());
     }
 
     #[test]

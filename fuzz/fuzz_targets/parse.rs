@@ -677,7 +677,7 @@ fn run(data: &[u8]) {
         assert_eq!(ring.used_head(idx), head);
     }
     if !ring.needs_notification() {
-        assert!(ring.notification_unconfirmed() || ring.confirm_notification() == false);
+        assert!(ring.notification_unconfirmed() || !ring.confirm_notification());
     }
     let _ = ring.confirm_notification();
     assert!(!ring.notification_unconfirmed());

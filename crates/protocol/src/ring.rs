@@ -664,6 +664,16 @@ mod tests {
         (m, g)
     }
 
+    /// Ring parts of their own, apart, for EVENT_IDX tests: the mock lays a size-8 used ring
+    /// over the avail ring's `used_event`.
+    fn event_idx_addrs() -> RingAddrs {
+        RingAddrs {
+            desc: 0x8000,
+            avail: 0x9000,
+            used: 0xa000,
+        }
+    }
+
     fn ring_of(vq: &MockSplitQueue<GuestMemoryMmap>, g: &GuestMemory, size: u16) -> SplitRing {
         let addrs = RingAddrs {
             desc: vq.desc_table_addr().raw_value(),
@@ -946,13 +956,8 @@ mod tests {
         assert!(ring.needs_notification());
         assert!(!ring.notification_unconfirmed());
 
-        // EVENT_IDX: the re-check covers the window from the first unconfirmed "no". Rings of
-        // their own, apart (the mock lays a size-8 used ring over `used_event`).
-        let addrs = RingAddrs {
-            desc: 0x8000,
-            avail: 0x9000,
-            used: 0xa000,
-        };
+        // EVENT_IDX: the re-check covers the window from the first unconfirmed "no".
+        let addrs = event_idx_addrs();
         let mut ev = SplitRing::new(8, addrs, true, 0, &g).expect("ring");
         let used_event = |v: u16| {
             vm_memory::Bytes::write_obj(&m, v, GuestAddress(addrs.avail + 4 + 2 * 8)).expect("w")
@@ -984,12 +989,7 @@ mod tests {
     #[test]
     fn a_polling_drivers_used_event_is_loaded_only_by_the_fenced_check() {
         let (m, g) = setup();
-        // Rings of their own, apart (the mock lays a size-8 used ring over `used_event`).
-        let addrs = RingAddrs {
-            desc: 0x8000,
-            avail: 0x9000,
-            used: 0xa000,
-        };
+        let addrs = event_idx_addrs();
         let mut ev = SplitRing::new(8, addrs, true, 0, &g).expect("ring");
         let at = GuestAddress(addrs.avail + 4 + 2 * 8);
         let used_event = |v: u16| vm_memory::Bytes::write_obj(&m, v, at).expect("used_event");

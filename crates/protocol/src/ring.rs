@@ -664,14 +664,15 @@ mod tests {
         (m, g)
     }
 
-    /// Ring parts of their own, apart, for EVENT_IDX tests: the mock lays a size-8 used ring
-    /// over the avail ring's `used_event`.
-    fn event_idx_addrs() -> RingAddrs {
-        RingAddrs {
+    /// Ring parts of their own, apart, for EVENT_IDX tests of size-8 rings (the mock lays a
+    /// size-8 used ring over the avail ring's `used_event`), and where `used_event` lies.
+    fn event_idx_addrs() -> (RingAddrs, GuestAddress) {
+        let addrs = RingAddrs {
             desc: 0x8000,
             avail: 0x9000,
             used: 0xa000,
-        }
+        };
+        (addrs, GuestAddress(addrs.avail + 4 + 2 * 8))
     }
 
     fn ring_of(vq: &MockSplitQueue<GuestMemoryMmap>, g: &GuestMemory, size: u16) -> SplitRing {
@@ -957,11 +958,9 @@ mod tests {
         assert!(!ring.notification_unconfirmed());
 
         // EVENT_IDX: the re-check covers the window from the first unconfirmed "no".
-        let addrs = event_idx_addrs();
+        let (addrs, at) = event_idx_addrs();
         let mut ev = SplitRing::new(8, addrs, true, 0, &g).expect("ring");
-        let used_event = |v: u16| {
-            vm_memory::Bytes::write_obj(&m, v, GuestAddress(addrs.avail + 4 + 2 * 8)).expect("w")
-        };
+        let used_event = |v: u16| vm_memory::Bytes::write_obj(&m, v, at).expect("used_event");
         used_event(0);
         ev.push_used(0, 1);
         ev.publish_used();
@@ -989,9 +988,8 @@ mod tests {
     #[test]
     fn a_polling_drivers_used_event_is_loaded_only_by_the_fenced_check() {
         let (m, g) = setup();
-        let addrs = event_idx_addrs();
+        let (addrs, at) = event_idx_addrs();
         let mut ev = SplitRing::new(8, addrs, true, 0, &g).expect("ring");
-        let at = GuestAddress(addrs.avail + 4 + 2 * 8);
         let used_event = |v: u16| vm_memory::Bytes::write_obj(&m, v, at).expect("used_event");
         let publish = |ev: &mut SplitRing| {
             ev.push_used(0, 1);

@@ -114,10 +114,7 @@ impl VirtqPoller {
     /// the queue stops. A held-back coalesced interrupt is left to the coalescer, which checks
     /// again when its delay has passed.
     pub(super) fn confirm_signal(&mut self) {
-        if self.coalescer.pending || !self.ring.notification_unconfirmed() {
-            return;
-        }
-        if self.ring.confirm_notification() {
+        if !self.coalescer.pending && self.ring.confirm_notification() {
             self.signal();
         }
     }

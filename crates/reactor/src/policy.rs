@@ -204,6 +204,14 @@ impl Anticipator {
         self.late = (self.late * 3 + late) / 4;
     }
 
+    /// An event woke the sleep before the planned wake-up: the arrival came sooner than the
+    /// plan expects, because the woken gaps still hold a wake-up latency that `late` (learnt
+    /// only from timed wake-ups, none yet) does not cover. Raise `late` by the margin, so the
+    /// next plan wakes earlier and a timed wake-up gets to measure the real lateness.
+    pub fn woke_before_plan(&mut self) {
+        self.late = (self.late + self.margin).min(self.max_gap);
+    }
+
     /// The plan for the gap that starts now, if the recent gaps are regular.
     pub fn plan(&self) -> Option<AnticipationPlan> {
         if self.filled < GAPS {
@@ -381,6 +389,22 @@ mod tests {
             assert!(simulate(&mut p, &burst) <= 1);
             assert!(p.window() >= FLOOR && p.window() <= CAP);
         }
+    }
+
+    /// Woken gaps hold a wake-up latency that no timed wake-up has measured yet: an event
+    /// before the planned wake-up moves the next plan earlier by the margin.
+    #[test]
+    fn an_arrival_before_the_planned_wake_up_plans_earlier() {
+        let mut a = Anticipator::new(15 * US, CAP, 2_000 * US);
+        for _ in 0..GAPS {
+            a.observe_woken(425 * US);
+        }
+        let first = a.plan().expect("regular").wake_at;
+        assert_eq!(first, 410 * US);
+        a.woke_before_plan();
+        a.observe_woken(425 * US);
+        let next = a.plan().expect("still regular").wake_at;
+        assert_eq!(next, first - 15 * US, "earlier by the margin");
     }
 
     #[test]

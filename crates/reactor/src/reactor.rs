@@ -1008,12 +1008,19 @@ impl Reactor {
         self.sleep_share = self.blend(self.sleep_share, share, cycle);
         self.last_sleep_end = t1;
         self.woke_after = t1.ticks_since(self.last_busy).max(1);
-        if let (Some((wake, until)), 0) = (anticipated, fired) {
-            if wake <= t1.0 && wake <= self.next_due {
+        match (anticipated, fired) {
+            (Some((wake, until)), 0) if wake <= t1.0 && wake <= self.next_due => {
                 // The anticipation timeout ended this sleep: spin through the arrival.
                 self.anticipations += 1;
                 self.after_anticipated_wake(wake, until, t1);
             }
+            (Some((wake, _)), 1..) if t1.0 < wake => {
+                // An event came before the planned wake-up: plan earlier.
+                if let Some(a) = &mut self.anticipator {
+                    a.woke_before_plan();
+                }
+            }
+            _ => {}
         }
         let end = Tick::now();
         self.idle += t0.ticks_since(now) + end.ticks_since(t1);

@@ -15,6 +15,9 @@ const PREFETCH_DESCS: u16 = 32;
 impl VirtqPoller {
     /// Pops and starts new requests; returns whether any was taken.
     pub(super) fn pop_requests(&mut self) -> bool {
+        if self.avail_drained {
+            self.ring.prefetch_next_avail_entry();
+        }
         if self.driver_is_broken() {
             return false;
         }
@@ -56,6 +59,7 @@ impl VirtqPoller {
             self.start_request(head, now);
             popped += 1;
         }
+        self.avail_drained = popped == 0;
         popped > 0
     }
 

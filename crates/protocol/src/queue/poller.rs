@@ -117,11 +117,10 @@ pub(crate) struct VirtqPoller {
     /// The driver published an avail index more than a ring ahead: no more requests are taken
     /// from this queue until it is reset (in-flight ones still complete).
     pub(super) broken: bool,
-    /// The last pass took nothing new from the avail ring, so the next pass prefetches the
-    /// entry the driver fills next (see `SplitRing::prefetch_next_avail_entry`). After a pass
-    /// that took some the driver is likely still filling that line, and the hint would only
-    /// pull it away from the driver's core.
-    pub(super) avail_drained: bool,
+    /// Passes in a row (saturating) that took nothing new from the avail ring. After one the
+    /// pop prefetches the entry the driver fills next, after `GUESS_AFTER_IDLE_POPS` also the
+    /// next head's guessed descriptor (see `pop.rs`).
+    pub(super) idle_pops: u8,
     /// Dirty logging while the frontend migrates the VM (one branch per request when off).
     pub(super) log: Option<QueueLog>,
     /// Guest interrupt coalescing.
@@ -200,7 +199,7 @@ impl VirtqPoller {
             inflight,
             resubmit,
             broken: false,
-            avail_drained: true,
+            idle_pops: u8::MAX,
             log: s.log,
             coalescer: {
                 let mut c = Coalescer::default();

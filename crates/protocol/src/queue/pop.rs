@@ -12,11 +12,22 @@ use crate::request::{BlkRequest, MAX_IOVECS};
 /// How many pending avail entries' first descriptors a pass starts loading up front.
 const PREFETCH_DESCS: u16 = 32;
 
+/// Passes in a row that took nothing after which a pass also prefetches the next head's
+/// guessed descriptor (`SplitRing::prefetch_guessed_desc`): a driver that submits one request
+/// at a time leaves many such passes between requests, one that keeps the ring busy a pass or
+/// two, and there the guess only pulls lines the driver is writing away from its core.
+const GUESS_AFTER_IDLE_POPS: u8 = 4;
+
 impl VirtqPoller {
     /// Pops and starts new requests; returns whether any was taken.
     pub(super) fn pop_requests(&mut self) -> bool {
-        if self.avail_drained {
+        // After a pass that took some, the driver is likely still filling the entry's line:
+        // the hint would only pull it away from the driver's core.
+        if self.idle_pops > 0 {
             self.ring.prefetch_next_avail_entry();
+            if self.idle_pops >= GUESS_AFTER_IDLE_POPS {
+                self.ring.prefetch_guessed_desc();
+            }
         }
         if self.driver_is_broken() {
             return false;
@@ -59,7 +70,11 @@ impl VirtqPoller {
             self.start_request(head, now);
             popped += 1;
         }
-        self.avail_drained = popped == 0;
+        self.idle_pops = if popped == 0 {
+            self.idle_pops.saturating_add(1)
+        } else {
+            0
+        };
         popped > 0
     }
 

@@ -216,8 +216,11 @@ fn a_limited_bdev_does_not_slow_another_on_the_same_reactor() {
         within(a, 5000.0, a.iops) && b.iops >= 0.6 * alone.iops && b.iops >= 4.0 * 5000.0
     };
     let (mut alone, mut a, mut b) = attempt();
-    if !ok(&alone, &a, &b) && (alone.starved() || a.starved() || b.starved()) {
-        println!("the machine starved the measurement; measuring once more");
+    if !ok(&alone, &a, &b) {
+        // A starved client, or this machine's speed flipping (up to 3x) between the "alone"
+        // and the "beside" measurement (clean-clone CI once had nb alone at 575K IOPS and
+        // beside na at 341K, where runs before and after measured 89-96%): measure once more.
+        println!("a failed attempt (starved, or the machine's speed changed); measuring once more");
         (alone, a, b) = attempt();
     }
     record(

@@ -260,7 +260,9 @@ impl AnonMapping {
     }
 
     /// Starts loading the first [`PREFETCH_MAX`] bytes of `[offset, offset + len)` into the
-    /// cache, for a copy that comes soon; nothing outside the mapping is touched.
+    /// L2 cache (PREFETCHT2), for a copy that comes soon; nothing outside the mapping is
+    /// touched. Into L2 rather than L1: a profile of PREFETCHT0 had the reactor waiting on the
+    /// prefetches themselves, and T2 measured better (docs/benchmarks.md).
     pub(crate) fn prefetch(&self, offset: u64, len: u64) {
         let Some(end) = self.range_end(offset, len) else {
             return;
@@ -270,10 +272,10 @@ impl AnonMapping {
         let mut at = start & !(LINE - 1);
         while at < end {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: PREFETCHT0 only hints the cache; it cannot fault or write, and `at` lies
+            // SAFETY: PREFETCHT2 only hints the cache; it cannot fault or write, and `at` lies
             // in the mapping (`at < end <= self.len`).
             unsafe {
-                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+                std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T2 }>(
                     self.ptr.add(at).cast(),
                 );
             }

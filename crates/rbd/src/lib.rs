@@ -27,7 +27,7 @@ mod image;
 pub use channel::RbdChannel;
 pub use cluster::{
     librbd_version, probe_libraries, ClusterConfig, RbdCluster, WeakRbdCluster,
-    DEFAULT_MOUNT_TIMEOUT, DEFAULT_OP_TIMEOUT,
+    DEFAULT_COMPLETION_THREADS, DEFAULT_MOUNT_TIMEOUT, DEFAULT_OP_TIMEOUT,
 };
 pub use error::RbdError;
 pub use image::{RbdBdev, RbdImageConfig};

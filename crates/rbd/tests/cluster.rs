@@ -444,6 +444,11 @@ fn open_and_close(env: &Env) {
     std::env::remove_var("CEPH_CONF");
     assert_eq!(conn.op_timeout(), Duration::from_secs(7));
     assert_eq!(conn.conf_get("client_mount_timeout").as_deref(), Some("30"));
+    let threads = spinblk_rbd::DEFAULT_COMPLETION_THREADS.to_string();
+    assert_eq!(
+        conn.conf_get("librados_thread_count").as_deref(),
+        Some(threads.as_str())
+    );
     assert!(!conn.same_connection(&env.conn));
     let b = RbdBdev::open(&conn, cfg("bs4k")).expect("open through the second connection");
     assert_eq!(b.size_bytes(), 4 * MIB);
@@ -459,7 +464,8 @@ fn open_and_close(env: &Env) {
         &conf,
         text.replace(
             "[client]\n",
-            "[client]\nrados osd op timeout = 11\nclient mount timeout = 12\n",
+            "[client]\nrados osd op timeout = 11\nclient mount timeout = 12\n\
+             librados thread count = 3\n",
         ),
     )
     .expect("write conf");
@@ -470,6 +476,17 @@ fn open_and_close(env: &Env) {
     .expect("connect");
     assert_eq!(from_file.op_timeout(), Duration::from_secs(11));
     assert_eq!(from_file.mount_timeout(), Duration::from_secs(12));
+    // The completion threads likewise: the file's count wins over spinblk's, an option's too.
+    assert_eq!(
+        from_file.conf_get("librados_thread_count").as_deref(),
+        Some("3")
+    );
+    let two = RbdCluster::connect(&ClusterConfig {
+        options: vec![("librados thread count".into(), "2".into())],
+        ..env.cluster.config()
+    })
+    .expect("connect");
+    assert_eq!(two.conf_get("librados_thread_count").as_deref(), Some("2"));
     let explicit = RbdCluster::connect(&ClusterConfig {
         config_file: Some(conf),
         op_timeout: Some(Duration::from_secs(4)),
@@ -479,7 +496,8 @@ fn open_and_close(env: &Env) {
     assert_eq!(explicit.op_timeout(), Duration::from_secs(4));
     assert_eq!(env.conn.op_timeout(), spinblk_rbd::DEFAULT_OP_TIMEOUT);
     println!(
-        "    op timeout: default {:?}, from the file 11 s, explicit 4 s",
+        "    op timeout: default {:?}, from the file 11 s, explicit 4 s; completion threads: \
+         default {threads}, from the file 3, from an option 2",
         env.conn.op_timeout()
     );
 }

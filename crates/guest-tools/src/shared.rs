@@ -8,10 +8,13 @@ use std::time::{Duration, Instant};
 /// Errors printed in full; the rest are only counted.
 const PRINT_LIMIT: u64 = 20;
 
-/// Prints one line to stdout at once (lines of different threads never mix).
+/// Prints one line to stdout at once (lines of different threads never mix). The line and its
+/// newline go out in one write: `writeln!` through stdout's line buffer makes two (the text,
+/// then the newline), and a process that exits between them leaves the line unterminated, so
+/// the next one on the console (the init script's `GIO-EXIT`) runs into it.
 pub fn say(line: &str) {
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{line}");
+    let _ = out.write_all(format!("{line}\n").as_bytes());
     let _ = out.flush();
 }
 

@@ -277,6 +277,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             socket_dir: dir,
             socket,
             poll_mode,
+            batch_wait: Duration::from_nanos(cli.batch_wait_ns),
         })
         .map_err(|e| match e {
             TargetError::Invalid(m) => config_error(m),

@@ -554,6 +554,7 @@ fn rpcpy_rbd_captures(env: &Env) {
             socket_dir: scratch.path().to_path_buf(),
             socket: Default::default(),
             poll_mode: Default::default(),
+            batch_wait: spinblk_target::DEFAULT_BATCH_WAIT,
         })
         .expect("target"),
     );

@@ -12,6 +12,16 @@
 //! with one clock comparison per pass. Every poller counts its runs and busy runs
 //! ([`Reactor::poller_info`]).
 //!
+//! # Batches
+//!
+//! After a pass in which a plain poller found work, which came at most
+//! [`STREAMING_IDLE_PASSES`] idle passes after the last such pass and took less than
+//! [`SHORT_PASS_WAITS`] waits, the reactor spins for [`ReactorConfig::batch_wait`]
+//! ([`DEFAULT_BATCH_WAIT`], 250 ns) before its next pass, so that a driver streaming requests
+//! from another core queues several meanwhile and the next pass takes them together. A busy
+//! pass after a longer idle stretch (a lone request) or a long one (the reactor is the
+//! bottleneck) is not waited after. The wait is accounted as idle time.
+//!
 //! # Messages
 //!
 //! A sender pushes its closure into a crossbeam channel and then bumps a counter; the reactor's
@@ -126,6 +136,7 @@ pub use policy::{AnticipationPlan, Anticipator, IdleConfig, IdlePolicy, WindowCh
 pub use pool::{parse_cpu_list, CpuListError, ReactorPool, ReactorPoolError, STATS_TIMEOUT};
 pub use reactor::{
     CallError, PollMode, PollStatus, Poller, PollerId, PollerInfo, Reactor, ReactorConfig,
-    ReactorGone, ReactorHandle, ReactorMsg, ReactorStats, UnknownPollMode,
+    ReactorGone, ReactorHandle, ReactorMsg, ReactorStats, UnknownPollMode, DEFAULT_BATCH_WAIT,
+    SHORT_PASS_WAITS, STREAMING_IDLE_PASSES,
 };
 pub use sys::wait_readable_or_stop;

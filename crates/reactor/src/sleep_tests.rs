@@ -23,6 +23,7 @@ fn config(mode: PollMode) -> ReactorConfig {
     ReactorConfig {
         poll_mode: mode,
         idle: IdleConfig::default(),
+        ..ReactorConfig::default()
     }
 }
 
@@ -199,6 +200,7 @@ fn no_message_is_lost_across_sleeps() {
             cap: us,
             anticipate: false,
         },
+        ..ReactorConfig::default()
     };
     let (pool, h) = one_reactor(cfg);
     let sleepy = Sleepy::default();
@@ -352,6 +354,7 @@ fn a_reactor_with_nothing_worth_spinning_for_sleeps_when_idle() {
             cap: second,
             anticipate: true,
         },
+        ..ReactorConfig::default()
     };
     let (pool, h) = one_reactor(cfg);
     // Adding the poller is a message (work): the window starts again from here.
@@ -893,4 +896,116 @@ fn a_regular_light_load_is_anticipated_and_an_irregular_one_is_not() {
         gaps.len()
     );
     assert!(ant < 60, "{ant} anticipations of an irregular load");
+}
+
+/// A poller that finds work on every `every`th poll, spinning `work` in each poll that finds
+/// it, and records, for its first `keep` polls, whether it found work and when the poll began
+/// and ended.
+struct Pattern {
+    every: u32,
+    work: Duration,
+    n: u32,
+    keep: usize,
+    polls: Arc<Mutex<Vec<(bool, Instant, Instant)>>>,
+}
+
+impl Poller for Pattern {
+    fn poll(&mut self) -> PollStatus {
+        let start = Instant::now();
+        let busy = self.n.is_multiple_of(self.every);
+        self.n = self.n.wrapping_add(1);
+        if busy {
+            spin_for(self.work);
+        }
+        let mut polls = self.polls.lock().unwrap_or_else(|e| e.into_inner());
+        if polls.len() < self.keep {
+            polls.push((busy, start, Instant::now()));
+        }
+        if busy {
+            PollStatus::Busy
+        } else {
+            PollStatus::Idle
+        }
+    }
+}
+
+/// For a poller busy on every `every`th poll (spinning `work` in each), on a busy-mode reactor
+/// with the given batch wait: the gaps from the end of each poll that found work to the start
+/// of the next poll, over `keep` polls.
+fn gaps_after_work(every: u32, work: Duration, batch_wait: Duration, keep: usize) -> Vec<Duration> {
+    let cfg = ReactorConfig {
+        batch_wait,
+        ..config(PollMode::Busy)
+    };
+    let (pool, h) = one_reactor(cfg);
+    let polls = Arc::new(Mutex::new(Vec::new()));
+    let p = Pattern {
+        every,
+        work,
+        n: 0,
+        keep,
+        polls: Arc::clone(&polls),
+    };
+    h.call_timeout(move |r| r.add_poller(Box::new(p)), Duration::from_secs(5))
+        .expect("poller added");
+    let t0 = Instant::now();
+    while polls.lock().unwrap_or_else(|e| e.into_inner()).len() < keep {
+        assert!(
+            t0.elapsed() < Duration::from_secs(30),
+            "the reactor stopped polling"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    pool.shutdown();
+    let polls = polls.lock().unwrap_or_else(|e| e.into_inner());
+    polls
+        .windows(2)
+        .filter(|w| w[0].0)
+        .map(|w| w[1].1.duration_since(w[0].2))
+        .collect()
+}
+
+/// How many of `gaps` are `wait` or longer.
+fn at_least(gaps: &[Duration], wait: Duration) -> usize {
+    gaps.iter().filter(|g| **g >= wait).count()
+}
+
+#[test]
+fn a_busy_pass_waits_for_a_batch_only_while_work_streams_in() {
+    let _g = timing();
+    let wait = Duration::from_micros(200);
+    // Work in every short pass: each busy pass waits the whole batch wait (a preemption can
+    // only make a gap longer; 10% off for the tick calibration).
+    let streaming = gaps_after_work(1, Duration::ZERO, wait, 4_000);
+    assert!(streaming.len() > 1_000);
+    // The first busy pass is not waited after: it woke a reactor that had no poller and slept.
+    let shortest = streaming.iter().skip(1).min().copied().unwrap_or_default();
+    assert!(
+        shortest >= wait * 9 / 10,
+        "a streaming busy pass waited only {shortest:?}"
+    );
+
+    // Gaps of 200 us or more come only from preemption in the cases below.
+    let rare = |gaps: &[Duration], what: &str| {
+        let long = at_least(gaps, wait);
+        assert!(
+            long * 10 < gaps.len(),
+            "{what}: {long} of {} busy passes were followed by a gap of {wait:?} or more",
+            gaps.len()
+        );
+    };
+    // Work in every fourth pass: three idle passes between busy ones, more than
+    // STREAMING_IDLE_PASSES, so no busy pass waits.
+    const { assert!(crate::STREAMING_IDLE_PASSES < 3) };
+    let lone = gaps_after_work(4, Duration::ZERO, wait, 4_000);
+    assert!(lone.len() > 500);
+    rare(&lone, "lone requests");
+    // Long passes (the reactor is the bottleneck) are not waited after.
+    let long_pass = wait * u32::try_from(crate::SHORT_PASS_WAITS).unwrap_or(u32::MAX) * 5 / 4;
+    let long = gaps_after_work(1, long_pass, wait, 300);
+    assert!(long.len() > 200);
+    rare(&long, "long passes");
+    // Turned off: streaming work is not waited for either.
+    let off = gaps_after_work(1, Duration::ZERO, Duration::ZERO, 4_000);
+    rare(&off, "batch wait off");
 }

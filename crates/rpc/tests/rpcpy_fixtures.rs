@@ -57,6 +57,7 @@ fn every_captured_rpcpy_request_is_accepted() {
             socket_dir: scratch.clone(),
             socket: SocketOptions::default(),
             poll_mode: spinblk_target::PollMode::default(),
+            batch_wait: spinblk_target::DEFAULT_BATCH_WAIT,
         })
         .expect("target starts"),
     );

@@ -44,6 +44,9 @@ pub struct TargetOptions {
     pub socket: SocketOptions,
     /// How the reactors poll (adaptive: sleep when idle; busy: always spin).
     pub poll_mode: PollMode,
+    /// How long a reactor waits after a busy pass while work streams in, for the drivers to
+    /// queue a batch ([`spinblk_reactor::ReactorConfig::batch_wait`]; zero: off).
+    pub batch_wait: Duration,
 }
 
 /// Everything needed to create a controller.
@@ -230,6 +233,7 @@ impl Target {
             &opts.cores,
             ReactorConfig {
                 poll_mode: opts.poll_mode,
+                batch_wait: opts.batch_wait,
                 ..ReactorConfig::default()
             },
         )

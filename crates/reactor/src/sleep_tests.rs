@@ -22,7 +22,6 @@ fn timing() -> MutexGuard<'static, ()> {
 fn config(mode: PollMode) -> ReactorConfig {
     ReactorConfig {
         poll_mode: mode,
-        idle: IdleConfig::default(),
         ..ReactorConfig::default()
     }
 }

@@ -64,8 +64,9 @@
 #                         to 4 allowed cores that are not target cores) [MQ_CLIENT_CPUS]
 #   --runtime S --ramp S  per point (default 5 and 1; bdevperf has no ramp) [RUNTIME, RAMP]
 #   --rounds N            (bdevperf) rounds of alternating targets (default 4) [ROUNDS]
-#   --workloads LIST      (bdevperf) subset of randread-qd1,randread-qd32,
-#                         randwrite-qd1,randwrite-qd32 (default all) [WORKLOADS]
+#   --workloads LIST      (bdevperf) randread-qdN and randwrite-qdN, N from 1 to
+#                         256 (default randread-qd1,randread-qd32,randwrite-qd1,
+#                         randwrite-qd32) [WORKLOADS]
 #   --vq-count N          (bdevperf) virtqueues (default 2) [VQ_COUNT]
 #   --vq-size N           (bdevperf) virtqueue size (default 256) [VQ_SIZE]
 #   --spdk-mem MIB        (bdevperf) memory of SPDK's vhost app (default 2048) [SPDK_MEM]
@@ -199,8 +200,10 @@ if [[ $client == bdevperf ]]; then
   bp_workloads=()
   for w in ${workload_sel//,/ }; do
     case $w in
-      randread-qd1 | randread-qd32 | randwrite-qd1 | randwrite-qd32)
-        bp_workloads+=("4k-$w ${w%-qd*} ${w#*-qd}") ;;
+      randread-qd[1-9]* | randwrite-qd[1-9]*)
+        qd=${w#*-qd}
+        [[ $qd =~ ^[0-9]+$ ]] && ((qd <= 256)) || bl_die "--workloads: $w: the depth must be 1 to 256"
+        bp_workloads+=("4k-$w ${w%-qd*} $qd") ;;
       *) bl_die "--workloads: unknown workload $w" ;;
     esac
   done

@@ -29,6 +29,8 @@
 #                       so that only the target runs on the target core (default: unpinned, the
 #                       scheduler's choice) [CLUSTER_CPU]
 #   --size MIB          image size (default 256) [SIZE_MIB]
+#   --workloads LIST    randread-qdN and randwrite-qdN, N from 1 to 256 (default
+#                       randread-qd1,randread-qd32,randwrite-qd1,randwrite-qd32) [WORKLOADS]
 #   --targets LIST      spinblk,qsd (default both); spinblk-before adds another spinblk binary,
 #                       SPINBLK_BEFORE_BIN (an older commit's build), run like spinblk [TARGETS]
 #   --out DIR           results (default target/bench-results/rbd-DATE) [OUT]
@@ -46,6 +48,7 @@ client_cpu=${CLIENT_CPU:-1}
 cluster_cpu=${CLUSTER_CPU:-}
 size_mib=${SIZE_MIB:-256}
 targets=${TARGETS:-spinblk,qsd}
+workload_sel=${WORKLOADS:-randread-qd1,randread-qd32,randwrite-qd1,randwrite-qd32}
 out=${OUT:-}
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
@@ -61,6 +64,7 @@ while (($#)); do
     --cluster-cpu) cluster_cpu=$2; shift 2 ;;
     --size) size_mib=$2; shift 2 ;;
     --targets) targets=$2; shift 2 ;;
+    --workloads) workload_sel=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     -h | --help) usage; exit 0 ;;
     *) die "unknown option $1 (see --help)" ;;
@@ -69,6 +73,18 @@ done
 if ! [[ $rounds =~ ^[0-9]+$ ]] || ((rounds < 1)); then die "--rounds must be a positive number"; fi
 if ! [[ $runtime =~ ^[0-9]+$ ]] || ((runtime < 2)); then die "--runtime must be at least 2"; fi
 if ! [[ $size_mib =~ ^[0-9]+$ ]] || ((size_mib < 16)); then die "--size must be at least 16 (MiB)"; fi
+# Workloads: "label rw qd".
+workloads=()
+for w in ${workload_sel//,/ }; do
+  case $w in
+    randread-qd[1-9]* | randwrite-qd[1-9]*)
+      qd=${w#*-qd}
+      [[ $qd =~ ^[0-9]+$ ]] && ((qd <= 256)) || die "--workloads: $w: the depth must be 1 to 256"
+      workloads+=("4k-$w ${w%-qd*} $qd") ;;
+    *) die "--workloads: unknown workload $w (randread-qdN or randwrite-qdN)" ;;
+  esac
+done
+((${#workloads[@]})) || die "--workloads: none given"
 
 spinblk=${SPINBLK_BIN:-$root/target/release/spinblk}
 bench=${BENCH_BIN:-$root/target/release/spinblk-bench}
@@ -188,8 +204,6 @@ print(f"  {target:8} r{rnd} {wl:17} {row['iops']:9.0f} IOPS  p50 {row['p50_us']:
 PY
 }
 
-workloads=("4k-randread-qd1 randread 1" "4k-randread-qd32 randread 32"
-  "4k-randwrite-qd1 randwrite 1" "4k-randwrite-qd32 randwrite 32")
 IFS=, read -r -a order <<<"$targets"
 
 start_target() {
@@ -270,8 +284,8 @@ for w in wls:
 for other in [t for t in tgts if t != "spinblk"]:
     if "spinblk" not in tgts:
         break
-    print(f"\n| workload | vs | IOPS: best/best | IOPS: median of round ratios | p50: median of round ratios | CPU/IO: median of round ratios |")
-    print("|---|---|---:|---:|---:|---:|")
+    print(f"\n| workload | vs | IOPS: best/best | IOPS: median of round ratios | p50: median of round ratios | CPU/IO: median of round ratios | rounds with less CPU/IO for spinblk |")
+    print("|---|---|---:|---:|---:|---:|---:|")
     for w in wls:
         s = {r["round"]: r for r in rows if r["workload"] == w and r["target"] == "spinblk"}
         q = {r["round"]: r for r in rows if r["workload"] == w and r["target"] == other}
@@ -280,7 +294,8 @@ for other in [t for t in tgts if t != "spinblk"]:
             continue
         best = max(r["iops"] for r in s.values()) / max(max(r["iops"] for r in q.values()), 1e-9)
         ratio = lambda k: st.median(s[i][k] / max(q[i][k], 1e-9) for i in common)
-        print(f"| {w} | {other} | {best:.2f} | {ratio('iops'):.2f} | {ratio('p50_us'):.2f} | {ratio('cpu_us_per_io'):.2f} |")
+        fewer = sum(s[i]["cpu_us_per_io"] < q[i]["cpu_us_per_io"] for i in common)
+        print(f"| {w} | {other} | {best:.2f} | {ratio('iops'):.2f} | {ratio('p50_us'):.2f} | {ratio('cpu_us_per_io'):.2f} | {fewer} of {len(common)} |")
     print(f"\n(ratios are spinblk / {other}: above 1 is more IOPS for spinblk; below 1 is lower latency or less CPU per I/O)")
 PY
 echo "points: $points"

@@ -6,8 +6,8 @@ use clap::Parser;
 pub use spinblk_target::config::parse_size;
 use spinblk_target::CoreMask;
 
-/// `--batch-wait-ns`' default: the reactor's own.
-const DEFAULT_BATCH_WAIT_NS: u64 = spinblk_target::DEFAULT_BATCH_WAIT.as_nanos() as u64;
+/// `--batch-wait-ns`' bound: the reactor's own.
+const MAX_BATCH_WAIT_NS: u64 = spinblk_target::MAX_BATCH_WAIT.as_nanos() as u64;
 
 /// spinblk: a polled-mode vhost-user-blk target. Serves block devices on unix sockets to QEMU,
 /// Cloud Hypervisor or any libblkio client; pinned reactors poll their virtqueues. Disks and
@@ -139,9 +139,10 @@ pub struct Cli {
     /// After a reactor pass that found work while requests stream in, wait this many
     /// nanoseconds before the next pass, so that the drivers queue a batch meanwhile (fewer
     /// cache lines handed between their cores and the reactor's per request); 0 turns it off.
-    #[arg(long, value_name = "NS", default_value_t = DEFAULT_BATCH_WAIT_NS,
-          value_parser = clap::value_parser!(u64).range(0..=100_000))]
-    pub batch_wait_ns: u64,
+    /// Default 250 (or the config file's `batch_wait_ns`); at most 100000.
+    #[arg(long, value_name = "NS",
+          value_parser = clap::value_parser!(u64).range(0..=MAX_BATCH_WAIT_NS))]
+    pub batch_wait_ns: Option<u64>,
 
     /// Guest interrupt coalescing of the single-disk controller: base delay in microseconds
     /// (SPDK's delay_base_us; 0, the default, is off).
@@ -365,9 +366,14 @@ mod tests {
         assert_eq!(c.poll_mode, Some(spinblk_target::PollMode::Busy));
         assert!(Cli::try_parse_from(["spinblk", "--poll-mode", "lazy"]).is_err());
         let c = Cli::try_parse_from(["spinblk"]).expect("defaults");
-        assert_eq!(c.batch_wait_ns, 250);
+        assert_eq!(
+            c.batch_wait_ns, None,
+            "the config file's, else the reactor's default"
+        );
         let c = Cli::try_parse_from(["spinblk", "--batch-wait-ns", "0"]).expect("off");
-        assert_eq!(c.batch_wait_ns, 0);
+        assert_eq!(c.batch_wait_ns, Some(0));
+        let c = Cli::try_parse_from(["spinblk", "--batch-wait-ns", "100000"]).expect("the most");
+        assert_eq!(c.batch_wait_ns, Some(100_000));
         assert!(Cli::try_parse_from(["spinblk", "--batch-wait-ns", "200000"]).is_err());
         assert!(Cli::try_parse_from(["spinblk", "--batch-wait-ns", "-1"]).is_err());
         assert!(Cli::try_parse_from(["spinblk", "--iops-threshold", "100"]).is_err());

@@ -125,6 +125,7 @@ fn target_config(cli: &Cli) -> Result<TargetConfig, String> {
             socket_mode: None,
             socket_group: None,
             poll_mode: None,
+            batch_wait_ns: None,
         }
     } else if rpc_only {
         TargetConfig {
@@ -135,6 +136,7 @@ fn target_config(cli: &Cli) -> Result<TargetConfig, String> {
             socket_mode: None,
             socket_group: None,
             poll_mode: None,
+            batch_wait_ns: None,
         }
     } else {
         let (bdev_type, size, default_name) = match (cli.null, cli.malloc, &cli.file) {
@@ -193,6 +195,7 @@ fn target_config(cli: &Cli) -> Result<TargetConfig, String> {
             socket_mode: None,
             socket_group: None,
             poll_mode: None,
+            batch_wait_ns: None,
         }
     };
     if let Some(cpus) = cli.cpus.as_ref().or(cli.cpumask.as_ref()) {
@@ -259,6 +262,13 @@ fn run(cli: &Cli) -> Result<(), Failure> {
         Some(m) => m,
         None => cfg.poll_mode().map_err(config_error)?.unwrap_or_default(),
     };
+    let batch_wait = match cli.batch_wait_ns {
+        Some(ns) => Duration::from_nanos(ns),
+        None => cfg
+            .batch_wait()
+            .map_err(config_error)?
+            .unwrap_or(spinblk_target::DEFAULT_BATCH_WAIT),
+    };
 
     // Handlers first: a signal that arrives as soon as a socket exists must still drain and
     // report, not kill the process.
@@ -277,7 +287,7 @@ fn run(cli: &Cli) -> Result<(), Failure> {
             socket_dir: dir,
             socket,
             poll_mode,
-            batch_wait: Duration::from_nanos(cli.batch_wait_ns),
+            batch_wait,
         })
         .map_err(|e| match e {
             TargetError::Invalid(m) => config_error(m),

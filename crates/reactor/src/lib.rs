@@ -137,6 +137,6 @@ pub use pool::{parse_cpu_list, CpuListError, ReactorPool, ReactorPoolError, STAT
 pub use reactor::{
     CallError, PollMode, PollStatus, Poller, PollerId, PollerInfo, Reactor, ReactorConfig,
     ReactorGone, ReactorHandle, ReactorMsg, ReactorStats, UnknownPollMode, DEFAULT_BATCH_WAIT,
-    SHORT_PASS_WAITS, STREAMING_IDLE_PASSES,
+    MAX_BATCH_WAIT, SHORT_PASS_WAITS, STREAMING_IDLE_PASSES,
 };
 pub use sys::wait_readable_or_stop;

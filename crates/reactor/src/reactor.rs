@@ -165,6 +165,11 @@ impl Default for ReactorConfig {
 /// the IOPS with 1.18-1.35x less reactor time per I/O (docs/benchmarks.md).
 pub const DEFAULT_BATCH_WAIT: Duration = Duration::from_nanos(250);
 
+/// The longest [`ReactorConfig::batch_wait`] the launcher and the configuration file accept
+/// (100 us): a wait is meant to be a few requests' worth of a fast driver, and longer ones
+/// would hold every queue of the reactor.
+pub const MAX_BATCH_WAIT: Duration = Duration::from_micros(100);
+
 /// A busy pass waits [`ReactorConfig::batch_wait`] only when at most this many idle passes
 /// came since the last busy one: work is streaming in. A lone request (a QD1 driver: its next
 /// request cannot come before it has seen this one complete) is not waited after, so QD1

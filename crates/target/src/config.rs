@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
@@ -14,7 +15,7 @@ use crate::qos::QosUpdate;
 use crate::rbd::{RbdClusterParams, RbdClusterRef, RbdSpec};
 use crate::target::{ControllerParams, DEFAULT_IOPS_THRESHOLD, DEFAULT_NUM_QUEUES};
 use spinblk_protocol::{parse_socket_mode, resolve_group, Coalescing, SocketOptions};
-use spinblk_reactor::PollMode;
+use spinblk_reactor::{PollMode, MAX_BATCH_WAIT};
 
 /// Parses "4096", "64K", "512M", "1G", "2T" (binary multiples).
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -67,6 +68,11 @@ pub struct TargetConfig {
     /// Reactor poll mode: "adaptive" (default) or "busy".
     #[serde(default)]
     pub poll_mode: Option<String>,
+    /// Reactor batch wait in nanoseconds (0 turns it off; default
+    /// [`DEFAULT_BATCH_WAIT`](crate::DEFAULT_BATCH_WAIT); at most
+    /// [`MAX_BATCH_WAIT`](crate::MAX_BATCH_WAIT)).
+    #[serde(default)]
+    pub batch_wait_ns: Option<u64>,
 }
 
 /// What kind of block device.
@@ -555,6 +561,24 @@ impl TargetConfig {
             .transpose()
     }
 
+    /// The batch wait this configuration asks for, if any; more than
+    /// [`MAX_BATCH_WAIT`](crate::MAX_BATCH_WAIT) is an error.
+    pub fn batch_wait(&self) -> Result<Option<Duration>, String> {
+        self.batch_wait_ns
+            .map(|ns| {
+                let wait = Duration::from_nanos(ns);
+                if wait > MAX_BATCH_WAIT {
+                    Err(format!(
+                        "batch_wait_ns {ns} is more than {} (100 us)",
+                        MAX_BATCH_WAIT.as_nanos()
+                    ))
+                } else {
+                    Ok(wait)
+                }
+            })
+            .transpose()
+    }
+
     /// The default socket permissions this configuration asks for, over `base`.
     pub fn socket_options(&self, base: SocketOptions) -> Result<SocketOptions, String> {
         socket_options(
@@ -573,6 +597,7 @@ impl TargetConfig {
     ) -> Result<(Vec<usize>, Vec<ResolvedController>), String> {
         self.socket_options(SocketOptions::default())?;
         self.poll_mode()?;
+        self.batch_wait()?;
         let mut bdev_index = HashMap::new();
         for (i, b) in self.bdevs.iter().enumerate() {
             b.check()?;
@@ -907,6 +932,27 @@ mod tests {
         assert_eq!(ctrls[0].queue_cores, vec![0, 1]);
         assert_eq!(ctrls[1].queue_cores, vec![1]);
         assert_eq!(cfg.stats_interval, Some(5));
+        assert_eq!(cfg.batch_wait().expect("none"), None);
+    }
+
+    #[test]
+    fn batch_wait_from_the_file() {
+        let with = |ns: u64| -> TargetConfig {
+            serde_json::from_str(&format!(r#"{{"batch_wait_ns": {ns}}}"#)).expect("config")
+        };
+        assert_eq!(
+            with(0).batch_wait().expect("off"),
+            Some(Duration::ZERO),
+            "0 turns it off"
+        );
+        assert_eq!(
+            with(100_000).batch_wait().expect("the most"),
+            Some(MAX_BATCH_WAIT)
+        );
+        let too_long = with(100_001);
+        assert!(too_long.batch_wait().is_err());
+        assert!(too_long.resolve(0, Path::new("/tmp")).is_err());
+        assert!(serde_json::from_str::<TargetConfig>(r#"{"batch_wait_ns": -1}"#).is_err());
     }
 
     fn two_on(bdev_shared: bool, ro: bool) -> TargetConfig {
@@ -926,6 +972,7 @@ mod tests {
             socket_mode: None,
             socket_group: None,
             poll_mode: None,
+            batch_wait_ns: None,
         }
     }
 

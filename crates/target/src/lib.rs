@@ -65,7 +65,7 @@ pub use error::TargetError;
 pub use qos::{QosUpdate, QOS_MAX_MBYTES_PER_SEC, QOS_MIN_IOS_PER_SEC};
 pub use rbd::{RbdClusterEntry, RbdClusterParams, RbdClusterRef, RbdSpec};
 pub use spinblk_protocol::Coalescing;
-pub use spinblk_reactor::{PollMode, DEFAULT_BATCH_WAIT};
+pub use spinblk_reactor::{PollMode, DEFAULT_BATCH_WAIT, MAX_BATCH_WAIT};
 pub use target::{
     ControllerEntry, ControllerParams, ReactorInfo, Target, TargetOptions, DEFAULT_IOPS_THRESHOLD,
     DEFAULT_NUM_QUEUES, DELETE_TIMEOUT, REACTOR_TIMEOUT,

@@ -197,16 +197,8 @@ if [[ $client == bdevperf ]]; then
   ((size_mib << 20 == size_bytes)) || bl_die "--size must be a whole number of MiB with --client bdevperf"
   read -r -a bp_disks <<<"${disk//,/ }"
   # Workloads: label rw qd
-  bp_workloads=()
-  for w in ${workload_sel//,/ }; do
-    case $w in
-      randread-qd[1-9]* | randwrite-qd[1-9]*)
-        qd=${w#*-qd}
-        [[ $qd =~ ^[0-9]+$ ]] && ((qd <= 256)) || bl_die "--workloads: $w: the depth must be 1 to 256"
-        bp_workloads+=("4k-$w ${w%-qd*} $qd") ;;
-      *) bl_die "--workloads: unknown workload $w" ;;
-    esac
-  done
+  bp_list=$(bl_rand_workloads "$workload_sel") || exit
+  mapfile -t bp_workloads <<<"$bp_list"
   # Round order: spinblk in the middle, next to each SPDK variant; every
   # other round reversed.
   order=()

@@ -1,7 +1,7 @@
 # shellcheck shell=bash
-# Shared shell functions for bench/compare.sh, bench/scaling.sh and
-# bench/file-compare.sh. Source it; it defines functions and a few variables
-# and runs nothing else.
+# Shared shell functions for bench/compare.sh, bench/scaling.sh,
+# bench/file-compare.sh and bench/rbd-compare.sh. Source it; it defines
+# functions and a few variables and sets the EXIT trap described below.
 #
 # Targets are started pinned with taskset, their pid is remembered in
 # BL_PIDS, and an EXIT trap stops whatever is still running (SIGTERM, then
@@ -17,6 +17,22 @@ bl_die() { bl_log "error: $*"; exit 1; }
 
 # bl_sysinfo: one line about the machine (cores, CPU model, kernel, load).
 bl_sysinfo() { "${BL_TOOL[@]}" sysinfo; }
+
+# bl_rand_workloads LIST: "randread-qd1,randwrite-qd32" -> one line "4k-randread-qd1
+# randread 1" (label, rw, depth) per entry; anything else, or a depth outside 1-256, is an
+# error. Call it as out=$(bl_rand_workloads "$LIST") || exit, so an error stops the caller.
+bl_rand_workloads() {
+  local w qd
+  for w in ${1//,/ }; do
+    case $w in
+      randread-qd[1-9]* | randwrite-qd[1-9]*)
+        qd=${w#*-qd}
+        [[ $qd =~ ^[0-9]+$ ]] && ((qd <= 256)) || bl_die "--workloads: $w: the depth must be 1 to 256"
+        echo "4k-$w ${w%-qd*} $qd" ;;
+      *) bl_die "--workloads: unknown workload $w (randread-qdN or randwrite-qdN)" ;;
+    esac
+  done
+}
 
 # bl_cpus: the CPUs we may run on, space separated.
 bl_cpus() { "${BL_TOOL[@]}" cpus; }

@@ -40,6 +40,8 @@
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+source "$root/bench/lib.sh" # bl_rand_workloads
 rounds=${ROUNDS:-3}
 runtime=${RUNTIME:-5}
 ramp=${RAMP:-1}
@@ -74,17 +76,9 @@ if ! [[ $rounds =~ ^[0-9]+$ ]] || ((rounds < 1)); then die "--rounds must be a p
 if ! [[ $runtime =~ ^[0-9]+$ ]] || ((runtime < 2)); then die "--runtime must be at least 2"; fi
 if ! [[ $size_mib =~ ^[0-9]+$ ]] || ((size_mib < 16)); then die "--size must be at least 16 (MiB)"; fi
 # Workloads: "label rw qd".
-workloads=()
-for w in ${workload_sel//,/ }; do
-  case $w in
-    randread-qd[1-9]* | randwrite-qd[1-9]*)
-      qd=${w#*-qd}
-      [[ $qd =~ ^[0-9]+$ ]] && ((qd <= 256)) || die "--workloads: $w: the depth must be 1 to 256"
-      workloads+=("4k-$w ${w%-qd*} $qd") ;;
-    *) die "--workloads: unknown workload $w (randread-qdN or randwrite-qdN)" ;;
-  esac
-done
-((${#workloads[@]})) || die "--workloads: none given"
+[[ -n ${workload_sel//,/} ]] || die "--workloads: none given"
+workload_list=$(bl_rand_workloads "$workload_sel") || exit 2
+mapfile -t workloads <<<"$workload_list"
 
 spinblk=${SPINBLK_BIN:-$root/target/release/spinblk}
 bench=${BENCH_BIN:-$root/target/release/spinblk-bench}

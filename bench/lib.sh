@@ -19,10 +19,12 @@ bl_die() { bl_log "error: $*"; exit 1; }
 bl_sysinfo() { "${BL_TOOL[@]}" sysinfo; }
 
 # bl_rand_workloads LIST: "randread-qd1,randwrite-qd32" -> one line "4k-randread-qd1
-# randread 1" (label, rw, depth) per entry; anything else, or a depth outside 1-256, is an
-# error. Call it as out=$(bl_rand_workloads "$LIST") || exit, so an error stops the caller.
+# randread 1" (label, rw, depth) per entry; an empty list, anything else, or a depth outside
+# 1-256 is an error. Call it as out=$(bl_rand_workloads "$LIST") || exit, so an error stops
+# the caller.
 bl_rand_workloads() {
   local w qd
+  [[ -n ${1//,/} ]] || bl_die "--workloads: none given"
   for w in ${1//,/ }; do
     case $w in
       randread-qd[1-9]* | randwrite-qd[1-9]*)

@@ -76,7 +76,6 @@ if ! [[ $rounds =~ ^[0-9]+$ ]] || ((rounds < 1)); then die "--rounds must be a p
 if ! [[ $runtime =~ ^[0-9]+$ ]] || ((runtime < 2)); then die "--runtime must be at least 2"; fi
 if ! [[ $size_mib =~ ^[0-9]+$ ]] || ((size_mib < 16)); then die "--size must be at least 16 (MiB)"; fi
 # Workloads: "label rw qd".
-[[ -n ${workload_sel//,/} ]] || die "--workloads: none given"
 workload_list=$(bl_rand_workloads "$workload_sel") || exit 2
 mapfile -t workloads <<<"$workload_list"
 

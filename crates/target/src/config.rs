@@ -569,7 +569,7 @@ impl TargetConfig {
                 let wait = Duration::from_nanos(ns);
                 if wait > MAX_BATCH_WAIT {
                     Err(format!(
-                        "batch_wait_ns {ns} is more than {} (100 us)",
+                        "batch_wait_ns {ns} is more than {} ({MAX_BATCH_WAIT:?})",
                         MAX_BATCH_WAIT.as_nanos()
                     ))
                 } else {

@@ -287,6 +287,20 @@ fn settled_footprint(
     }
 }
 
+/// Waits (up to 20 s, then panics) until the target runs `threads` threads: a session's
+/// thread ends after its client has gone and its queues have stopped.
+fn wait_for_threads(target: &Target, threads: usize) {
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while target.footprint().threads != threads {
+        assert!(
+            std::time::Instant::now() < end,
+            "the session's thread still runs 20 s after its client went: {:?}",
+            target.footprint()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 #[test]
 fn disconnects_leave_no_fd_mapping_or_thread_behind() {
     let mut target = Target::start_args(
@@ -302,12 +316,19 @@ fn disconnects_leave_no_fd_mapping_or_thread_behind() {
     );
     // A few connections first, so lazily created process state exists before the baseline:
     // each session runs on a thread of its own, and the C library keeps the stacks and malloc
-    // arenas of threads that have exited for reuse (bounded caches, not leaks).
+    // arenas of threads that have exited for reuse (bounded caches, not leaks). Its stack cache
+    // keeps one stack per session thread that was alive at once with another, so every
+    // connection here waits for the session before it to end: otherwise a disconnect that
+    // overlaps the next connect adds a cached 2 MiB stack (two lines of maps) by timing.
+    let threads = settled_footprint(&target, Duration::from_millis(500), Duration::from_secs(20))
+        .unwrap_or_else(|last| panic!("footprint never settled after the start: {last:?}"))
+        .threads;
     for _ in 0..4 {
         drop(target.connect_with(ClientConfig {
             num_queues: 2,
             ..ClientConfig::default()
         }));
+        wait_for_threads(&target, threads);
     }
     // The target tears a connection down after the client has gone: wait until nothing
     // changes for half a second before taking the baseline.
@@ -318,6 +339,7 @@ fn disconnects_leave_no_fd_mapping_or_thread_behind() {
         before.fds >= 3 && before.mappings >= 10 && before.threads >= 3,
         "footprint readable: {before:?}"
     );
+    let maps_before = ProcessFootprint::maps(target.pid());
     for round in 0..10u64 {
         let mut c = target.connect_with(ClientConfig {
             num_queues: 2,
@@ -331,6 +353,7 @@ fn disconnects_leave_no_fd_mapping_or_thread_behind() {
                 .write_many_no_wait(&[(0, &[0u8; 4096][..]), (8192, &[1u8; 4096][..])]);
         }
         drop(c);
+        wait_for_threads(&target, before.threads);
     }
     // Poll until the footprint is back to the baseline (or stops changing elsewhere).
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -341,7 +364,9 @@ fn disconnects_leave_no_fd_mapping_or_thread_behind() {
     }
     target.assert_running();
     assert_eq!(
-        before, after,
-        "(fds, mappings, threads) before vs 20 s after 10 connections"
+        before,
+        after,
+        "(fds, mappings, threads) before vs 20 s after 10 connections; maps:\n{}",
+        maps_diff(&maps_before, &ProcessFootprint::maps(target.pid()))
     );
 }

@@ -31,7 +31,7 @@ pub use launch::{
     reference_target, size_arg, spinblk_bin, wait_for_path, wait_for_socket, Backend, Launch,
     Target, TargetConfig, STARTUP_TIMEOUT,
 };
-pub use process::{malloc_arena_lines, ProcessFootprint};
+pub use process::{malloc_arena_lines, maps_diff, ProcessFootprint};
 pub use tempdir::TempDir;
 
 /// libblkio itself, for request flags ([`blkio::ReqFlags`]) and errnos ([`blkio::Errno`]).

@@ -44,6 +44,24 @@ impl ProcessFootprint {
     pub fn rss_kib(pid: u32) -> Option<u64> {
         Self::status_kib(pid, "VmRSS")
     }
+
+    /// The text of /proc/PID/maps (empty if unreadable), to show what changed when a
+    /// footprint differs: see [`maps_diff`].
+    pub fn maps(pid: u32) -> String {
+        std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default()
+    }
+}
+
+/// The lines only in `before` (prefixed `-`) and only in `after` (prefixed `+`) of two
+/// /proc/PID/maps texts, one per line.
+pub fn maps_diff(before: &str, after: &str) -> String {
+    let only = |a: &str, b: &str, sign: char| {
+        a.lines()
+            .filter(|l| !b.lines().any(|m| m == *l))
+            .map(|l| format!("{sign}{l}\n"))
+            .collect::<String>()
+    };
+    only(before, after, '-') + &only(after, before, '+')
 }
 
 /// glibc's heap size for a non-main malloc arena on 64-bit (`HEAP_MAX_SIZE`): each arena is one

@@ -335,7 +335,17 @@ impl<'a> Parser<'a> {
             } else {
                 let take = len.min((HEADER_LEN - self.header_len) as u64) as usize;
                 let dst = self.header_len;
-                if copy_from_guest(self.mem, addr, &mut self.header[dst..dst + take]).is_err() {
+                // The usual header: all 16 bytes in one descriptor and one region, read with
+                // one fixed-size load instead of a call to `memmove` for a length known only
+                // at run time.
+                let whole = (take == HEADER_LEN)
+                    .then(|| read_from_guest::<HEADER_LEN>(self.mem, addr))
+                    .flatten();
+                if let Some(header) = whole {
+                    self.header = header;
+                } else if copy_from_guest(self.mem, addr, &mut self.header[dst..dst + take])
+                    .is_err()
+                {
                     self.header_fail(ParseError::BadAddress);
                 }
                 self.header_len += take;
@@ -487,6 +497,15 @@ impl<'a> Parser<'a> {
             None => Ok(self.iovcnt),
         }
     }
+}
+
+/// The `N` bytes at guest address `addr` when they lie in one region (`None` otherwise, or
+/// when `addr` is outside guest memory: [`copy_from_guest`] then decides).
+fn read_from_guest<const N: usize>(mem: &GuestMemory, addr: u64) -> Option<[u8; N]> {
+    let (host, run) = mem.host_run(addr)?;
+    // SAFETY: `host` is mapped for `run >= N` bytes (checked first). Guest memory may change
+    // while we read it; only the copy is looked at afterwards.
+    (run >= N as u64).then(|| unsafe { host.cast::<[u8; N]>().read_unaligned() })
 }
 
 /// Copies `dst.len()` bytes at guest address `addr` into `dst`, across regions if need be.
@@ -944,6 +963,10 @@ mod tests {
         let e = parse_chain(&m, &[(MEM_SIZE + 0x1000, 16, R), (STATUS, 1, W)], &limits())
             .expect_err("refused");
         assert_eq!(e.error, ParseError::BadAddress);
+        // A header whose last bytes run off the end of guest memory.
+        let e = parse_chain(&m, &[(MEM_SIZE - 8, 16, R), (STATUS, 1, W)], &limits())
+            .expect_err("refused");
+        assert_eq!(e.error, ParseError::BadAddress);
         // Status byte outside guest memory: nowhere to write it.
         let e = parse_chain(&m, &[(HDR, 16, R), (u64::MAX, 1, W)], &limits()).expect_err("refused");
         assert_eq!((e.error, e.status), (ParseError::BadStatusDescriptor, None));
@@ -1178,6 +1201,28 @@ mod tests {
         )
         .expect("spanning read");
         assert_eq!((req.len, req.iovcnt), (1024, 2));
+        // A header in one descriptor whose bytes lie in both regions (not the one-load path).
+        let split = RequestHeader {
+            request_type: VIRTIO_BLK_T_OUT.into(),
+            _ioprio: 0.into(),
+            sector: 0x0001_0203_0405_0607u64.into(),
+        };
+        m.write_obj(split, GuestAddress(0x40000 - 8))
+            .expect("header over the boundary");
+        let limits_huge = DeviceLimits {
+            capacity: 1 << 60,
+            ..limits()
+        };
+        let req = parse_chain(
+            &m,
+            &[(0x40000 - 8, 16, R), (DATA, 512, R), (STATUS, 1, W)],
+            &limits_huge,
+        )
+        .expect("header across regions");
+        assert_eq!(
+            (req.kind, req.offset),
+            (RequestKind::Write, 0x0001_0203_0405_0607 * 512)
+        );
         let huge = DeviceLimits {
             capacity: 1 << 40,
             ..limits()

@@ -45,8 +45,11 @@
 # at QD1 and QD32, one bdevperf core, VQ_COUNT virtqueues offered/used.
 # Prints per target best/median/worst IOPS and QD1 average latency, and per
 # comparison the per-pair ratios (spinblk/other, same round), their median and
-# the ratio of the best runs; writes results.csv, pairs.md, rounds.png and
-# ratios.png. Needs SPDK_DIR (built elsewhere: build/bin/vhost,
+# the ratio of the best runs; then, from spinblk-linkprobe's cache-line round
+# trip between the client's and the target's cores before and after each run,
+# each target's runs when the cores were near and when far, and the ratios
+# within each (this machine's speed changes with it, 3x). Writes results.csv,
+# pairs.md, rounds.png and ratios.png. Needs SPDK_DIR (built elsewhere: build/bin/vhost,
 # build/examples/bdevperf) and 2 MiB hugepages (reserved and given back by
 # the script when vm.nr_hugepages is writable).
 #
@@ -265,6 +268,10 @@ if [[ $client == bdevperf ]]; then
     local round=$1 kind=$2 name=$3 label=$4 rw=$5 qd=$6 tag conf bsock bpid wrote desc fill_note=""
     tag=r$round-$kind-$label-$name
     npoints=$((npoints + 1))
+    # The cache-line round trip between the client's core and the target's, while neither
+    # polls (before the target starts, after it stops): the tables split runs by it.
+    local link_before link_after
+    link_before=$("$LINKPROBE" --cpus "$client_cpu,${tcores%%,*}" 2>>"$out/logs/linkprobe.log") || link_before=""
     if ! bp_target_start "$name" "$kind" "$out/logs/target-$tag.log"; then
       bl_log "$name did not come up (see $out/logs/target-$tag.log)"
       skipped+=("round $round $kind $label $name: target did not start")
@@ -318,11 +325,17 @@ if [[ $client == bdevperf ]]; then
       --target-rpc "$trpc" --disk "$kind" --workload "$label" \
       --rw "$rw" --bs 4096 --iodepth "$qd" --queues 1 --reactors 1 --mode poll --round "$round" \
       --note "$desc" --runtime "$runtime" --sample-from 0.5 --sample-len "$((runtime - 1))" \
+      --link-ns-before "$link_before" \
       --client-log "$out/logs/perform-$tag.log" --pct-file "$out/logs/bdevperf-$tag.log" -- \
       "${BL_TOOL[@]}" rpc --sock "$bsock" --timeout $((runtime + 60)) perform_tests ||
       bl_log "warning: $tag: no row recorded"
     bl_stop "$bpid" bdevperf || bl_log "warning: bdevperf ($tag) exited with status $?"
     bl_stop "$tpid" "$name" || bl_log "warning: $name ($tag) exited with status $?"
+    if link_after=$("$LINKPROBE" --cpus "$client_cpu,${tcores%%,*}" 2>>"$out/logs/linkprobe.log"); then
+      "${BL_TOOL[@]}" amend --csv "$csv" --target "$name" --workload "$label" --round "$round" \
+        --set "link_ns_after=$link_after" 2>>"$out/logs/linkprobe.log" || true
+    fi
+    bl_log "$tag: core-to-core round trip ${link_before:-?} ns before, ${link_after:-?} ns after"
   }
 
   for ((round = 1; round <= rounds; round++)); do

@@ -50,21 +50,27 @@ for part in sys.argv[1].split(','):
 print(','.join(map(str, out)))" "$1"
 }
 
-# bl_snapshot_bins OUTDIR: copy spinblk and spinblk-bench into OUTDIR/bin so a
-# rebuild by someone else in the middle of a run cannot change the binaries
-# under us; sets SPINBLK and BENCH. Honours SPINBLK_BIN / BENCH_BIN.
+# bl_snapshot_bins OUTDIR: copy spinblk, spinblk-bench and spinblk-linkprobe
+# into OUTDIR/bin so a rebuild by someone else in the middle of a run cannot
+# change the binaries under us; sets SPINBLK, BENCH and LINKPROBE. Honours
+# SPINBLK_BIN / BENCH_BIN (spinblk-linkprobe is taken from beside BENCH_BIN).
 bl_snapshot_bins() {
   local out=$1 src_t=${SPINBLK_BIN:-$BL_ROOT/target/release/spinblk}
   local src_b=${BENCH_BIN:-$BL_ROOT/target/release/spinblk-bench}
+  local src_l
+  src_l=$(dirname "$src_b")/spinblk-linkprobe
   [[ -x $src_t ]] || bl_die "$src_t not found: cargo build --release"
-  [[ -x $src_b ]] || bl_die "$src_b not found: cargo build --release -p spinblk-bench"
+  [[ -x $src_b && -x $src_l ]] || bl_die "$src_b or $src_l not found: cargo build --release -p spinblk-bench"
   mkdir -p "$out/bin"
   cp "$src_t" "$out/bin/spinblk"
   cp "$src_b" "$out/bin/spinblk-bench"
+  cp "$src_l" "$out/bin/spinblk-linkprobe"
   # shellcheck disable=SC2034  # used by the scripts that source this file
   SPINBLK=$out/bin/spinblk
   # shellcheck disable=SC2034
   BENCH=$out/bin/spinblk-bench
+  # shellcheck disable=SC2034
+  LINKPROBE=$out/bin/spinblk-linkprobe
   {
     echo "spinblk       $(sha256sum "$src_t" | cut -c1-16) $(stat -c %y "$src_t")"
     echo "spinblk-bench $(sha256sum "$src_b" | cut -c1-16) $(stat -c %y "$src_b")"

@@ -42,7 +42,15 @@ COLUMNS = [
     "target_cpu_pct", "iops_per_target_cpu_s", "target_cpu_us_per_io",
     "tgt_core_other_pct", "tgt_core_steal_pct", "errors", "timeouts", "load1", "status", "note",
     "round", "unix_time", "think_us", "target_busy_pct", "target_busy_ns_per_io",
+    "link_ns_before", "link_ns_after",
 ]
+
+# spinblk-linkprobe's round trip of a cache line between the client's and the target's cores
+# falls in one of three bands on this project's 2-vCPU machine, changing from minute to minute
+# as the hypervisor moves the vCPUs: about 30 ns (two hardware threads of one physical core,
+# which then also share its pipeline), 70-120 ns (nearby cores) and 300-340 ns (distant ones).
+# The bands' upper bounds, in ns:
+LINK_BANDS = (("sibling", 50.0), ("near", 200.0), ("far", float("inf")))
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -275,6 +283,7 @@ def cmd_point(a):
         "mode": a.mode, "load1": f"{la:.2f}", "note": a.note, "round": a.round,
         "think_us": a.think_us,
         "unix_time": f"{launch:.0f}",
+        "link_ns_before": a.link_ns_before,
     })
     status = "ok"
     try:
@@ -764,7 +773,87 @@ def pairs_report(rows, subject, markdown, limit):
         if (r["disk"], r["workload"]) not in key_order:
             key_order.append((r["disk"], r["workload"]))
     text += pairs_tables(clean, subject, markdown, key_order) if clean else "(none)"
+    if any(link_state(r) for r in rows):
+        bounds = ", ".join(f"{n} under {u:g} ns" for n, u in LINK_BANDS if u != float("inf"))
+        text += "\n\n" + (f"By the link between the client's and the target's cores "
+                           f"(spinblk-linkprobe's round trip before and after each run, the "
+                           f"same band both times; {bounds}, far above; medians per band):")
+        text += ("\n\n" if markdown else "\n") + link_tables(rows, subject, markdown)
     return text
+
+
+def cmd_amend(a):
+    """Sets COLUMN=VALUE in the CSV's last row when that row is the run named by --target,
+    --workload and --round (a point that recorded no row leaves the one before it alone)."""
+    col, _, value = a.set.partition("=")
+    if col not in COLUMNS:
+        print(f"benchtool amend: no column {col!r}", file=sys.stderr)
+        return 2
+    rows = read_csv(a.csv) if os.path.exists(a.csv) else []
+    last = rows[-1] if rows else None
+    if not last or (last.get("target"), last.get("workload"), last.get("round")) != \
+            (a.target, a.workload, a.round):
+        print(f"benchtool amend: the last row is not {a.target} {a.workload} round {a.round}",
+              file=sys.stderr)
+        return 1
+    last[col] = value
+    with open(a.csv, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({c: r.get(c, "") for c in COLUMNS})
+    return 0
+
+
+def link_band(ns):
+    """The LINK_BANDS name of a spinblk-linkprobe figure."""
+    return next(name for name, upper in LINK_BANDS if ns < upper)
+
+
+def link_state(r):
+    """The run's LINK_BANDS name when spinblk-linkprobe read the same band before and after
+    it, "mixed" when the band changed, None when the run has no figures."""
+    b, e = num(r.get("link_ns_before")), num(r.get("link_ns_after"))
+    if b is None or e is None:
+        return None
+    return link_band(b) if link_band(b) == link_band(e) else "mixed"
+
+
+def link_tables(rows, subject, markdown):
+    """Each target's runs split by the link between the client's and the target's cores
+    (LINK_BANDS): runs, median IOPS and median busy ns per I/O in each band, and the
+    subject's ratios against each other target within each band (per busy core: the other's
+    median busy ns per I/O over the subject's). Runs whose band changed (mixed) are counted
+    only."""
+    groups, targets = pairs_data(rows, subject)
+    bands = [name for name, _ in LINK_BANDS]
+    h1 = ["disk", "workload", "target", "runs " + " / ".join(bands + ["mixed"])]
+    h1 += [f"median IOPS {b}" for b in bands] + [f"busy ns/IO {b}" for b in bands]
+    h2 = ["disk", "workload", "ratio"] + [f"per busy core {b}" for b in bands]
+    h2 += [f"IOPS {b}" for b in bands]
+    t1, t2 = [], []
+    for (disk, wl), by_t in groups:
+        med = {}
+        for t in targets:
+            runs = list(by_t.get(t, {}).values())
+            counts = [sum(1 for r in runs if link_state(r) == b) for b in bands + ["mixed"]]
+            iops, ns = {}, {}
+            for b in bands:
+                mine = [r for r in runs if link_state(r) == b]
+                i = [num(r["iops"]) for r in mine if num(r["iops"])]
+                n = [num(r["target_busy_ns_per_io"]) for r in mine
+                     if num(r.get("target_busy_ns_per_io"))]
+                iops[b] = median(i) if i else None
+                ns[b] = median(n) if n else None
+            med[t] = (iops, ns)
+            t1.append([disk, wl, t, " / ".join(str(c) for c in counts)]
+                      + [fmt(iops[b], 0) for b in bands] + [fmt(ns[b], 1) for b in bands])
+        for o in targets[1:]:
+            (mi, mn), (oi, on) = med[subject], med[o]
+            t2.append([disk, wl, f"{subject}/{o}"]
+                      + [f"{on[b] / mn[b]:.2f}" if mn[b] and on[b] else "" for b in bands]
+                      + [f"{mi[b] / oi[b]:.2f}" if mi[b] and oi[b] else "" for b in bands])
+    return render(h1, t1, markdown) + "\n\n" + render(h2, t2, markdown)
 
 
 def cmd_pairs(a):
@@ -1238,6 +1327,9 @@ def main():
     pt.add_argument("--note", default="")
     pt.add_argument("--round", default="", help="round number (alternating runs)")
     pt.add_argument("--think-us", default="", help="the client's pause after each completion")
+    pt.add_argument("--link-ns-before", default="",
+                    help="spinblk-linkprobe's figure between the client's and the target's cores, "
+                    "taken before the target started (see the link tables of `pairs`)")
     pt.add_argument("--runtime", type=float, required=True,
                     help="the client's measured seconds (target CPU-s = rate * runtime)")
     pt.add_argument("--sample-from", type=float, default=0.5,
@@ -1247,6 +1339,14 @@ def main():
                     help="... and lasts this many seconds")
     pt.add_argument("command", nargs=argparse.REMAINDER)
     pt.set_defaults(func=cmd_point)
+
+    am = sub.add_parser("amend", help="set a column of the last row of a CSV, if it is the run named")
+    am.add_argument("--csv", required=True)
+    am.add_argument("--target", required=True)
+    am.add_argument("--workload", required=True)
+    am.add_argument("--round", required=True)
+    am.add_argument("--set", required=True, metavar="COLUMN=VALUE")
+    am.set_defaults(func=cmd_amend)
 
     tb = sub.add_parser("table", help="print a results CSV as a table")
     tb.add_argument("--kind", choices=["compare", "scaling", "file"], default="compare")

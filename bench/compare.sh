@@ -47,8 +47,8 @@
 # comparison the per-pair ratios (spinblk/other, same round), their median and
 # the ratio of the best runs; then, from spinblk-linkprobe's cache-line round
 # trip between the client's and the target's cores before and after each run,
-# each target's runs when the cores were near and when far, and the ratios
-# within each (this machine's speed changes with it, 3x). Writes results.csv,
+# each target's runs by band (sibling, near, far) and the ratios within each
+# (this machine's speed changes with it, up to 3x). Writes results.csv,
 # pairs.md, rounds.png and ratios.png. Needs SPDK_DIR (built elsewhere: build/bin/vhost,
 # build/examples/bdevperf) and 2 MiB hugepages (reserved and given back by
 # the script when vm.nr_hugepages is writable).
@@ -332,8 +332,8 @@ if [[ $client == bdevperf ]]; then
     bl_stop "$bpid" bdevperf || bl_log "warning: bdevperf ($tag) exited with status $?"
     bl_stop "$tpid" "$name" || bl_log "warning: $name ($tag) exited with status $?"
     if link_after=$("$LINKPROBE" --cpus "$client_cpu,${tcores%%,*}" 2>>"$out/logs/linkprobe.log"); then
-      "${BL_TOOL[@]}" amend --csv "$csv" --target "$name" --workload "$label" --round "$round" \
-        --set "link_ns_after=$link_after" 2>>"$out/logs/linkprobe.log" || true
+      "${BL_TOOL[@]}" amend --csv "$csv" --target "$name" --disk "$kind" --workload "$label" \
+        --round "$round" --set "link_ns_after=$link_after" 2>>"$out/logs/linkprobe.log" || true
     fi
     bl_log "$tag: core-to-core round trip ${link_before:-?} ns before, ${link_after:-?} ns after"
   }

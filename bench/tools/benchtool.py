@@ -784,17 +784,17 @@ def pairs_report(rows, subject, markdown, limit):
 
 def cmd_amend(a):
     """Sets COLUMN=VALUE in the CSV's last row when that row is the run named by --target,
-    --workload and --round (a point that recorded no row leaves the one before it alone)."""
+    --disk, --workload and --round (a point that recorded no row leaves the one before it
+    alone)."""
     col, _, value = a.set.partition("=")
     if col not in COLUMNS:
         print(f"benchtool amend: no column {col!r}", file=sys.stderr)
         return 2
     rows = read_csv(a.csv) if os.path.exists(a.csv) else []
     last = rows[-1] if rows else None
-    if not last or (last.get("target"), last.get("workload"), last.get("round")) != \
-            (a.target, a.workload, a.round):
-        print(f"benchtool amend: the last row is not {a.target} {a.workload} round {a.round}",
-              file=sys.stderr)
+    named = (a.target, a.disk, a.workload, a.round)
+    if not last or tuple(last.get(k) for k in ("target", "disk", "workload", "round")) != named:
+        print(f"benchtool amend: the last row is not {' '.join(named)}", file=sys.stderr)
         return 1
     last[col] = value
     with open(a.csv, "w", newline="", encoding="utf-8") as f:
@@ -1343,6 +1343,7 @@ def main():
     am = sub.add_parser("amend", help="set a column of the last row of a CSV, if it is the run named")
     am.add_argument("--csv", required=True)
     am.add_argument("--target", required=True)
+    am.add_argument("--disk", required=True)
     am.add_argument("--workload", required=True)
     am.add_argument("--round", required=True)
     am.add_argument("--set", required=True, metavar="COLUMN=VALUE")

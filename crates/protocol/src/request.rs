@@ -335,17 +335,7 @@ impl<'a> Parser<'a> {
             } else {
                 let take = len.min((HEADER_LEN - self.header_len) as u64) as usize;
                 let dst = self.header_len;
-                // The usual header: all 16 bytes in one descriptor and one region, read with
-                // one fixed-size load instead of a call to `memmove` for a length known only
-                // at run time.
-                let whole = (take == HEADER_LEN)
-                    .then(|| read_from_guest::<HEADER_LEN>(self.mem, addr))
-                    .flatten();
-                if let Some(header) = whole {
-                    self.header = header;
-                } else if copy_from_guest(self.mem, addr, &mut self.header[dst..dst + take])
-                    .is_err()
-                {
+                if copy_from_guest(self.mem, addr, &mut self.header[dst..dst + take]).is_err() {
                     self.header_fail(ParseError::BadAddress);
                 }
                 self.header_len += take;
@@ -497,15 +487,6 @@ impl<'a> Parser<'a> {
             None => Ok(self.iovcnt),
         }
     }
-}
-
-/// The `N` bytes at guest address `addr` when they lie in one region (`None` otherwise, or
-/// when `addr` is outside guest memory: [`copy_from_guest`] then decides).
-fn read_from_guest<const N: usize>(mem: &GuestMemory, addr: u64) -> Option<[u8; N]> {
-    let (host, run) = mem.host_run(addr)?;
-    // SAFETY: `host` is mapped for `run >= N` bytes (checked first). Guest memory may change
-    // while we read it; only the copy is looked at afterwards.
-    (run >= N as u64).then(|| unsafe { host.cast::<[u8; N]>().read_unaligned() })
 }
 
 /// Copies `dst.len()` bytes at guest address `addr` into `dst`, across regions if need be.
@@ -1201,7 +1182,7 @@ mod tests {
         )
         .expect("spanning read");
         assert_eq!((req.len, req.iovcnt), (1024, 2));
-        // A header in one descriptor whose bytes lie in both regions (not the one-load path).
+        // A header in one descriptor whose bytes lie in both regions.
         let split = RequestHeader {
             request_type: VIRTIO_BLK_T_OUT.into(),
             _ioprio: 0.into(),

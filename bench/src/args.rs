@@ -185,7 +185,8 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
 
 /// Parses a CPU list such as `1`, `0,2`, `4-7`, `0,8-11`.
 pub fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
-    const MAX_CPU: usize = 1 << 16;
+    // The kernel's CPU set size as libc sees it: `core_affinity` panics on a CPU id past it.
+    const MAX_CPU: usize = libc::CPU_SETSIZE as usize;
     let mut cpus = Vec::new();
     for part in s.split(',') {
         let part = part.trim();
@@ -257,6 +258,8 @@ mod tests {
         assert_eq!(parse_cpu_list("1"), Ok(CpuList(vec![1])));
         assert_eq!(parse_cpu_list("0,2"), Ok(CpuList(vec![0, 2])));
         assert_eq!(parse_cpu_list("4-6,1"), Ok(CpuList(vec![4, 5, 6, 1])));
+        assert_eq!(parse_cpu_list("1023"), Ok(CpuList(vec![1023])));
+        assert!(parse_cpu_list("1024").is_err(), "past the CPU set size");
         for bad in ["", "a", "1,", "3-1", "1-", "-1", "99999999"] {
             assert!(parse_cpu_list(bad).is_err(), "{bad:?} should be rejected");
         }

@@ -263,6 +263,10 @@ if [[ $client == bdevperf ]]; then
     esac
   }
 
+  # bp_link_ns: spinblk-linkprobe's round trip (ns) between the client's core and the first
+  # target core; run it only while neither polls.
+  bp_link_ns() { "$LINKPROBE" --cpus "$client_cpu,${tcores%%,*}" 2>>"$out/logs/linkprobe.log"; }
+
   # bp_point ROUND DISK TARGET LABEL RW QD: one measured point in its own session.
   bp_point() {
     local round=$1 kind=$2 name=$3 label=$4 rw=$5 qd=$6 tag conf bsock bpid wrote desc fill_note=""
@@ -271,7 +275,7 @@ if [[ $client == bdevperf ]]; then
     # The cache-line round trip between the client's core and the target's, while neither
     # polls (before the target starts, after it stops): the tables split runs by it.
     local link_before link_after
-    link_before=$("$LINKPROBE" --cpus "$client_cpu,${tcores%%,*}" 2>>"$out/logs/linkprobe.log") || link_before=""
+    link_before=$(bp_link_ns) || link_before=""
     if ! bp_target_start "$name" "$kind" "$out/logs/target-$tag.log"; then
       bl_log "$name did not come up (see $out/logs/target-$tag.log)"
       skipped+=("round $round $kind $label $name: target did not start")
@@ -331,7 +335,7 @@ if [[ $client == bdevperf ]]; then
       bl_log "warning: $tag: no row recorded"
     bl_stop "$bpid" bdevperf || bl_log "warning: bdevperf ($tag) exited with status $?"
     bl_stop "$tpid" "$name" || bl_log "warning: $name ($tag) exited with status $?"
-    if link_after=$("$LINKPROBE" --cpus "$client_cpu,${tcores%%,*}" 2>>"$out/logs/linkprobe.log"); then
+    if link_after=$(bp_link_ns); then
       "${BL_TOOL[@]}" amend --csv "$csv" --target "$name" --disk "$kind" --workload "$label" \
         --round "$round" --set "link_ns_after=$link_after" 2>>"$out/logs/linkprobe.log" || true
     fi

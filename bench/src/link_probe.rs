@@ -2,9 +2,10 @@
 //!
 //! Two threads, pinned to the two CPUs given, pass a counter back and forth through one
 //! cache line; the program prints the median nanoseconds per round trip over `--batches`
-//! batches of `--round-trips` each. On this project's 2-vCPU machine the figure is either
-//! about 60-130 ns or about 330-390 ns, changing from minute to minute: the hypervisor puts
-//! the two vCPUs on nearby or on distant physical cores. A vhost-user target and its driver
+//! batches of `--round-trips` each. On this project's 2-vCPU machine the figure falls in one
+//! of three bands, about 30 ns, 70-120 ns or 300-340 ns, changing from minute to minute: the
+//! hypervisor puts the two vCPUs on one physical core, on nearby cores or on distant ones
+//! (docs/benchmarks.md, "What the two speeds are"). A vhost-user target and its driver
 //! hand every request over through such lines, so the bench scripts run this between points
 //! and split their results by it (see `bench/compare.sh --client bdevperf`).
 //!
@@ -17,6 +18,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use clap::Parser;
+
+mod cpus;
+use cpus::parse_cpu_list;
 
 /// Measures the round trip of one cache line between two CPUs.
 #[derive(Parser, Debug)]
@@ -64,20 +68,12 @@ fn check_allowed(cpu: usize) -> Result<(), String> {
     }
 }
 
+/// The two distinct CPUs of `--cpus`.
 fn parse_cpus(s: &str) -> Result<(usize, usize), String> {
-    let (a, b) = s
-        .split_once(',')
-        .ok_or_else(|| format!("--cpus {s:?}: expected two CPUs, A,B"))?;
-    let cpu = |v: &str| {
-        v.trim()
-            .parse::<usize>()
-            .map_err(|e| format!("--cpus {s:?}: {v:?}: {e}"))
-    };
-    let (a, b) = (cpu(a)?, cpu(b)?);
-    if a == b {
-        return Err(format!("--cpus {s:?}: the two CPUs must differ"));
+    match parse_cpu_list(s)?.0[..] {
+        [a, b] if a != b => Ok((a, b)),
+        _ => Err(format!("--cpus {s:?}: expected two different CPUs, A,B")),
     }
-    Ok((a, b))
 }
 
 /// Nanoseconds per round trip of each batch, in order.
@@ -157,6 +153,8 @@ mod tests {
         assert!(parse_cpus("1,1").is_err());
         assert!(parse_cpus("1").is_err());
         assert!(parse_cpus("a,1").is_err());
+        assert!(parse_cpus("0,1,2").is_err());
+        assert_eq!(parse_cpus("4-5"), Ok((4, 5)));
     }
 
     #[test]

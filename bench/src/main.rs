@@ -22,6 +22,7 @@
 //! which requests never completed (5 s after the end) skips teardown.
 
 mod args;
+mod cpus;
 mod offsets;
 mod stats;
 mod target;

@@ -47,7 +47,7 @@
 # comparison the per-pair ratios (spinblk/other, same round), their median and
 # the ratio of the best runs; then, from spinblk-linkprobe's cache-line round
 # trip between the client's and the target's cores before and after each run,
-# each target's runs by band (sibling, near, far) and the ratios within each
+# each target's undisturbed runs by band (sibling, near, far) and the ratios within each
 # (this machine's speed changes with it, up to 3x). Writes results.csv,
 # pairs.md, rounds.png and ratios.png. Needs SPDK_DIR (built elsewhere: build/bin/vhost,
 # build/examples/bdevperf) and 2 MiB hugepages (reserved and given back by

@@ -1,4 +1,4 @@
-//! CPU lists (`1,3,8-11`), shared by spinblk-bench's `--cpus` and spinblk-linkprobe's.
+//! CPU lists (`1,3,8-11`) and pinning, shared by spinblk-bench and spinblk-linkprobe.
 
 /// A list of CPU ids, e.g. `1,3,8-11`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -38,6 +38,16 @@ pub fn parse_cpu_list(s: &str) -> Result<CpuList, String> {
         }
     }
     Ok(CpuList(cpus))
+}
+
+/// Pins the calling thread to `cpu` (an id from [`parse_cpu_list`], so below the CPU set size
+/// that `core_affinity` indexes).
+pub fn pin(cpu: usize) -> Result<(), String> {
+    if core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
+        Ok(())
+    } else {
+        Err(format!("cannot run on CPU {cpu}"))
+    }
 }
 
 #[cfg(test)]

@@ -20,7 +20,7 @@ use std::time::Instant;
 use clap::Parser;
 
 mod cpus;
-use cpus::parse_cpu_list;
+use cpus::{parse_cpu_list, pin};
 
 /// Measures the round trip of one cache line between two CPUs.
 #[derive(Parser, Debug)]
@@ -46,15 +46,6 @@ struct Line(AtomicU64);
 /// while waiting).
 #[repr(align(128))]
 struct Failed(AtomicBool);
-
-/// Pins the calling thread to `cpu`.
-fn pin(cpu: usize) -> Result<(), String> {
-    if core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
-        Ok(())
-    } else {
-        Err(format!("cannot run on CPU {cpu}"))
-    }
-}
 
 /// Checks that the calling thread may run on `cpu` (before anything is pinned: a pinned
 /// thread's children inherit its one CPU; and `core_affinity` panics on an id past the

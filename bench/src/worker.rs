@@ -106,11 +106,8 @@ impl Worker<'_> {
     /// Runs the workload on `q`; always checks in at the start gate.
     pub fn run(mut self, mut q: Blkioq) -> WorkerStats {
         if let Some(cpu) = self.cpu {
-            if !core_affinity::set_for_current(core_affinity::CoreId { id: cpu }) {
-                eprintln!(
-                    "spinblk-bench: warning: cannot pin queue {} to CPU {cpu}",
-                    self.idx
-                );
+            if let Err(e) = crate::cpus::pin(cpu) {
+                eprintln!("spinblk-bench: warning: queue {}: {e}", self.idx);
             }
         }
 

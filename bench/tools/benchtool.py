@@ -773,12 +773,12 @@ def pairs_report(rows, subject, markdown, limit):
         if (r["disk"], r["workload"]) not in key_order:
             key_order.append((r["disk"], r["workload"]))
     text += pairs_tables(clean, subject, markdown, key_order) if clean else "(none)"
-    if any(link_state(r) for r in rows):
+    if any(link_state(r) for r in clean):
         bounds = ", ".join(f"{n} under {u:g} ns" for n, u in LINK_BANDS if u != float("inf"))
-        text += "\n\n" + (f"By the link between the client's and the target's cores "
-                           f"(spinblk-linkprobe's round trip before and after each run, the "
-                           f"same band both times; {bounds}, far above; medians per band):")
-        text += ("\n\n" if markdown else "\n") + link_tables(rows, subject, markdown)
+        text += "\n\n" + (f"Undisturbed runs by the link between the client's and the target's "
+                           f"cores (spinblk-linkprobe's round trip before and after each run, "
+                           f"the same band both times; {bounds}, far above; medians per band):")
+        text += ("\n\n" if markdown else "\n") + link_tables(clean, subject, markdown)
     return text
 
 

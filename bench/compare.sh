@@ -42,7 +42,16 @@
 # spdk spinblk spdk-huge, round 2 the other way round, ...), for --rounds
 # rounds (>= 4 recommended: this machine's speed changes within minutes).
 # Matrix: for each --disk (default null,malloc): 4 KiB randread and randwrite
-# at QD1 and QD32, one bdevperf core, VQ_COUNT virtqueues offered/used.
+# at QD1 and QD32 (per bdevperf core).
+# Several cores (--target-cpu LIST of N cores, --client-cpu LIST of M cores,
+# on separate cores): spinblk serves ONE controller from all N cores (one
+# reactor per core, queue i on reactor i mod N) and bdevperf drives its one
+# bdev from every client core (-C: a job, a channel and a virtqueue per
+# core); SPDK, which serves a controller from one core only, gets N
+# controllers, one per target core, each on a disk of SIZE/N (the same RAM in
+# all), and bdevperf spreads their N bdevs over its cores (a job each). The
+# queue depth is per bdevperf job, so both get M x QD requests in flight when
+# M = N.
 # Prints per target best/median/worst IOPS and QD1 average latency, and per
 # comparison the per-pair ratios (spinblk/other, same round), their median and
 # the ratio of the best runs; then, from spinblk-linkprobe's cache-line round
@@ -62,7 +71,8 @@
 #                         list, default null,malloc [DISK]
 #   --size SIZE           disk size, K/M/G suffix (default 1G) [SIZE]
 #   --target-cpu LIST     target core(s) (default 1) [TARGET_CPU]
-#   --client-cpu N        client core for 1-queue runs (default 0) [CLIENT_CPU]
+#   --client-cpu N        client core for 1-queue runs (default 0); with
+#                         bdevperf a LIST: bdevperf's cores [CLIENT_CPU]
 #   --mq-client-cpus LIST (libblkio) client cores for 4-queue runs (default: up
 #                         to 4 allowed cores that are not target cores) [MQ_CLIENT_CPUS]
 #   --runtime S --ramp S  per point (default 5 and 1; bdevperf has no ramp) [RUNTIME, RAMP]
@@ -70,7 +80,9 @@
 #   --workloads LIST      (bdevperf) randread-qdN and randwrite-qdN, N from 1 to
 #                         256 (default randread-qd1,randread-qd32,randwrite-qd1,
 #                         randwrite-qd32) [WORKLOADS]
-#   --vq-count N          (bdevperf) virtqueues (default 2) [VQ_COUNT]
+#   --vq-count N          (bdevperf) virtqueues per controller (default: 2 per
+#                         bdevperf core that drives it: spinblk 2 x M, each
+#                         SPDK controller 2 x ceil(M / N)) [VQ_COUNT]
 #   --vq-size N           (bdevperf) virtqueue size (default 256) [VQ_SIZE]
 #   --spdk-mem MIB        (bdevperf) memory of SPDK's vhost app (default 2048) [SPDK_MEM]
 #   --bdevperf-mem MIB    (bdevperf) hugepage memory of bdevperf (default 1024) [BDEVPERF_MEM]
@@ -105,7 +117,7 @@ runtime=${RUNTIME:-5}
 ramp=${RAMP:-1}
 rounds=${ROUNDS:-4}
 workload_sel=${WORKLOADS:-randread-qd1,randread-qd32,randwrite-qd1,randwrite-qd32}
-vq_count=${VQ_COUNT:-2}
+vq_count=${VQ_COUNT:-}
 vq_size=${VQ_SIZE:-256}
 spdk_mem=${SPDK_MEM:-2048}
 bdevperf_mem=${BDEVPERF_MEM:-1024}
@@ -172,7 +184,10 @@ case $client in
       echo "compare.sh: --rounds must be >= 1" >&2
       exit 2
     fi
-    ((vq_count >= 2)) || echo "compare.sh: warning: --vq-count $vq_count: bdevperf sometimes fails to get a queue with fewer than 2" >&2
+    if [[ -n $vq_count ]]; then
+      [[ $vq_count =~ ^[0-9]+$ ]] && ((vq_count >= 1)) || { echo "compare.sh: --vq-count must be >= 1" >&2; exit 2; }
+      ((vq_count >= 2)) || echo "compare.sh: warning: --vq-count $vq_count: bdevperf sometimes fails to get a queue with fewer than 2" >&2
+    fi
     [[ -n $spdk_dir ]] || { echo "compare.sh: --client bdevperf needs SPDK_DIR or --spdk DIR (a built SPDK tree)" >&2; exit 1; }
     ;;
   *) echo "compare.sh: --client must be libblkio or bdevperf" >&2; exit 2 ;;
@@ -210,62 +225,94 @@ if [[ $client == bdevperf ]]; then
   done
   huge_mib=$bdevperf_mem
   [[ ,$targets, == *,spdk-huge,* ]] && huge_mib=$((huge_mib + spdk_mem))
+  tcores=$(bl_expand_cpus "$target_cpu")
+  ccores=$(bl_expand_cpus "$client_cpu")
+  read -r -a tcore_list <<<"${tcores//,/ }"
+  read -r -a ccore_list <<<"${ccores//,/ }"
+  nt=${#tcore_list[@]}
+  nc=${#ccore_list[@]}
+  # Virtqueues: bdevperf's virtio initiator takes a queue per core that drives a
+  # bdev and sometimes fails to get one with fewer than 2 per such core.
+  spinblk_vq=${vq_count:-$((2 * nc))}
+  spdk_vq=${vq_count:-$((2 * ((nc + nt - 1) / nt)))}
+  ((size_mib % nt == 0)) || bl_die "--size: $size_mib MiB does not split into $nt equal SPDK disks"
+  spdk_disk_mib=$((size_mib / nt))
   {
     echo "compare.sh --client bdevperf $(date -Is)"
     echo "machine: $(bl_sysinfo)"
     echo "SPDK: $spdk_dir ($(git -C "$spdk_dir" describe --tags 2>/dev/null || echo "version unknown"))"
     echo "targets: ${order[*]} (round order; reversed every other round); disks: ${bp_disks[*]} $size"
-    echo "target core(s): $target_cpu; bdevperf core: $client_cpu; vq_count $vq_count, vq_size $vq_size"
+    echo "target core(s): $tcores; bdevperf core(s): $ccores; vq_size $vq_size"
+    echo "spinblk: one controller on $nt reactor(s), $spinblk_vq virtqueues$( ((nc > 1)) && echo ", bdevperf -C (every core drives it)")"
+    echo "SPDK: $nt controller(s), one per target core, $spdk_vq virtqueues each, disk(s) of $spdk_disk_mib MiB"
     echo "SPDK vhost memory: ${spdk_mem} MiB (spdk: --no-huge, spdk-huge: hugepages); bdevperf: ${bdevperf_mem} MiB hugepages, -g"
     echo "${rounds} round(s), ${runtime}s per point; workloads: ${workload_sel}"
     echo "hugepages before: $(grep -E '^HugePages_(Total|Free)' /proc/meminfo | tr -s ' ' | tr '\n' ' ')"
   } | tee "$out/run-info.txt" >&2
   spdk_huge_setup "$run" "$huge_mib" || bl_die "hugepages: bdevperf needs them (see above)"
   bl_log "hugepages: using $SPDK_HUGE_DIR; $(spdk_huge_free) free 2 MiB pages"
-  tcores=$(bl_expand_cpus "$target_cpu")
-  [[ " ${tcores//,/ } " == *" $client_cpu "* ]] &&
-    bl_log "warning: bdevperf core $client_cpu is also a target core: target and client will compete"
+  # SPDK apps lock their cores; a bdevperf that shares one with SPDK's vhost
+  # app must not, or it exits.
+  bp_shared=()
+  for c in "${ccore_list[@]}"; do
+    if [[ " ${tcore_list[*]} " == *" $c "* ]]; then
+      bl_log "warning: bdevperf core $c is also a target core: target and client will compete (a plumbing check, not a measurement)"
+      bp_shared=(--disable-cpumask-locks)
+    fi
+  done
+  ((nc == nt)) || bl_log "warning: $nc bdevperf core(s) for $nt target core(s): SPDK's $nt bdev(s) spread over $nc core(s)"
   fill_secs=$(python3 -c "import sys; print(max(2, int(sys.argv[1]) // 500 + 2))" "$size_mib")
   skipped=()
   npoints=0
 
   # bp_target_start NAME DISK LOG: start target NAME on a fresh disk; sets
-  # tpid and tsock; returns 1 if it did not come up.
+  # tpid, tsocks (the controllers' sockets), tvq (virtqueues per controller)
+  # and bp_extra (bdevperf flags); returns 1 if it did not come up.
   bp_target_start() {
     local name=$1 kind=$2 log=$3
     case $name in
       spinblk | spinblk-before)
         local bin=$SPINBLK
         [[ $name == spinblk-before ]] && bin=$SPINBLK_BEFORE_BIN
-        tsock=$run/spinblk.sock
-        rm -f "$tsock"
+        tsocks=("$run/spinblk.sock")
+        tvq=$spinblk_vq
+        bp_extra=("${bp_shared[@]}")
+        ((nc > 1)) && bp_extra+=(-C)
+        rm -f "${tsocks[0]}"
         bl_null_flags "$bin" "$kind"
         # The RPC socket only answers thread_get_stats (busy time) around each run.
         trpc=$run/spinblk-rpc.sock
-        bl_start "$name" "$log" "$target_cpu" "$bin" --socket "$tsock" "--$kind" "$size" \
-          "${BL_NULL_FLAGS[@]}" --cpus "$target_cpu" --num-queues "$vq_count" -r "$trpc"
+        bl_start "$name" "$log" "$tcores" "$bin" --socket "${tsocks[0]}" "--$kind" "$size" \
+          "${BL_NULL_FLAGS[@]}" --cpus "$tcores" --num-queues "$tvq" -r "$trpc"
         tpid=$BL_PID
-        bl_wait_socket "$tsock" "$tpid"
+        bl_wait_socket "${tsocks[0]}" "$tpid"
         ;;
       spdk | spdk-huge)
         local huge=0
         [[ $name == spdk-huge ]] && huge=1
         mkdir -p "$run/vhost"
-        rm -f "$run/vhost/vhost.0"
-        spdk_vhost_start "$log" "$target_cpu" "$run/vhost" "$run/vhost-rpc.sock" "$spdk_mem" "$huge" ||
+        rm -f "$run/vhost"/vhost.*
+        spdk_vhost_start "$log" "$tcores" "$run/vhost" "$run/vhost-rpc.sock" "$spdk_mem" "$huge" ||
           { tpid=$BL_PID; return 1; }
         tpid=$BL_PID
-        tsock=$run/vhost/vhost.0
         trpc=$run/vhost-rpc.sock
-        spdk_vhost_disk "$run/vhost-rpc.sock" "$kind" "$size_mib" vhost.0 "$target_cpu" >>"$log" 2>&1 &&
-          bl_wait_socket "$tsock" "$tpid"
+        tvq=$spdk_vq
+        bp_extra=("${bp_shared[@]}")
+        tsocks=()
+        local i bdev
+        [[ $kind == null ]] && bdev=Null || bdev=Malloc
+        for ((i = 0; i < nt; i++)); do
+          tsocks+=("$run/vhost/vhost.$i")
+          spdk_vhost_disk "$trpc" "$kind" "$spdk_disk_mib" "vhost.$i" "${tcore_list[i]}" "$bdev$i" >>"$log" 2>&1 &&
+            bl_wait_socket "${tsocks[i]}" "$tpid" || return 1
+        done
         ;;
     esac
   }
 
   # bp_link_ns: spinblk-linkprobe's round trip (ns) between the client's core and the first
   # target core; run it only while neither polls.
-  bp_link_ns() { "$LINKPROBE" --cpus "$client_cpu,${tcores%%,*}" 2>>"$out/logs/linkprobe.log"; }
+  bp_link_ns() { "$LINKPROBE" --cpus "${ccore_list[0]},${tcore_list[0]}" 2>>"$out/logs/linkprobe.log"; }
 
   # bp_point ROUND DISK TARGET LABEL RW QD: one measured point in its own session.
   bp_point() {
@@ -283,13 +330,13 @@ if [[ $client == bdevperf ]]; then
       return 0
     fi
     conf=$run/bdevperf.json
-    bdevperf_conf "$conf" "$tsock" "$vq_count" "$vq_size"
+    bdevperf_conf "$conf" "$tvq" "$vq_size" "${tsocks[@]}"
     if [[ $kind == malloc ]] && ((prefill)); then
       # A sequential pass starts at offset 0: when one is too short (a slow
       # moment), the next one, twice as long, starts over.
       local secs=$fill_secs try
       for try in 1 2 3; do
-        if bdevperf_oneshot "$out/logs/fill-$tag.log" "$run/bdevperf-fill.sock" "$client_cpu" "$conf" "$bdevperf_mem" 8 write 131072 "$secs"; then
+        if bdevperf_oneshot "$out/logs/fill-$tag.log" "$run/bdevperf-fill.sock" "$ccores" "$conf" "$bdevperf_mem" 8 write 131072 "$secs" "${bp_shared[@]}"; then
           wrote=$("${BL_TOOL[@]}" bdevperf-fill --text --io-size 131072 --runtime "$secs" "$out/logs/fill-$tag.log" 2>/dev/null || echo 0)
         else
           wrote=0
@@ -307,8 +354,8 @@ if [[ $client == bdevperf ]]; then
       fi
     fi
     bsock=$run/bdevperf.sock
-    if ! bdevperf_start "$out/logs/bdevperf-$tag.log" "$client_cpu" "$conf" "$bsock" "$bdevperf_mem" \
-      "$qd" "$rw" 4096 "$runtime"; then
+    if ! bdevperf_start "$out/logs/bdevperf-$tag.log" "$ccores" "$conf" "$bsock" "$bdevperf_mem" \
+      "$qd" "$rw" 4096 "$runtime" "${#tsocks[@]}" "${bp_extra[@]}"; then
       bl_log "warning: bdevperf did not attach to $name (see $out/logs/bdevperf-$tag.log)"
       skipped+=("round $round $kind $label $name: bdevperf did not attach")
       bl_stop "$BL_PID" bdevperf || true
@@ -317,9 +364,9 @@ if [[ $client == bdevperf ]]; then
     fi
     bpid=$BL_PID
     case $name in
-      spinblk) desc="spinblk --$kind $size, --cpus $target_cpu --num-queues $vq_count" ;;
-      spdk) desc="SPDK vhost --no-huge -s $spdk_mem, bdev_${kind}_create $size_mib MiB" ;;
-      spdk-huge) desc="SPDK vhost hugepages -s $spdk_mem, bdev_${kind}_create $size_mib MiB" ;;
+      spinblk | spinblk-before) desc="$name --$kind $size, --cpus $tcores --num-queues $tvq" ;;
+      spdk) desc="SPDK vhost --no-huge -s $spdk_mem, $nt x bdev_${kind}_create $spdk_disk_mib MiB" ;;
+      spdk-huge) desc="SPDK vhost hugepages -s $spdk_mem, $nt x bdev_${kind}_create $spdk_disk_mib MiB" ;;
     esac
     desc+=$fill_note
     # bdevperf reports no window: its jobs start right after perform_tests
@@ -327,7 +374,7 @@ if [[ $client == bdevperf ]]; then
     bl_point --csv "$csv" --suite bdevperf --client bdevperf --parser bdevperf-json \
       --target "$name" --target-pid "$tpid" --client-pid "$bpid" --target-cores "$tcores" \
       --target-rpc "$trpc" --disk "$kind" --workload "$label" \
-      --rw "$rw" --bs 4096 --iodepth "$qd" --queues 1 --reactors 1 --mode poll --round "$round" \
+      --rw "$rw" --bs 4096 --iodepth "$qd" --queues "$nc" --reactors "$nt" --mode poll --round "$round" \
       --note "$desc" --runtime "$runtime" --sample-from 0.5 --sample-len "$((runtime - 1))" \
       --link-ns-before "$link_before" \
       --client-log "$out/logs/perform-$tag.log" --pct-file "$out/logs/bdevperf-$tag.log" -- \
@@ -359,7 +406,7 @@ if [[ $client == bdevperf ]]; then
   done
 
   echo
-  echo "== compare (bdevperf client): 4 KiB, ${bp_disks[*]} $size, target core(s) $target_cpu, bdevperf core $client_cpu, ${rounds} rounds, ${runtime}s/point =="
+  echo "== compare (bdevperf client): 4 KiB, ${bp_disks[*]} $size, target core(s) $tcores, bdevperf core(s) $ccores, ${rounds} rounds, ${runtime}s/point =="
   echo "machine: $(bl_sysinfo)"
   for s in "${skipped[@]}"; do echo "skipped: $s"; done
   if [[ -s $csv ]]; then
@@ -370,7 +417,7 @@ if [[ $client == bdevperf ]]; then
       bl_log "plots skipped: gnuplot missing (apt-get install -y gnuplot-nox)"
     fi
     "${BL_TOOL[@]}" pairs --markdown "$out/pairs.md" "${plot_args[@]}" \
-      --title "4k, $size, target core $target_cpu" "$csv" | tee "$out/pairs.txt"
+      --title "4k, $size, target core(s) $tcores" "$csv" | tee "$out/pairs.txt"
     echo "results: $out (results.csv, pairs.txt, pairs.md, rounds.png, ratios.png, logs/)"
   else
     echo "no results"

@@ -283,7 +283,7 @@ spdk_session() {
     return 0
   fi
   vpid=$BL_PID
-  bdevperf_conf "$run/bdevperf.json" "$run/vhost/vhost.0" 2 256
+  bdevperf_conf "$run/bdevperf.json" 2 256 "$run/vhost/vhost.0"
   # QD1: idle while attached, then continuous QD1, then QD1 next to the hog.
   blog=$out/logs/bdevperf-spdk-qd1-r$round.log
   if bdevperf_start "$blog" "$client_cpu" "$run/bdevperf.json" "$run/bdevperf.sock" "$bdevperf_mem" 1 randread 4096 "$runtime"; then

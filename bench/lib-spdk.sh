@@ -123,18 +123,19 @@ spdk_vhost_start() {
   spdk_rpc "$rpcsock" framework_wait_init "" --timeout 60 --retry 30 >/dev/null
 }
 
-# spdk_vhost_disk RPCSOCK KIND SIZE_MIB CTRLR CPUS: a null or malloc bdev of
-# SIZE_MIB with 512-byte blocks, and a vhost-blk controller CTRLR on it
-# (socket SOCKDIR/CTRLR) with its queues on CPUS.
+# spdk_vhost_disk RPCSOCK KIND SIZE_MIB CTRLR CPUS [BDEV]: a null or malloc
+# bdev of SIZE_MIB with 512-byte blocks named BDEV (default Null0 or Malloc0),
+# and a vhost-blk controller CTRLR on it (socket SOCKDIR/CTRLR) with its
+# queues on CPUS (SPDK serves a controller from one core of CPUS).
 spdk_vhost_disk() {
-  local rpcsock=$1 kind=$2 mib=$3 ctrlr=$4 cpus=$5 bdev
+  local rpcsock=$1 kind=$2 mib=$3 ctrlr=$4 cpus=$5 bdev=${6:-}
   case $kind in
     null)
-      bdev=Null0
+      bdev=${bdev:-Null0}
       spdk_rpc "$rpcsock" bdev_null_create "{\"name\":\"$bdev\",\"num_blocks\":$((mib * 2048)),\"block_size\":512}" >/dev/null || return 1
       ;;
     malloc)
-      bdev=Malloc0
+      bdev=${bdev:-Malloc0}
       spdk_rpc "$rpcsock" bdev_malloc_create "{\"name\":\"$bdev\",\"num_blocks\":$((mib * 2048)),\"block_size\":512}" --timeout 120 >/dev/null || return 1
       ;;
     *) bl_log "spdk_vhost_disk: unknown disk kind $kind"; return 1 ;;
@@ -143,49 +144,63 @@ spdk_vhost_disk() {
     "{\"ctrlr\":\"$ctrlr\",\"dev_name\":\"$bdev\",\"cpumask\":\"$(spdk_mask "$cpus")\"}" >/dev/null
 }
 
-# bdevperf_conf FILE SOCKET VQ_COUNT VQ_SIZE: a JSON config that attaches
-# the vhost-user-blk device at SOCKET as bdev VirtioBlk0.
+# bdevperf_conf FILE VQ_COUNT VQ_SIZE SOCKET...: a JSON config that attaches
+# the vhost-user-blk device at each SOCKET, in order, as bdevs VirtioBlk0,
+# VirtioBlk1, ...
 bdevperf_conf() {
-  cat >"$1" <<EOF
-{"subsystems": [{"subsystem": "bdev", "config": [
-  {"method": "bdev_virtio_attach_controller",
-   "params": {"name": "VirtioBlk0", "trtype": "user", "traddr": "$2",
-              "dev_type": "blk", "vq_count": $3, "vq_size": $4}}]}]}
-EOF
+  local file=$1 vq_count=$2 vq_size=$3 i=0 sock sep=""
+  shift 3
+  {
+    echo '{"subsystems": [{"subsystem": "bdev", "config": ['
+    for sock in "$@"; do
+      printf '%s  {"method": "bdev_virtio_attach_controller",\n' "$sep"
+      printf '   "params": {"name": "VirtioBlk%d", "trtype": "user", "traddr": "%s",\n' "$i" "$sock"
+      printf '              "dev_type": "blk", "vq_count": %d, "vq_size": %d}}' "$vq_count" "$vq_size"
+      sep=$',\n'
+      i=$((i + 1))
+    done
+    echo ']}]}'
+  } >"$file"
 }
 
-# bdevperf_args CONF CPUS MEM_MIB: the common bdevperf arguments (one
-# reactor per CPU in CPUS, hugepage memory shared with the target).
+# bdevperf_args CONF CPUS MEM_MIB [EXTRA...]: the common bdevperf arguments
+# (one reactor per CPU in CPUS, hugepage memory shared with the target), then
+# EXTRA.
 bdevperf_args() {
-  BDEVPERF_ARGS=(--json "$1" -m "$(spdk_mask "$2")" --no-pci -s "$3" -g --huge-dir "$SPDK_HUGE_DIR")
+  BDEVPERF_ARGS=(--json "$1" -m "$(spdk_mask "$2")" --no-pci -s "$3" -g --huge-dir "$SPDK_HUGE_DIR" "${@:4}")
 }
 
-# bdevperf_oneshot LOG RPCSOCK CPUS CONF MEM_MIB QD RW IOSIZE SECS: one
-# bdevperf run to its end (for fills); its text report lands in LOG.
+# bdevperf_oneshot LOG RPCSOCK CPUS CONF MEM_MIB QD RW IOSIZE SECS [EXTRA...]:
+# one bdevperf run to its end (for fills); its text report lands in LOG.
 # Returns its status.
 bdevperf_oneshot() {
   local log=$1 rpcsock=$2 cpus=$3 conf=$4 mem=$5 qd=$6 rw=$7 bs=$8 secs=$9
-  bdevperf_args "$conf" "$cpus" "$mem"
+  bdevperf_args "$conf" "$cpus" "$mem" "${@:10}"
   bl_log "bdevperf $rw bs=$bs qd=$qd ${secs}s on cpu(s) $cpus"
   rm -f "$rpcsock"
   timeout $((secs + 90)) taskset -c "$cpus" "$SPDK_BDEVPERF" "${BDEVPERF_ARGS[@]}" \
     -r "$rpcsock" -q "$qd" -o "$bs" -w "$rw" -t "$secs" </dev/null >"$log" 2>&1
 }
 
-# bdevperf_start LOG CPUS CONF RPCSOCK MEM_MIB QD RW IOSIZE SECS: bdevperf
-# waiting for perform_tests (-z) on RPCSOCK, with the workload given on its
-# command line (call perform_tests without parameters: one bdevperf per
-# workload keeps every run's settings plain). Waits until the bdev
-# VirtioBlk0 exists; sets BL_PID; returns 1 if bdevperf did not get there.
-# perform_tests may be called several times (the same workload each time).
+# bdevperf_start LOG CPUS CONF RPCSOCK MEM_MIB QD RW IOSIZE SECS [NBDEVS
+# [EXTRA...]]: bdevperf waiting for perform_tests (-z) on RPCSOCK, with the
+# workload given on its command line (call perform_tests without parameters:
+# one bdevperf per workload keeps every run's settings plain) and EXTRA after
+# it (e.g. -C: every core drives every bdev). Waits until the NBDEVS bdevs of
+# CONF (default 1: VirtioBlk0) exist; sets BL_PID; returns 1 if bdevperf did
+# not get there. perform_tests may be called several times (the same workload
+# each time).
 bdevperf_start() {
-  local log=$1 cpus=$2 conf=$3 rpcsock=$4 mem=$5 qd=$6 rw=$7 bs=$8 secs=$9
-  bdevperf_args "$conf" "$cpus" "$mem"
+  local log=$1 cpus=$2 conf=$3 rpcsock=$4 mem=$5 qd=$6 rw=$7 bs=$8 secs=$9 nbdevs=${10:-1} i
+  bdevperf_args "$conf" "$cpus" "$mem" "${@:11}"
   rm -f "$rpcsock"
   # -l: a latency summary (percentiles) per run in LOG; line-buffered so it
   # is there when perform_tests returns (benchtool point --pct-file).
   bl_start bdevperf "$log" "$cpus" stdbuf -oL "$SPDK_BDEVPERF" "${BDEVPERF_ARGS[@]}" -r "$rpcsock" -z \
     -q "$qd" -o "$bs" -w "$rw" -t "$secs" -l
   bl_wait_socket "$rpcsock" "$BL_PID" 60 || return 1
-  spdk_rpc "$rpcsock" bdev_get_bdevs '{"name":"VirtioBlk0","timeout":20000}' --timeout 30 --retry 30 >/dev/null
+  for ((i = 0; i < nbdevs; i++)); do
+    spdk_rpc "$rpcsock" bdev_get_bdevs "{\"name\":\"VirtioBlk$i\",\"timeout\":20000}" --timeout 30 --retry 30 >/dev/null ||
+      return 1
+  done
 }

@@ -117,7 +117,7 @@ if [[ $client == bdevperf ]]; then
   [[ -n $spdk_dir ]] || bl_die "--client bdevperf needs SPDK_DIR"
   spdk_check "$spdk_dir" || exit 1
   spdk_huge_setup "$run" "$bdevperf_mem" || bl_die "hugepages needed for bdevperf"
-  bdevperf_conf "$run/bdevperf.json" "$sock" "$vq_count" 256
+  bdevperf_conf "$run/bdevperf.json" "$vq_count" 256 "$sock"
   if [[ $disk == malloc ]]; then
     bdevperf_oneshot "$out/logs/fill.log" "$run/fill.sock" "$client_cpu" "$run/bdevperf.json" "$bdevperf_mem" \
       8 write 131072 "$(python3 -c "import sys; print(max(3, int(sys.argv[1]) // (300 << 20) + 2))" "$size_bytes")" ||
